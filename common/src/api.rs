@@ -1,0 +1,136 @@
+//! The control API's wire types (`https://<domain>/api/v1/...`, `/oauth2/token`), shared by
+//! the gateway that serves them and the CLIs that call them.
+
+use serde::{Deserialize, Serialize};
+
+/// API path prefix, on the gateway's bare domain.
+pub const API_PREFIX: &str = "/api/v1";
+
+/// The error body of every failed request, in the shape OpenAI SDKs print.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    pub message: String,
+    #[serde(rename = "type")]
+    pub error_type: String,
+    pub code: String,
+    /// The request id, to find the access log line (on 403 and 5xx).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
+/// `POST /api/v1/login`: trade an auth-token credential for a session.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LoginRequest {
+    pub auth_token: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LoginResponse {
+    pub access_token: String,
+    pub expires_in: u64,
+    pub session: String,
+    pub user: String,
+}
+
+/// `POST /api/v1/apply`: a file's text, parsed and checked on the gateway so errors carry
+/// the file name and line.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ApplyRequest {
+    pub file: String,
+    pub content: String,
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// What `apply` did (or, with `dryRun`, would do) to each resource.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ApplyAction {
+    Created,
+    Updated,
+    Unchanged,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ApplyResult {
+    pub kind: String,
+    pub name: String,
+    pub action: ApplyAction,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ApplyResponse {
+    pub results: Vec<ApplyResult>,
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// `POST /api/v1/secrets`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CreateSecretRequest {
+    pub name: String,
+    pub value: String,
+    /// Replace the value of an existing secret instead of failing.
+    #[serde(default)]
+    pub overwrite: bool,
+}
+
+/// `POST /api/v1/credentials`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CreateCredentialRequest {
+    pub name: String,
+    pub user: String,
+    #[serde(rename = "type")]
+    pub credential_type: crate::resources::CredentialType,
+    /// Lifetime in seconds; none means it does not expire.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_seconds: Option<u64>,
+}
+
+/// The secret half of a new credential, shown once.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CreateCredentialResponse {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_secret: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_token: Option<String>,
+}
+
+/// `GET /api/v1/<kind>`: a list of resources (or of info records for secrets, credentials
+/// and sessions).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ListResponse {
+    pub items: Vec<serde_json::Value>,
+}
+
+/// The OAuth2 token response (RFC 6749 section 5.1).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenResponse {
+    pub access_token: String,
+    pub token_type: String,
+    pub expires_in: u64,
+}
+
+/// The OAuth2 error response (RFC 6749 section 5.2).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OAuthError {
+    pub error: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_description: Option<String>,
+}

@@ -1,0 +1,5 @@
+//! What the Postern gateway and its clients both speak: the declarative resources
+//! (`kind/metadata/spec`, Octelium's field names) and the control API's wire types.
+
+pub mod api;
+pub mod resources;
