@@ -1,1 +1,213 @@
-fn main() {}
+//! `posternd`: initialise a data directory, or run the gateway.
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use postern_gateway::datadir::{self, DataDir, InitOptions};
+use postern_gateway::identity::{SecretBox, TokenSigner};
+use postern_gateway::proxy::upstream::{UpstreamClient, UpstreamOptions};
+use postern_gateway::state::{Gateway, GatewayParts, Settings};
+use postern_gateway::store::Store;
+use postern_gateway::telemetry::access_log::AccessLog;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(name = "posternd", version, about = "The Postern zero-trust access gateway")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a data directory: store, keys, CA and certificate, and the first admin.
+    Init(InitArgs),
+    /// Run the gateway.
+    Serve(ServeArgs),
+}
+
+#[derive(Args)]
+struct InitArgs {
+    /// Where the gateway keeps its database and keys (created; must be new or empty).
+    #[arg(long, env = "POSTERN_DATA_DIR")]
+    data_dir: PathBuf,
+    /// The domain: the control plane is https://DOMAIN, Services are https://SVC.DOMAIN.
+    #[arg(long)]
+    domain: String,
+    /// Use this certificate chain (PEM) for DOMAIN and *.DOMAIN instead of making a CA.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Output format.
+    #[arg(short = 'o', long, value_parser = ["text", "json"], default_value = "text")]
+    output: String,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    #[arg(long, env = "POSTERN_DATA_DIR")]
+    data_dir: PathBuf,
+    /// Address of the TLS listener for the control plane and public Services.
+    #[arg(long, default_value = "0.0.0.0:443", env = "POSTERN_HTTPS_LISTEN")]
+    https_listen: SocketAddr,
+    /// Where access log lines go: a file path, or '-' for stdout; 'off' disables them.
+    #[arg(long, default_value = "-")]
+    access_log: String,
+    /// Extra CA certificate (PEM) trusted for https upstreams, besides the standard roots.
+    #[arg(long)]
+    upstream_ca: Vec<PathBuf>,
+    /// Largest request body buffered when a policy or rule reads it (bytes).
+    #[arg(long, default_value_t = 8 << 20)]
+    max_body_bytes: usize,
+    /// Lifetime of OAuth2 access tokens, e.g. 1h, 15m, 30s.
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    token_ttl: Duration,
+    /// Lifetime of sessions made by `postern login`.
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    login_ttl: Duration,
+    /// Time to connect to an upstream.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    upstream_connect_timeout: Duration,
+    /// Time for an upstream to send its response headers.
+    #[arg(long, default_value = "300s", value_parser = parse_duration)]
+    upstream_timeout: Duration,
+}
+
+/// `30s`, `15m`, `1h`, `7d`, or plain seconds.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration; use e.g. 30s, 15m, 1h, 7d"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86400,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?}; use s, m, h or d")),
+    };
+    if secs == 0 {
+        return Err("a duration must be positive".into());
+    }
+    Ok(Duration::from_secs(secs))
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Init(a) => init(a),
+        Command::Serve(a) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+            .block_on(serve(a)),
+    }
+}
+
+fn init(a: InitArgs) -> Result<()> {
+    let out = datadir::init(
+        &a.data_dir,
+        &InitOptions {
+            domain: a.domain,
+            tls_cert: a.tls_cert,
+            tls_key: a.tls_key,
+        },
+    )?;
+    if a.output == "json" {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        println!("Initialised {} for https://{}", a.data_dir.display(), out.domain);
+        if let Some(ca) = &out.ca_cert {
+            println!("CA certificate (give it to clients): {}", ca.display());
+        }
+        println!("Admin auth token (shown once, keep it safe):\n  {}", out.admin_token);
+        println!(
+            "Next: posternd serve --data-dir {}   then   postern login --domain {} --auth-token <token>{}",
+            a.data_dir.display(),
+            out.domain,
+            out.ca_cert
+                .as_ref()
+                .map(|c| format!(" --ca-file {}", c.display()))
+                .unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+async fn serve(a: ServeArgs) -> Result<()> {
+    let dd = DataDir::new(&a.data_dir);
+    let config = dd.load_config()?;
+    let secretbox = SecretBox::load(&dd.secret_key())?;
+    let signer = TokenSigner::load(&dd.signing_key())?;
+    let store = Store::open(&dd.database())?;
+    let mut extra_ca = Vec::new();
+    for p in &a.upstream_ca {
+        extra_ca.push(std::fs::read(p).with_context(|| format!("reading --upstream-ca {}", p.display()))?);
+    }
+    let upstream = UpstreamClient::new(UpstreamOptions {
+        extra_ca_pem: extra_ca,
+        connect_timeout: a.upstream_connect_timeout,
+        response_header_timeout: a.upstream_timeout,
+    })?;
+    let access_log = match a.access_log.as_str() {
+        "-" => AccessLog::stdout(),
+        "off" => AccessLog::disabled(),
+        path => AccessLog::file(path).with_context(|| format!("opening --access-log {path}"))?,
+    };
+    let gw = Gateway::open(GatewayParts {
+        domain: config.domain.clone(),
+        settings: Settings {
+            token_ttl: a.token_ttl,
+            login_ttl: a.login_ttl,
+            max_body_bytes: a.max_body_bytes,
+        },
+        store,
+        secretbox,
+        signer,
+        upstream,
+        access_log,
+    })?;
+    let tls = postern_gateway::frontdoor::tls::server_config(&config.tls_cert, &config.tls_key)?;
+    let listener = tokio::net::TcpListener::bind(a.https_listen)
+        .await
+        .with_context(|| format!("binding --https-listen {}", a.https_listen))?;
+    let local = listener.local_addr()?;
+    tracing::info!(
+        "listening on {local}: control plane https://{d}, services https://<name>.{d}",
+        d = config.domain
+    );
+
+    let expiry_gw = gw.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(30));
+        loop {
+            tick.tick().await;
+            if let Err(e) = expiry_gw.expire_sessions() {
+                tracing::warn!(error = %e, "expiring sessions failed");
+            }
+        }
+    });
+
+    postern_gateway::frontdoor::serve(gw, listener, tls, shutdown_signal(), Duration::from_secs(30)).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = tokio::signal::ctrl_c() => {},
+    }
+    tracing::info!("shutting down: no new connections, finishing in-flight requests");
+}

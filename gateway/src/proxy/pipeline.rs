@@ -1,0 +1,306 @@
+//! The request pipeline every Service request goes through, whichever door it came in by:
+//! authenticate -> authorize (policies) -> pick a config (dynamicConfig rules) -> rewrite
+//! (path, headers, CORS, upstream credentials) -> forward -> stream back, logging once.
+
+use super::buffer::{declared_too_large, read_limited, BufferError};
+use super::{cors, rewrite, BoxBody};
+use crate::frontdoor::respond::{error, full, not_found};
+use crate::policy::{Decision, EvalContext, Reason, RequestFacts, RuleSet};
+use crate::state::{Gateway, Principal, ServiceEntry, Snapshot, UpstreamConfig};
+use crate::telemetry::access_log::AccessRecord;
+use crate::telemetry::body::{BodyOutcome, ObservedBody};
+use crate::telemetry::usage::UsageParser;
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use postern_common::resources::Effect;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// What the access log line needs, filled in as the request moves along.
+struct Trace {
+    started: Instant,
+    record: AccessRecord,
+}
+
+impl Trace {
+    fn new(service: &str, req: &Request<Incoming>) -> Self {
+        Trace {
+            started: Instant::now(),
+            record: AccessRecord {
+                time: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                request_id: crate::identity::secrets::random_id("req-"),
+                via: "public".into(),
+                service: Some(service.to_string()),
+                method: req.method().to_string(),
+                path: req.uri().path().to_string(),
+                ..Default::default()
+            },
+        }
+    }
+
+    fn finish(mut self, gw: &Gateway, status: StatusCode, bytes_out: u64) {
+        self.record.status = status.as_u16();
+        self.record.bytes_out = bytes_out;
+        self.record.latency_ms = self.started.elapsed().as_secs_f64() * 1000.0;
+        gw.access_log.log(self.record);
+    }
+
+    /// Ends the request here with an error response.
+    fn fail(mut self, gw: &Gateway, status: StatusCode, public: &str, detail: String) -> Response<BoxBody> {
+        let with_id = status == StatusCode::FORBIDDEN || status.is_server_error();
+        let resp = error(status, public, with_id.then_some(self.record.request_id.as_str()));
+        self.record.error = Some(detail);
+        self.finish(gw, status, 0);
+        resp
+    }
+}
+
+fn bearer_token(headers: &http::HeaderMap) -> Option<&str> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// Serves one request to Service `name`.
+pub async fn handle(gw: Arc<Gateway>, name: &str, req: Request<Incoming>, peer: SocketAddr) -> Response<BoxBody> {
+    let snap = gw.snapshot();
+    let Some(service) = snap.services.get(name).filter(|s| s.spec.is_public).cloned() else {
+        return not_found();
+    };
+    let mut trace = Trace::new(name, &req);
+
+    let path = match rewrite::normalize_path(req.uri().path()) {
+        Ok(p) => p,
+        Err(e) => {
+            let msg = format!("invalid path: {e}");
+            return trace.fail(&gw, StatusCode::BAD_REQUEST, &msg, msg.clone());
+        }
+    };
+    trace.record.path = path.clone();
+
+    if let Some(resp) = preflight(&service, &req) {
+        trace.finish(&gw, resp.status(), 0);
+        return resp;
+    }
+
+    let principal = match bearer_token(req.headers()).ok_or(crate::state::AuthError::Missing).and_then(|t| gw.authenticate(t)) {
+        Ok(p) => p,
+        Err(e) => {
+            return trace.fail(
+                &gw,
+                StatusCode::UNAUTHORIZED,
+                "missing or invalid access token; get one from /oauth2/token",
+                e.to_string(),
+            )
+        }
+    };
+    trace.record.user = Some(principal.user.name.clone());
+    trace.record.session = Some(principal.session.info.name.clone());
+
+    let rules = RuleSet::new(service.rules.iter().chain(principal.user.rules.iter()).cloned());
+    let needs_body = rules.reads_body() || service.dynamic_reads_body;
+
+    let (mut parts, body) = req.into_parts();
+    let limit = gw.settings.max_body_bytes;
+    let (buffered, body_json) = if needs_body {
+        if declared_too_large(&parts.headers, limit) {
+            let msg = format!("request body is larger than the {limit}-byte limit");
+            return trace.fail(&gw, StatusCode::PAYLOAD_TOO_LARGE, &msg, msg.clone());
+        }
+        match read_limited(body, limit).await {
+            Ok(bytes) => {
+                let json = serde_json::from_slice::<serde_json::Value>(&bytes).ok();
+                (Some(bytes), json)
+            }
+            Err(BufferError::TooLarge(_)) => {
+                let msg = format!("request body is larger than the {limit}-byte limit");
+                return trace.fail(&gw, StatusCode::PAYLOAD_TOO_LARGE, &msg, msg.clone());
+            }
+            Err(e) => return trace.fail(&gw, StatusCode::BAD_REQUEST, "could not read the request body", e.to_string()),
+        }
+    } else {
+        (None, None)
+    };
+    let host = format!("{name}.{}", gw.domain);
+    let size = buffered
+        .as_ref()
+        .map(|b| b.len() as u64)
+        .or_else(|| {
+            parts
+                .headers
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0);
+
+    let (decision, config) = {
+        let facts = RequestFacts {
+            method: parts.method.as_str(),
+            path: &path,
+            host: &host,
+            scheme: "https",
+            headers: &parts.headers,
+            query: parts.uri.query(),
+            body: body_json.as_ref(),
+            size,
+            client_ip: Some(peer.ip()),
+        };
+        decide(&snap, &service, &principal, &rules, &facts)
+    };
+    trace.record.decision = Some(decision.effect.as_str().to_string());
+    trace.record.reason = Some(reason_text(&decision.reason));
+    if decision.effect != Effect::Allow {
+        return trace.fail(
+            &gw,
+            StatusCode::FORBIDDEN,
+            "access denied by policy",
+            "denied".into(),
+        );
+    }
+    let Some(config) = config else {
+        return trace.fail(
+            &gw,
+            StatusCode::BAD_GATEWAY,
+            "no upstream is configured for this request",
+            "no dynamicConfig rule matched and the Service has no spec.config".into(),
+        );
+    };
+    trace.record.config = config.name.clone();
+
+    let original_path_query = match parts.uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.clone(),
+    };
+    parts.uri = match original_path_query.parse() {
+        Ok(u) => u,
+        Err(_) => return trace.fail(&gw, StatusCode::BAD_REQUEST, "invalid request URI", "uri".into()),
+    };
+    let origin = parts.headers.get(header::ORIGIN).cloned();
+    let secret = |n: &str| snap.secret(n);
+    if let Err(e) = rewrite::upstream_request(&mut parts, &config.url, config.http.as_ref(), &secret, Some(peer.ip()), &host) {
+        return trace.fail(&gw, StatusCode::BAD_GATEWAY, "the gateway could not prepare the upstream request", e.to_string());
+    }
+    parts.version = http::Version::HTTP_11;
+
+    let bytes_in = Arc::new(AtomicU64::new(0));
+    let upstream_body: BoxBody = match buffered {
+        Some(b) => {
+            bytes_in.store(b.len() as u64, Ordering::Relaxed);
+            full(b)
+        }
+        None => {
+            let counter = bytes_in.clone();
+            ObservedBody::new(body, None, Box::new(move |o: BodyOutcome| {
+                counter.store(o.bytes, Ordering::Relaxed);
+            }))
+            .boxed_unsync()
+        }
+    };
+    let upstream_req = Request::from_parts(parts, upstream_body);
+    let resp = match gw.upstream.send(upstream_req).await {
+        Ok(r) => r,
+        Err(e) => {
+            let status = e.status();
+            let public = if status == StatusCode::GATEWAY_TIMEOUT {
+                "the upstream did not answer in time"
+            } else {
+                "the upstream could not be reached"
+            };
+            trace.record.bytes_in = bytes_in.load(Ordering::Relaxed);
+            return trace.fail(&gw, status, public, e.to_string());
+        }
+    };
+
+    let (mut rparts, rbody) = resp.into_parts();
+    rewrite::response_headers(&mut rparts.headers, config.http.as_ref());
+    if let Some(c) = config.http.as_ref().and_then(|h| h.cors.as_ref()) {
+        cors::apply_cors(c, origin.as_ref(), &mut rparts.headers);
+    }
+    rparts
+        .headers
+        .insert("x-request-id", http::HeaderValue::from_str(&trace.record.request_id).expect("ids are ASCII"));
+    let content_type = rparts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let parser = content_type
+        .filter(|ct| ct.starts_with("application/json") || ct.starts_with("text/event-stream"))
+        .map(|ct| UsageParser::new(Some(ct)));
+    let status = rparts.status;
+    let gw2 = gw.clone();
+    let body = ObservedBody::new(
+        rbody,
+        parser,
+        Box::new(move |o: BodyOutcome| {
+            trace.record.bytes_in = bytes_in.load(Ordering::Relaxed);
+            trace.record.model = o.model;
+            trace.record.usage = o.usage;
+            if !o.completed {
+                trace.record.error = Some("response body did not complete".into());
+            }
+            trace.finish(&gw2, status, o.bytes);
+        }),
+    );
+    Response::from_parts(rparts, body.boxed_unsync())
+}
+
+/// Answers a CORS preflight for a Service whose default config declares CORS.
+fn preflight(service: &ServiceEntry, req: &Request<Incoming>) -> Option<Response<BoxBody>> {
+    if req.method() != Method::OPTIONS || !req.headers().contains_key(header::ORIGIN) {
+        return None;
+    }
+    let cors = service.default_config.as_ref()?.http.as_ref()?.cors.as_ref()?;
+    let resp = cors::preflight_response(cors, req.headers())?;
+    let (parts, ()) = resp.into_parts();
+    Some(Response::from_parts(parts, full(bytes::Bytes::new())))
+}
+
+/// The policy decision and, when allowed, the config to forward with.
+fn decide(
+    _snap: &Snapshot,
+    service: &ServiceEntry,
+    principal: &Principal,
+    rules: &RuleSet,
+    facts: &RequestFacts<'_>,
+) -> (Decision, Option<Arc<UpstreamConfig>>) {
+    if rules.rules().is_empty() {
+        return (
+            Decision {
+                effect: Effect::Deny,
+                reason: Reason::NoMatch,
+            },
+            None,
+        );
+    }
+    let ctx = EvalContext::new(
+        &principal.user.value,
+        &principal.session.value,
+        &principal.user.groups_value,
+        &service.value,
+        facts,
+    );
+    let decision = rules.decide(&ctx);
+    if decision.effect != Effect::Allow {
+        return (decision, None);
+    }
+    let config = service
+        .dynamic_rules
+        .iter()
+        .find(|(cond, _)| cond.evaluate(&ctx))
+        .map(|(_, cfg)| cfg.clone())
+        .or_else(|| service.default_config.clone());
+    (decision, config)
+}
+
+fn reason_text(r: &Reason) -> String {
+    match r {
+        Reason::Rule { policy, rule, priority } => {
+            format!("policy {policy} rule {rule} priority {priority}")
+        }
+        Reason::NoMatch => "no matching rule (deny by default)".into(),
+    }
+}

@@ -1,0 +1,103 @@
+//! The gateway's shared runtime state: the compiled [`Snapshot`] of declared resources
+//! (swapped atomically on every change), the live Sessions, and the handles to the store
+//! and keys. The hot path reads memory only; every change goes to the store first.
+
+mod changes;
+mod sessions;
+pub mod snapshot;
+
+pub use changes::{ChangeError, LoginOutcome};
+pub use sessions::{AuthError, Principal, SessionEntry};
+pub use snapshot::{BuildError, ServiceEntry, Snapshot, UpstreamConfig, UserEntry};
+
+use crate::identity::{SecretBox, TokenSigner};
+use crate::proxy::upstream::UpstreamClient;
+use crate::store::Store;
+use crate::telemetry::access_log::AccessLog;
+use arc_swap::ArcSwap;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+/// Tunables of a running gateway, from `posternd serve` flags.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Lifetime of OAuth2 access tokens (and of the Session each grant makes).
+    pub token_ttl: Duration,
+    /// Lifetime of Sessions made by `postern login`.
+    pub login_ttl: Duration,
+    /// Largest request body buffered for a policy that reads `bodyMap`.
+    pub max_body_bytes: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            token_ttl: Duration::from_secs(3600),
+            login_ttl: Duration::from_secs(24 * 3600),
+            max_body_bytes: 8 << 20,
+        }
+    }
+}
+
+/// The one shared object behind every listener.
+pub struct Gateway {
+    pub domain: String,
+    pub settings: Settings,
+    snapshot: ArcSwap<Snapshot>,
+    sessions: RwLock<HashMap<String, Arc<SessionEntry>>>,
+    store: Store,
+    secretbox: SecretBox,
+    signer: TokenSigner,
+    /// Serialises changes so each builds on the one before.
+    write_lock: Mutex<()>,
+    pub upstream: UpstreamClient,
+    pub access_log: AccessLog,
+}
+
+/// Everything [`Gateway::open`] needs.
+pub struct GatewayParts {
+    pub domain: String,
+    pub settings: Settings,
+    pub store: Store,
+    pub secretbox: SecretBox,
+    pub signer: TokenSigner,
+    pub upstream: UpstreamClient,
+    pub access_log: AccessLog,
+}
+
+impl Gateway {
+    /// Loads every resource, secret, credential and session from the store.
+    pub fn open(parts: GatewayParts) -> Result<Arc<Gateway>, ChangeError> {
+        let gw = Gateway {
+            domain: parts.domain,
+            settings: parts.settings,
+            snapshot: ArcSwap::from_pointee(Snapshot::default()),
+            sessions: RwLock::new(HashMap::new()),
+            store: parts.store,
+            secretbox: parts.secretbox,
+            signer: parts.signer,
+            write_lock: Mutex::new(()),
+            upstream: parts.upstream,
+            access_log: parts.access_log,
+        };
+        gw.reload()?;
+        gw.reload_sessions()?;
+        Ok(Arc::new(gw))
+    }
+
+    /// The current compiled view; hold it for the whole request.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+}
+
+/// Now, as stored in records.
+pub fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// Now, as in token claims.
+pub fn now_unix() -> i64 {
+    chrono::Utc::now().timestamp()
+}

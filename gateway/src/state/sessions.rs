@@ -1,0 +1,122 @@
+//! Live Sessions and the token check every request makes: signature and expiry from the
+//! token itself, then a memory lookup so a deleted session, credential or user stops
+//! working at once.
+
+use super::{now_unix, Gateway, UserEntry};
+use crate::policy::CelValue;
+use postern_common::resources::SessionInfo;
+use std::sync::Arc;
+
+/// A Session in memory, with its `ctx.session` value precomputed.
+pub struct SessionEntry {
+    pub info: SessionInfo,
+    pub value: CelValue,
+    pub expires_unix: i64,
+}
+
+impl SessionEntry {
+    pub fn new(info: SessionInfo) -> Self {
+        let expires_unix = chrono::DateTime::parse_from_rfc3339(&info.expires_at)
+            .map(|t| t.timestamp())
+            .unwrap_or(0);
+        let value = CelValue::from_json(&serde_json::json!({
+            "metadata": {"name": info.name, "createdAt": info.created_at},
+            "spec": {"type": info.session_type, "user": info.user, "credential": info.credential, "expiresAt": info.expires_at},
+        }));
+        SessionEntry {
+            info,
+            value,
+            expires_unix,
+        }
+    }
+}
+
+/// Who is calling: a live Session and its User.
+#[derive(Clone)]
+pub struct Principal {
+    pub session: Arc<SessionEntry>,
+    pub user: Arc<UserEntry>,
+}
+
+/// Why a token was refused. The caller always sees the same 401; the reason is logged.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("no bearer token")]
+    Missing,
+    #[error("token rejected: {0}")]
+    BadToken(String),
+    #[error("session {0} no longer exists")]
+    SessionGone(String),
+    #[error("session expired")]
+    Expired,
+    #[error("user {0} no longer exists or is disabled")]
+    UserGone(String),
+    #[error("credential {0} no longer exists")]
+    CredentialGone(String),
+}
+
+impl Gateway {
+    /// Checks an access token: signature and expiry, then that its session, user and
+    /// credential still exist. No store read.
+    pub fn authenticate(&self, token: &str) -> Result<Principal, AuthError> {
+        let now = now_unix();
+        let claims = self
+            .signer
+            .verify(token, now)
+            .map_err(|e| AuthError::BadToken(e.to_string()))?;
+        let session = self
+            .sessions
+            .read()
+            .expect("sessions lock")
+            .get(&claims.sid)
+            .cloned()
+            .ok_or_else(|| AuthError::SessionGone(claims.sid.clone()))?;
+        if session.expires_unix <= now {
+            return Err(AuthError::Expired);
+        }
+        let snap = self.snapshot();
+        let user = snap
+            .users
+            .get(&session.info.user)
+            .filter(|u| !u.spec.is_disabled)
+            .cloned()
+            .ok_or_else(|| AuthError::UserGone(session.info.user.clone()))?;
+        if !snap.credentials.contains_key(&session.info.credential) {
+            return Err(AuthError::CredentialGone(session.info.credential.clone()));
+        }
+        Ok(Principal { session, user })
+    }
+
+    pub(super) fn insert_session_entry(&self, info: SessionInfo) {
+        let entry = Arc::new(SessionEntry::new(info));
+        self.sessions
+            .write()
+            .expect("sessions lock")
+            .insert(entry.info.name.clone(), entry);
+    }
+
+    pub(super) fn remove_sessions_where(&self, pred: impl Fn(&SessionInfo) -> bool) {
+        self.sessions
+            .write()
+            .expect("sessions lock")
+            .retain(|_, s| !pred(&s.info));
+    }
+
+    /// Every live session, for `get sessions`.
+    pub fn list_sessions(&self) -> Vec<SessionInfo> {
+        let mut v: Vec<_> = self
+            .sessions
+            .read()
+            .expect("sessions lock")
+            .values()
+            .map(|s| s.info.clone())
+            .collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    /// Number of live sessions (for health and metrics).
+    pub fn session_count(&self) -> usize {
+        self.sessions.read().expect("sessions lock").len()
+    }
+}

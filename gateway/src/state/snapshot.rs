@@ -1,0 +1,354 @@
+//! The in-memory, compiled view of every declared resource that the hot path reads.
+//!
+//! A [`Snapshot`] is immutable: a change builds a new one (compiling every condition, so a
+//! bad expression is refused before anything is stored) and swaps it in atomically.
+
+use crate::policy::{CelValue, CompileError, CompiledCondition, CompiledPolicy, CompiledRule};
+use crate::store::CredentialRecord;
+use postern_common::resources::validate::validate;
+use postern_common::resources::{
+    Authorization, HttpConfig, Kind, Resource, SecretInfo, ServiceSpec, UserSpec,
+};
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::Arc;
+
+/// A problem that keeps a set of resources from being applied, with where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildError {
+    pub kind: Kind,
+    pub name: String,
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for BuildError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}: {}: {}", self.kind, self.name, self.field, self.message)
+    }
+}
+
+/// One upstream configuration, ready to forward with.
+#[derive(Debug)]
+pub struct UpstreamConfig {
+    /// `None` for the Service's default `spec.config`.
+    pub name: Option<String>,
+    pub url: url::Url,
+    pub http: Option<HttpConfig>,
+}
+
+/// A Service compiled for the hot path.
+pub struct ServiceEntry {
+    pub name: String,
+    pub spec: ServiceSpec,
+    /// `ctx.service` for conditions.
+    pub value: CelValue,
+    /// The Service's own rules (inline policies and referenced Policies).
+    pub rules: Vec<Arc<CompiledRule>>,
+    pub default_config: Option<Arc<UpstreamConfig>>,
+    /// `dynamicConfig.rules` in order, each with the config it picks.
+    pub dynamic_rules: Vec<(CompiledCondition, Arc<UpstreamConfig>)>,
+    /// Some dynamicConfig condition reads `bodyMap`.
+    pub dynamic_reads_body: bool,
+}
+
+/// A User compiled for the hot path.
+pub struct UserEntry {
+    pub name: String,
+    pub spec: UserSpec,
+    pub value: CelValue,
+    /// `ctx.groups`: the user's existing Groups, as full resources.
+    pub groups_value: CelValue,
+    /// Rules from the User and from each of its Groups.
+    pub rules: Vec<Arc<CompiledRule>>,
+}
+
+/// A decrypted Secret.
+pub struct SecretEntry {
+    pub info: SecretInfo,
+    pub value: String,
+}
+
+/// Everything declared, compiled. Cheap to share (`Arc`), never mutated.
+#[derive(Default)]
+pub struct Snapshot {
+    /// The declarative resources as stored, for `get` and for building the next snapshot.
+    pub resources: BTreeMap<(Kind, String), Resource>,
+    pub services: HashMap<String, Arc<ServiceEntry>>,
+    pub users: HashMap<String, Arc<UserEntry>>,
+    pub policies: HashMap<String, Arc<CompiledPolicy>>,
+    pub secrets: HashMap<String, Arc<SecretEntry>>,
+    pub credentials: HashMap<String, Arc<CredentialRecord>>,
+    /// Credential name by lookup id (OAuth2 client id, auth token id).
+    pub credentials_by_lookup: HashMap<String, String>,
+}
+
+impl Snapshot {
+    /// Compiles `resources` with the current secrets and credentials. All errors are
+    /// collected so the user sees every problem of a file at once.
+    pub fn build(
+        resources: Vec<Resource>,
+        secrets: Vec<(SecretInfo, String)>,
+        credentials: Vec<CredentialRecord>,
+    ) -> Result<Snapshot, Vec<BuildError>> {
+        let mut errors = Vec::new();
+        let mut snap = Snapshot::default();
+        for r in resources {
+            snap.resources.insert((r.kind(), r.name().to_string()), r);
+        }
+        for r in snap.resources.values() {
+            for e in validate(r) {
+                errors.push(BuildError {
+                    kind: r.kind(),
+                    name: r.name().to_string(),
+                    field: e.field,
+                    message: e.message,
+                });
+            }
+        }
+        let compile_err = |r: &Resource, e: CompileError| BuildError {
+            kind: r.kind(),
+            name: r.name().to_string(),
+            field: e.field,
+            message: e.message,
+        };
+
+        for r in snap.resources.values() {
+            if let Resource::Policy { metadata, spec } = r {
+                match CompiledPolicy::compile(&metadata.name, spec, "spec") {
+                    Ok(p) => {
+                        snap.policies.insert(metadata.name.clone(), Arc::new(p));
+                    }
+                    Err(es) => errors.extend(es.into_iter().map(|e| compile_err(r, e))),
+                }
+            }
+        }
+
+        // Rules attached to Groups, needed by every member.
+        let mut group_rules: HashMap<&str, Vec<Arc<CompiledRule>>> = HashMap::new();
+        let mut group_values: HashMap<&str, serde_json::Value> = HashMap::new();
+        for r in snap.resources.values() {
+            if let Resource::Group { metadata, spec } = r {
+                let rules = attached_rules(
+                    r,
+                    spec.authorization.as_ref(),
+                    &snap.policies,
+                    &mut errors,
+                );
+                group_rules.insert(&metadata.name, rules);
+                group_values.insert(&metadata.name, r.to_json());
+            }
+        }
+
+        let mut users = HashMap::new();
+        for r in snap.resources.values() {
+            if let Resource::User { metadata, spec } = r {
+                let mut rules =
+                    attached_rules(r, spec.authorization.as_ref(), &snap.policies, &mut errors);
+                let mut groups = Vec::new();
+                for g in &spec.groups {
+                    if let Some(gr) = group_rules.get(g.as_str()) {
+                        rules.extend(gr.iter().cloned());
+                    }
+                    if let Some(v) = group_values.get(g.as_str()) {
+                        groups.push(v.clone());
+                    }
+                }
+                users.insert(
+                    metadata.name.clone(),
+                    Arc::new(UserEntry {
+                        name: metadata.name.clone(),
+                        spec: spec.clone(),
+                        value: CelValue::from_json(&r.to_json()),
+                        groups_value: CelValue::from_json(&serde_json::Value::Array(groups)),
+                        rules,
+                    }),
+                );
+            }
+        }
+        snap.users = users;
+
+        let mut services = HashMap::new();
+        for r in snap.resources.values() {
+            if let Resource::Service { metadata, spec } = r {
+                if let Some(entry) = build_service(r, &metadata.name, spec, &snap.policies, &mut errors)
+                {
+                    services.insert(metadata.name.clone(), Arc::new(entry));
+                }
+            }
+        }
+        snap.services = services;
+
+        for (info, value) in secrets {
+            snap.secrets
+                .insert(info.name.clone(), Arc::new(SecretEntry { info, value }));
+        }
+        for c in credentials {
+            snap.credentials_by_lookup
+                .insert(c.lookup_id.clone(), c.info.name.clone());
+            snap.credentials.insert(c.info.name.clone(), Arc::new(c));
+        }
+        if errors.is_empty() {
+            Ok(snap)
+        } else {
+            errors.sort_by(|a, b| (a.kind, &a.name).cmp(&(b.kind, &b.name)));
+            errors.dedup();
+            Err(errors)
+        }
+    }
+
+    /// The same resources with other secrets and credentials (no recompilation).
+    pub fn with_identity(
+        &self,
+        secrets: Vec<(SecretInfo, String)>,
+        credentials: Vec<CredentialRecord>,
+    ) -> Result<Snapshot, Vec<BuildError>> {
+        Snapshot::build(self.resources.values().cloned().collect(), secrets, credentials)
+    }
+
+    /// Names of the resources that refer to Policy `name`.
+    pub fn policy_referrers(&self, name: &str) -> Vec<String> {
+        self.resources
+            .values()
+            .filter(|r| {
+                let auth = match r {
+                    Resource::Service { spec, .. } => spec.authorization.as_ref(),
+                    Resource::User { spec, .. } => spec.authorization.as_ref(),
+                    Resource::Group { spec, .. } => spec.authorization.as_ref(),
+                    Resource::Policy { .. } => None,
+                };
+                auth.is_some_and(|a| a.policies.iter().any(|p| p == name))
+            })
+            .map(|r| format!("{}/{}", r.kind(), r.name()))
+            .collect()
+    }
+
+    pub fn secret(&self, name: &str) -> Option<String> {
+        self.secrets.get(name).map(|s| s.value.clone())
+    }
+}
+
+/// Rules from an `authorization` section: inline policies then referenced Policies.
+fn attached_rules(
+    r: &Resource,
+    auth: Option<&Authorization>,
+    policies: &HashMap<String, Arc<CompiledPolicy>>,
+    errors: &mut Vec<BuildError>,
+) -> Vec<Arc<CompiledRule>> {
+    let mut rules = Vec::new();
+    let Some(auth) = auth else { return rules };
+    for (i, inline) in auth.inline_policies.iter().enumerate() {
+        let name = match &inline.name {
+            Some(n) => format!("{}/{}", r.name(), n),
+            None => format!("{}/inline-{i}", r.name()),
+        };
+        let field = format!("spec.authorization.inlinePolicies[{i}].spec");
+        match CompiledPolicy::compile(&name, &inline.spec, &field) {
+            Ok(p) if !p.disabled => rules.extend(p.rules.iter().cloned()),
+            Ok(_) => {}
+            Err(es) => errors.extend(es.into_iter().map(|e| BuildError {
+                kind: r.kind(),
+                name: r.name().to_string(),
+                field: e.field,
+                message: e.message,
+            })),
+        }
+    }
+    for (i, name) in auth.policies.iter().enumerate() {
+        match policies.get(name) {
+            Some(p) if !p.disabled => rules.extend(p.rules.iter().cloned()),
+            Some(_) => {}
+            None => errors.push(BuildError {
+                kind: r.kind(),
+                name: r.name().to_string(),
+                field: format!("spec.authorization.policies[{i}]"),
+                message: format!("Policy {name:?} does not exist; apply it first or in the same file"),
+            }),
+        }
+    }
+    rules
+}
+
+fn build_service(
+    r: &Resource,
+    name: &str,
+    spec: &ServiceSpec,
+    policies: &HashMap<String, Arc<CompiledPolicy>>,
+    errors: &mut Vec<BuildError>,
+) -> Option<ServiceEntry> {
+    let rules = attached_rules(r, spec.authorization.as_ref(), policies, errors);
+    let err = |field: String, message: String| BuildError {
+        kind: Kind::Service,
+        name: name.to_string(),
+        field,
+        message,
+    };
+    let parse = |cfg_name: Option<&str>,
+                 field: String,
+                 upstream: Option<&postern_common::resources::Upstream>,
+                 http: Option<&HttpConfig>,
+                 errors: &mut Vec<BuildError>| {
+        let u = upstream?;
+        match url::Url::parse(&u.url) {
+            Ok(url) if url.host_str().is_some() => Some(Arc::new(UpstreamConfig {
+                name: cfg_name.map(str::to_string),
+                url,
+                http: http.cloned(),
+            })),
+            Ok(_) => {
+                errors.push(err(field, format!("{:?} has no host", u.url)));
+                None
+            }
+            Err(e) => {
+                errors.push(err(field, format!("{:?}: {e}", u.url)));
+                None
+            }
+        }
+    };
+    let default_config = spec.config.as_ref().and_then(|c| {
+        parse(
+            None,
+            "spec.config.upstream.url".into(),
+            c.upstream.as_ref(),
+            c.http.as_ref(),
+            errors,
+        )
+    });
+    let mut named = HashMap::new();
+    let mut dynamic_rules = Vec::new();
+    let mut dynamic_reads_body = false;
+    if let Some(dc) = &spec.dynamic_config {
+        for (i, c) in dc.configs.iter().enumerate() {
+            if let Some(u) = parse(
+                Some(&c.name),
+                format!("spec.dynamicConfig.configs[{i}].upstream.url"),
+                c.upstream.as_ref(),
+                c.http.as_ref(),
+                errors,
+            ) {
+                named.insert(c.name.as_str(), u);
+            }
+        }
+        for (i, rule) in dc.rules.iter().enumerate() {
+            let field = format!("spec.dynamicConfig.rules[{i}].condition");
+            match CompiledCondition::compile(&rule.condition, &field) {
+                Ok(cond) => {
+                    dynamic_reads_body |= cond.reads_body();
+                    if let Some(cfg) = named.get(rule.config_name.as_str()) {
+                        dynamic_rules.push((cond, cfg.clone()));
+                    }
+                }
+                Err(es) => errors.extend(es.into_iter().map(|e| err(e.field, e.message))),
+            }
+        }
+    }
+    Some(ServiceEntry {
+        name: name.to_string(),
+        spec: spec.clone(),
+        value: CelValue::from_json(&r.to_json()),
+        rules,
+        default_config,
+        dynamic_rules,
+        dynamic_reads_body,
+    })
+}
