@@ -1,0 +1,239 @@
+//! Credentials (stored as hashes) and Sessions: server-managed records, never declared in YAML.
+
+use super::sqlite::{expect_one, is_constraint};
+use super::{CredentialRecord, Store, StoreError};
+use postern_common::resources::{CredentialInfo, CredentialType, Kind, SessionInfo, SessionType};
+use rusqlite::ffi::{SQLITE_CONSTRAINT_PRIMARYKEY, SQLITE_CONSTRAINT_UNIQUE};
+use rusqlite::{params, OptionalExtension, Row};
+
+const CREDENTIAL_COLUMNS: &str =
+    "name, user, type, client_id, lookup_id, secret_hash, created_at, expires_at";
+
+impl Store {
+    /// Stores a new credential. `AlreadyExists` if the name is taken; `DuplicateLookupId` if
+    /// its lookup id is (which only happens if ids are not random).
+    pub fn insert_credential(&self, c: &CredentialRecord) -> Result<(), StoreError> {
+        parse_rfc3339("createdAt", &c.info.created_at)?;
+        if let Some(expires_at) = &c.info.expires_at {
+            parse_rfc3339("expiresAt", expires_at)?;
+        }
+        let conn = self.lock();
+        conn.execute(
+            &format!("INSERT INTO credentials ({CREDENTIAL_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"),
+            params![
+                c.info.name,
+                c.info.user,
+                c.info.credential_type.as_str(),
+                c.info.client_id,
+                c.lookup_id,
+                &c.secret_hash[..],
+                c.info.created_at,
+                c.info.expires_at,
+            ],
+        )
+        .map_err(|e| {
+            if is_constraint(&e, SQLITE_CONSTRAINT_PRIMARYKEY) {
+                StoreError::AlreadyExists {
+                    kind: Kind::Credential,
+                    name: c.info.name.clone(),
+                }
+            } else if is_constraint(&e, SQLITE_CONSTRAINT_UNIQUE) {
+                StoreError::DuplicateLookupId {
+                    lookup_id: c.lookup_id.clone(),
+                }
+            } else {
+                e.into()
+            }
+        })?;
+        Ok(())
+    }
+
+    /// Every credential, ordered by name, for building the in-memory state.
+    pub fn list_credentials(&self) -> Result<Vec<CredentialRecord>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {CREDENTIAL_COLUMNS} FROM credentials ORDER BY name"
+        ))?;
+        let rows = stmt.query_map([], read_credential)?;
+        rows.map(|row| row?).collect()
+    }
+
+    /// The credential with this lookup id (client id or auth-token id), for a login that
+    /// prefers a fresh read over the in-memory state.
+    pub fn get_credential_by_lookup_id(
+        &self,
+        lookup_id: &str,
+    ) -> Result<Option<CredentialRecord>, StoreError> {
+        let conn = self.lock();
+        let found = conn
+            .query_row(
+                &format!("SELECT {CREDENTIAL_COLUMNS} FROM credentials WHERE lookup_id = ?1"),
+                params![lookup_id],
+                read_credential,
+            )
+            .optional()?;
+        found.transpose()
+    }
+
+    /// Deletes a credential; `NotFound` if absent. Its sessions stay until the caller runs
+    /// [`Store::delete_sessions_of_credential`].
+    pub fn delete_credential(&self, name: &str) -> Result<(), StoreError> {
+        let n = self
+            .lock()
+            .execute("DELETE FROM credentials WHERE name = ?1", params![name])?;
+        expect_one(n, Kind::Credential, name)
+    }
+
+    /// Deletes every credential of `user` (when the User is deleted); returns how many.
+    pub fn delete_credentials_of_user(&self, user: &str) -> Result<usize, StoreError> {
+        Ok(self
+            .lock()
+            .execute("DELETE FROM credentials WHERE user = ?1", params![user])?)
+    }
+
+    /// Stores a new session. `AlreadyExists` if the name is taken; `InvalidTimestamp` unless
+    /// both timestamps are RFC 3339.
+    pub fn insert_session(&self, s: &SessionInfo) -> Result<(), StoreError> {
+        parse_rfc3339("createdAt", &s.created_at)?;
+        let expires_unix = parse_rfc3339("expiresAt", &s.expires_at)?;
+        let conn = self.lock();
+        conn.execute(
+            "INSERT INTO sessions (name, user, type, credential, created_at, expires_at, expires_unix)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                s.name,
+                s.user,
+                session_type_str(s.session_type),
+                s.credential,
+                s.created_at,
+                s.expires_at,
+                expires_unix,
+            ],
+        )
+        .map_err(|e| {
+            if is_constraint(&e, SQLITE_CONSTRAINT_PRIMARYKEY) {
+                StoreError::AlreadyExists {
+                    kind: Kind::Session,
+                    name: s.name.clone(),
+                }
+            } else {
+                e.into()
+            }
+        })?;
+        Ok(())
+    }
+
+    /// Every session, ordered by name, for building the in-memory state.
+    pub fn list_sessions(&self) -> Result<Vec<SessionInfo>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare(
+            "SELECT name, user, type, credential, created_at, expires_at FROM sessions ORDER BY name",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            let name: String = r.get(0)?;
+            let type_text: String = r.get(2)?;
+            Ok(match parse_session_type(&type_text) {
+                Some(session_type) => Ok(SessionInfo {
+                    name,
+                    user: r.get(1)?,
+                    session_type,
+                    credential: r.get(3)?,
+                    created_at: r.get(4)?,
+                    expires_at: r.get(5)?,
+                }),
+                None => Err(StoreError::Corrupt {
+                    what: format!("Session {name:?}"),
+                    reason: format!("unknown session type {type_text:?}"),
+                }),
+            })
+        })?;
+        rows.map(|row| row?).collect()
+    }
+
+    /// Deletes a session (logout, revocation); `NotFound` if absent.
+    pub fn delete_session(&self, name: &str) -> Result<(), StoreError> {
+        let n = self
+            .lock()
+            .execute("DELETE FROM sessions WHERE name = ?1", params![name])?;
+        expect_one(n, Kind::Session, name)
+    }
+
+    /// Deletes sessions whose `expiresAt` is at or before `now_rfc3339` (any UTC offset);
+    /// returns how many.
+    pub fn delete_expired_sessions(&self, now_rfc3339: &str) -> Result<usize, StoreError> {
+        let now = parse_rfc3339("now", now_rfc3339)?;
+        Ok(self.lock().execute(
+            "DELETE FROM sessions WHERE expires_unix <= ?1",
+            params![now],
+        )?)
+    }
+
+    /// Deletes every session of `user` (when the User is deleted or disabled); returns how many.
+    pub fn delete_sessions_of_user(&self, user: &str) -> Result<usize, StoreError> {
+        Ok(self
+            .lock()
+            .execute("DELETE FROM sessions WHERE user = ?1", params![user])?)
+    }
+
+    /// Deletes every session created by `credential` (when it is deleted); returns how many.
+    pub fn delete_sessions_of_credential(&self, credential: &str) -> Result<usize, StoreError> {
+        Ok(self.lock().execute(
+            "DELETE FROM sessions WHERE credential = ?1",
+            params![credential],
+        )?)
+    }
+}
+
+/// Decodes a credentials row; the outer error is SQLite's, the inner one a corrupt row.
+fn read_credential(r: &Row<'_>) -> rusqlite::Result<Result<CredentialRecord, StoreError>> {
+    let name: String = r.get(0)?;
+    let type_text: String = r.get(2)?;
+    let hash: Vec<u8> = r.get(5)?;
+    let corrupt = |reason: String| StoreError::Corrupt {
+        what: format!("Credential {name:?}"),
+        reason,
+    };
+    let Some(credential_type) = CredentialType::parse(&type_text) else {
+        return Ok(Err(corrupt(format!("unknown type {type_text:?}"))));
+    };
+    let Ok(secret_hash) = <[u8; 32]>::try_from(hash.as_slice()) else {
+        return Ok(Err(corrupt(format!("secret hash is {} bytes", hash.len()))));
+    };
+    Ok(Ok(CredentialRecord {
+        info: CredentialInfo {
+            name: name.clone(),
+            user: r.get(1)?,
+            credential_type,
+            client_id: r.get(3)?,
+            created_at: r.get(6)?,
+            expires_at: r.get(7)?,
+        },
+        lookup_id: r.get(4)?,
+        secret_hash,
+    }))
+}
+
+fn session_type_str(t: SessionType) -> &'static str {
+    match t {
+        SessionType::Clientless => "CLIENTLESS",
+        SessionType::Client => "CLIENT",
+    }
+}
+
+fn parse_session_type(s: &str) -> Option<SessionType> {
+    match s {
+        "CLIENTLESS" => Some(SessionType::Clientless),
+        "CLIENT" => Some(SessionType::Client),
+        _ => None,
+    }
+}
+
+/// Parses an RFC 3339 timestamp into Unix seconds, naming the offending field on error.
+fn parse_rfc3339(field: &'static str, value: &str) -> Result<i64, StoreError> {
+    chrono::DateTime::parse_from_rfc3339(value)
+        .map(|t| t.timestamp())
+        .map_err(|_| StoreError::InvalidTimestamp {
+            field,
+            value: value.to_string(),
+        })
+}

@@ -1,0 +1,51 @@
+//! The SQLite schema as an ordered list of migrations; `PRAGMA user_version` records how many
+//! have been applied, so opening an older database upgrades it in place.
+
+/// Migration `i` takes the schema from version `i` to `i + 1`. Append only; never edit one
+/// that has shipped.
+pub(super) const MIGRATIONS: &[&str] = &[
+    // 0 -> 1
+    "
+    CREATE TABLE resources (
+        kind       TEXT NOT NULL,
+        name       TEXT NOT NULL,
+        body       TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        PRIMARY KEY (kind, name)
+    ) STRICT;
+
+    CREATE TABLE secrets (
+        name       TEXT PRIMARY KEY NOT NULL,
+        ciphertext BLOB NOT NULL,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    ) STRICT;
+
+    CREATE TABLE credentials (
+        name         TEXT PRIMARY KEY NOT NULL,
+        user         TEXT NOT NULL,
+        type         TEXT NOT NULL,
+        client_id    TEXT,
+        lookup_id    TEXT NOT NULL,
+        secret_hash  BLOB NOT NULL CHECK (length(secret_hash) = 32),
+        created_at   TEXT NOT NULL,
+        expires_at   TEXT
+    ) STRICT;
+    CREATE UNIQUE INDEX credentials_lookup_id ON credentials (lookup_id);
+    CREATE INDEX credentials_user ON credentials (user);
+
+    CREATE TABLE sessions (
+        name         TEXT PRIMARY KEY NOT NULL,
+        user         TEXT NOT NULL,
+        type         TEXT NOT NULL,
+        credential   TEXT NOT NULL,
+        created_at   TEXT NOT NULL,
+        expires_at   TEXT NOT NULL,
+        expires_unix INTEGER NOT NULL
+    ) STRICT;
+    CREATE INDEX sessions_user ON sessions (user);
+    CREATE INDEX sessions_credential ON sessions (credential);
+    CREATE INDEX sessions_expires_unix ON sessions (expires_unix);
+    ",
+];

@@ -1,0 +1,172 @@
+use super::*;
+
+fn credential(name: &str, user: &str, lookup_id: &str) -> CredentialRecord {
+    CredentialRecord {
+        info: CredentialInfo {
+            name: name.into(),
+            user: user.into(),
+            credential_type: CredentialType::Oauth2,
+            client_id: Some(lookup_id.into()),
+            created_at: "2026-01-01T00:00:00Z".into(),
+            expires_at: None,
+        },
+        lookup_id: lookup_id.into(),
+        secret_hash: [9u8; 32],
+    }
+}
+
+fn session(name: &str, user: &str, credential: &str, expires_at: &str) -> SessionInfo {
+    SessionInfo {
+        name: name.into(),
+        user: user.into(),
+        session_type: SessionType::Clientless,
+        credential: credential.into(),
+        created_at: "2026-01-01T00:00:00Z".into(),
+        expires_at: expires_at.into(),
+    }
+}
+
+#[test]
+fn credentials_insert_clash_lookup_delete() {
+    let store = Store::open_in_memory().unwrap();
+    let mut c = credential("ci", "alice", "pcid_1");
+    c.info.expires_at = Some("2027-01-01T00:00:00+02:00".into());
+    store.insert_credential(&c).unwrap();
+    let mut token = credential("laptop", "alice", "abc");
+    token.info.credential_type = CredentialType::AuthToken;
+    token.info.client_id = None;
+    store.insert_credential(&token).unwrap();
+    store
+        .insert_credential(&credential("bot", "bob", "pcid_2"))
+        .unwrap();
+
+    assert!(matches!(
+        store.insert_credential(&credential("ci", "bob", "pcid_9")),
+        Err(StoreError::AlreadyExists {
+            kind: Kind::Credential,
+            ..
+        })
+    ));
+    assert!(matches!(
+        store.insert_credential(&credential("new", "bob", "pcid_1")),
+        Err(StoreError::DuplicateLookupId { .. })
+    ));
+    let mut bad = credential("bad", "bob", "pcid_3");
+    bad.info.created_at = "yesterday".into();
+    assert!(matches!(
+        store.insert_credential(&bad),
+        Err(StoreError::InvalidTimestamp {
+            field: "createdAt",
+            ..
+        })
+    ));
+
+    let listed = store.list_credentials().unwrap();
+    assert_eq!(
+        listed
+            .iter()
+            .map(|c| c.info.name.as_str())
+            .collect::<Vec<_>>(),
+        ["bot", "ci", "laptop"]
+    );
+    assert_eq!(listed[1], c);
+    assert_eq!(listed[2], token);
+    assert_eq!(
+        store.get_credential_by_lookup_id("abc").unwrap(),
+        Some(token)
+    );
+    assert_eq!(store.get_credential_by_lookup_id("nope").unwrap(), None);
+
+    store.delete_credential("bot").unwrap();
+    assert!(matches!(
+        store.delete_credential("bot"),
+        Err(StoreError::NotFound {
+            kind: Kind::Credential,
+            ..
+        })
+    ));
+    assert_eq!(store.delete_credentials_of_user("alice").unwrap(), 2);
+    assert_eq!(store.delete_credentials_of_user("alice").unwrap(), 0);
+    assert!(store.list_credentials().unwrap().is_empty());
+}
+
+#[test]
+fn sessions_insert_list_delete() {
+    let store = Store::open_in_memory().unwrap();
+    let s = session("sess-a", "alice", "ci", "2026-06-01T00:00:00Z");
+    store.insert_session(&s).unwrap();
+    let mut client = session("sess-b", "alice", "laptop", "2026-06-01T00:00:00Z");
+    client.session_type = SessionType::Client;
+    store.insert_session(&client).unwrap();
+    assert!(matches!(
+        store.insert_session(&s),
+        Err(StoreError::AlreadyExists {
+            kind: Kind::Session,
+            ..
+        })
+    ));
+    assert!(matches!(
+        store.insert_session(&session("sess-c", "bob", "x", "soon")),
+        Err(StoreError::InvalidTimestamp {
+            field: "expiresAt",
+            ..
+        })
+    ));
+    assert_eq!(store.list_sessions().unwrap(), vec![s, client]);
+    store.delete_session("sess-a").unwrap();
+    assert!(matches!(
+        store.delete_session("sess-a"),
+        Err(StoreError::NotFound {
+            kind: Kind::Session,
+            ..
+        })
+    ));
+    assert_eq!(store.list_sessions().unwrap().len(), 1);
+}
+
+#[test]
+fn expired_sessions_compare_instants_not_strings() {
+    let store = Store::open_in_memory().unwrap();
+    // 10:00 at +02:00 is 08:00Z: expired at 09:00Z even though "10" > "09" as text.
+    store
+        .insert_session(&session("s1", "a", "c", "2026-06-01T10:00:00+02:00"))
+        .unwrap();
+    store
+        .insert_session(&session("s2", "a", "c", "2026-06-01T09:00:00Z"))
+        .unwrap();
+    store
+        .insert_session(&session("s3", "a", "c", "2026-06-01T09:00:01Z"))
+        .unwrap();
+    assert_eq!(
+        store
+            .delete_expired_sessions("2026-06-01T09:00:00Z")
+            .unwrap(),
+        2
+    );
+    let left = store.list_sessions().unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].name, "s3");
+    assert!(matches!(
+        store.delete_expired_sessions("now"),
+        Err(StoreError::InvalidTimestamp { field: "now", .. })
+    ));
+}
+
+#[test]
+fn sessions_of_user_and_credential() {
+    let store = Store::open_in_memory().unwrap();
+    for (name, user, cred) in [
+        ("s1", "alice", "ci"),
+        ("s2", "alice", "laptop"),
+        ("s3", "bob", "ci-bob"),
+        ("s4", "bob", "ci-bob"),
+    ] {
+        store
+            .insert_session(&session(name, user, cred, "2030-01-01T00:00:00Z"))
+            .unwrap();
+    }
+    assert_eq!(store.delete_sessions_of_credential("ci-bob").unwrap(), 2);
+    assert_eq!(store.delete_sessions_of_credential("ci-bob").unwrap(), 0);
+    assert_eq!(store.delete_sessions_of_user("alice").unwrap(), 2);
+    assert!(store.list_sessions().unwrap().is_empty());
+}
