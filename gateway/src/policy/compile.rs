@@ -1,5 +1,7 @@
 //! Compiling a `Condition` tree into parsed CEL expressions, once per configuration change.
 
+use std::panic::AssertUnwindSafe;
+
 use cel_interpreter::Value;
 use cel_parser::{ast::IdedExpr, Parser};
 use postern_common::resources::Condition;
@@ -18,7 +20,15 @@ impl CelExpr {
     /// Parses `source`; every syntax error and unknown function becomes a [`CompileError`]
     /// on `field`.
     fn compile(source: &str, field: &str) -> Result<Self, Vec<CompileError>> {
-        let expr = Parser::new().parse(source).map_err(|errs| {
+        // cel-parser 0.10 panics on some malformed input (e.g. `1 +`): a bad expression in
+        // configuration must be a compile error, never a crash of the gateway.
+        let parsed = std::panic::catch_unwind(|| Parser::new().parse(source)).map_err(|_| {
+            vec![CompileError::new(
+                field,
+                "invalid CEL expression: the parser could not handle it (incomplete expression?)",
+            )]
+        })?;
+        let expr = parsed.map_err(|errs| {
             errs.errors
                 .iter()
                 .map(|e| {
@@ -54,7 +64,15 @@ impl CelExpr {
     /// `Some(b)` for a boolean result; `None` for an evaluation error or a non-boolean
     /// result (both logged at debug: they mean "not matched").
     fn eval(&self, ctx: &EvalContext) -> Option<bool> {
-        match ctx.cel().resolve(&self.expr) {
+        // The interpreter has `todo!()`/`unreachable!()` paths; a panic there must not take
+        // the request task down. Evaluation only reads `ctx`, so unwinding leaves no broken
+        // state behind.
+        let result = std::panic::catch_unwind(AssertUnwindSafe(|| ctx.cel().resolve(&self.expr)));
+        let Ok(result) = result else {
+            tracing::debug!(expression = %self.source, "policy expression panicked; treated as not matched");
+            return None;
+        };
+        match result {
             Ok(Value::Bool(b)) => Some(b),
             Ok(other) => {
                 tracing::debug!(
