@@ -47,7 +47,9 @@ fn decided_by(d: &Decision) -> (Effect, &str) {
 fn priority_order_and_deny_before_allow() {
     let ops = r#""ops" in ctx.user.spec.groups"#;
     let dev = r#""dev" in ctx.user.spec.groups"#;
-    let cases: Vec<(&str, Vec<Rule>, &str, (Effect, &str))> = vec![
+    // (what, rules, user, expected (effect, deciding rule))
+    type Case<'a> = (&'a str, Vec<Rule>, &'a str, (Effect, &'a str));
+    let cases: Vec<Case> = vec![
         (
             "DENY wins at equal priority, whatever the spec order",
             vec![
