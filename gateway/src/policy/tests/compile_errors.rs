@@ -149,3 +149,15 @@ fn valid_expressions_compile() {
         assert!(CompiledCondition::compile(&m(expr), "c").is_ok(), "{expr}");
     }
 }
+
+#[test]
+fn parser_panic_becomes_a_compile_error() {
+    // cel-parser 0.10 panics on `1 +`; compile must turn that into an error on the field.
+    let errs = CompiledCondition::compile(&m("ctx.request.http.size > 1 +"), "c").unwrap_err();
+    assert_eq!(errs.len(), 1);
+    assert_eq!(errs[0].field, "c.match");
+    assert!(
+        errs[0].message.starts_with("invalid CEL expression"),
+        "{errs:?}"
+    );
+}
