@@ -1,0 +1,213 @@
+//! Compiling a `Condition` tree into parsed CEL expressions, once per configuration change.
+
+use std::panic::AssertUnwindSafe;
+
+use cel_interpreter::Value;
+use cel_parser::{ast::IdedExpr, Parser};
+use postern_common::resources::Condition;
+
+use super::reads_body::reads_body;
+use super::{functions, CompileError, EvalContext};
+
+/// One parsed CEL expression with its source (kept for debug logs).
+#[derive(Debug, Clone)]
+struct CelExpr {
+    source: String,
+    expr: IdedExpr,
+}
+
+impl CelExpr {
+    /// Parses `source`; every syntax error and unknown function becomes a [`CompileError`]
+    /// on `field`.
+    fn compile(source: &str, field: &str) -> Result<Self, Vec<CompileError>> {
+        // cel-parser 0.10 panics on some malformed input (e.g. `1 +`): a bad expression in
+        // configuration must be a compile error, never a crash of the gateway.
+        let parsed = std::panic::catch_unwind(|| Parser::new().parse(source)).map_err(|_| {
+            vec![CompileError::new(
+                field,
+                "invalid CEL expression: the parser could not handle it (incomplete expression?)",
+            )]
+        })?;
+        let expr = parsed.map_err(|errs| {
+            errs.errors
+                .iter()
+                .map(|e| {
+                    CompileError::new(
+                        field,
+                        format!(
+                            "invalid CEL expression at line {} column {}: {}",
+                            e.pos.0, e.pos.1, e.msg
+                        ),
+                    )
+                })
+                .collect::<Vec<_>>()
+        })?;
+        let references = expr.references();
+        let mut unknown: Vec<&str> = references
+            .functions()
+            .into_iter()
+            .filter(|f| !functions::is_known_function(f))
+            .collect();
+        if !unknown.is_empty() {
+            unknown.sort_unstable();
+            return Err(unknown
+                .into_iter()
+                .map(|f| CompileError::new(field, format!("unknown function '{f}'")))
+                .collect());
+        }
+        Ok(CelExpr {
+            source: source.to_owned(),
+            expr,
+        })
+    }
+
+    /// `Some(b)` for a boolean result; `None` for an evaluation error or a non-boolean
+    /// result (both logged at debug: they mean "not matched").
+    fn eval(&self, ctx: &EvalContext) -> Option<bool> {
+        // The interpreter has `todo!()`/`unreachable!()` paths; a panic there must not take
+        // the request task down. Evaluation only reads `ctx`, so unwinding leaves no broken
+        // state behind.
+        let result = std::panic::catch_unwind(AssertUnwindSafe(|| ctx.cel().resolve(&self.expr)));
+        let Ok(result) = result else {
+            tracing::debug!(expression = %self.source, "policy expression panicked; treated as not matched");
+            return None;
+        };
+        match result {
+            Ok(Value::Bool(b)) => Some(b),
+            Ok(other) => {
+                tracing::debug!(
+                    expression = %self.source,
+                    result = ?other,
+                    "policy expression is not boolean; treated as not matched"
+                );
+                None
+            }
+            Err(error) => {
+                tracing::debug!(
+                    expression = %self.source,
+                    %error,
+                    "policy expression failed to evaluate; treated as not matched"
+                );
+                None
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Node {
+    Match(CelExpr),
+    Not(CelExpr),
+    All(Vec<CompiledCondition>),
+    Any(Vec<CompiledCondition>),
+    None(Vec<CompiledCondition>),
+    MatchAny,
+}
+
+/// A compiled `Condition`: parsed once at apply time, evaluated per request without
+/// re-parsing. `Send + Sync`, so it can live in a shared configuration snapshot.
+#[derive(Debug, Clone)]
+pub struct CompiledCondition {
+    node: Node,
+    reads_body: bool,
+}
+
+const ALL_FIELDS: &str = "match, matchAny, all, any, none, not, opa";
+
+impl CompiledCondition {
+    /// Compiles `c`, whose path in the resource is `field` (e.g. `spec.rules[0].condition`).
+    ///
+    /// Collects every error of the tree rather than stopping at the first. Besides CEL syntax
+    /// and unknown functions, it rejects: a condition with zero or several fields set,
+    /// `matchAny: false`, an empty `of` list (an empty `all` would otherwise match
+    /// everything), and `opa` (not supported by this module yet).
+    pub fn compile(c: &Condition, field: &str) -> Result<Self, Vec<CompileError>> {
+        let set = c.set_fields();
+        if set.len() != 1 {
+            let message = if set.is_empty() {
+                format!("no condition set: exactly one of {ALL_FIELDS} is required")
+            } else {
+                format!(
+                    "exactly one of {ALL_FIELDS} may be set, found {}",
+                    set.join(", ")
+                )
+            };
+            return Err(vec![CompileError::new(field, message)]);
+        }
+        let node = if let Some(src) = &c.match_ {
+            Node::Match(CelExpr::compile(src, &format!("{field}.match"))?)
+        } else if let Some(src) = &c.not {
+            Node::Not(CelExpr::compile(src, &format!("{field}.not"))?)
+        } else if let Some(any) = c.match_any {
+            if !any {
+                return Err(vec![CompileError::new(
+                    format!("{field}.matchAny"),
+                    "matchAny must be true when set",
+                )]);
+            }
+            Node::MatchAny
+        } else if let Some(list) = &c.all {
+            Node::All(compile_list(&list.of, &format!("{field}.all.of"))?)
+        } else if let Some(list) = &c.any {
+            Node::Any(compile_list(&list.of, &format!("{field}.any.of"))?)
+        } else if let Some(list) = &c.none {
+            Node::None(compile_list(&list.of, &format!("{field}.none.of"))?)
+        } else {
+            return Err(vec![CompileError::new(
+                format!("{field}.opa"),
+                "OPA conditions are not supported by the CEL policy engine",
+            )]);
+        };
+        let reads_body = match &node {
+            Node::Match(e) | Node::Not(e) => reads_body(&e.expr),
+            Node::All(v) | Node::Any(v) | Node::None(v) => v.iter().any(|c| c.reads_body),
+            Node::MatchAny => false,
+        };
+        Ok(CompiledCondition { node, reads_body })
+    }
+
+    /// True if any expression in the tree may read `ctx.request.http.bodyMap`, so the proxy
+    /// knows whether to buffer and parse the body (decided from the AST, not a substring).
+    pub fn reads_body(&self) -> bool {
+        self.reads_body
+    }
+
+    /// Whether the condition matches this request. Never fails: an evaluation error
+    /// (missing field, type mismatch) or a non-boolean result counts as "not matched",
+    /// including inside `not`, which matches only when its expression is exactly `false`.
+    pub fn evaluate(&self, ctx: &EvalContext) -> bool {
+        match &self.node {
+            Node::Match(e) => e.eval(ctx) == Some(true),
+            Node::Not(e) => e.eval(ctx) == Some(false),
+            Node::All(v) => v.iter().all(|c| c.evaluate(ctx)),
+            Node::Any(v) => v.iter().any(|c| c.evaluate(ctx)),
+            Node::None(v) => !v.iter().any(|c| c.evaluate(ctx)),
+            Node::MatchAny => true,
+        }
+    }
+}
+
+fn compile_list(
+    of: &[Condition],
+    field: &str,
+) -> Result<Vec<CompiledCondition>, Vec<CompileError>> {
+    if of.is_empty() {
+        return Err(vec![CompileError::new(
+            field,
+            "must contain at least one condition",
+        )]);
+    }
+    let mut out = Vec::with_capacity(of.len());
+    let mut errors = Vec::new();
+    for (i, c) in of.iter().enumerate() {
+        match CompiledCondition::compile(c, &format!("{field}[{i}]")) {
+            Ok(c) => out.push(c),
+            Err(e) => errors.extend(e),
+        }
+    }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(errors)
+    }
+}

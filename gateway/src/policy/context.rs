@@ -1,0 +1,189 @@
+//! The CEL evaluation context of one request: `ctx.user`, `ctx.session`, `ctx.groups`,
+//! `ctx.service` and `ctx.request`, built in exactly one place.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use cel_interpreter::objects::{Key, Map};
+use cel_interpreter::{Context, Value};
+
+use super::functions;
+
+/// A resource converted once to a CEL value (users, services, sessions are precomputed
+/// when configuration changes, not per request), so building a request context only
+/// clones `Arc`s.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CelValue(pub cel_interpreter::Value);
+
+impl CelValue {
+    /// Converts a JSON value (typically a serialized resource) to a CEL value: objects
+    /// become maps with string keys, integers `Int` (or `UInt` past `i64::MAX`), other
+    /// numbers `Float`.
+    pub fn from_json(v: &serde_json::Value) -> Self {
+        CelValue(json_to_value(v))
+    }
+
+    /// An empty map, for an absent resource (e.g. no session yet): any field lookup on it
+    /// is a missing field, hence "not matched".
+    pub fn empty_map() -> Self {
+        CelValue(map_value(HashMap::new()))
+    }
+
+    /// An empty list, e.g. for a user without groups.
+    pub fn empty_list() -> Self {
+        CelValue(Value::List(Arc::new(Vec::new())))
+    }
+}
+
+impl Default for CelValue {
+    fn default() -> Self {
+        CelValue::empty_map()
+    }
+}
+
+fn json_to_value(v: &serde_json::Value) -> Value {
+    match v {
+        serde_json::Value::Null => Value::Null,
+        serde_json::Value::Bool(b) => Value::Bool(*b),
+        serde_json::Value::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                Value::Int(i)
+            } else if let Some(u) = n.as_u64() {
+                Value::UInt(u)
+            } else {
+                Value::Float(n.as_f64().unwrap_or(f64::NAN))
+            }
+        }
+        serde_json::Value::String(s) => Value::String(Arc::new(s.clone())),
+        serde_json::Value::Array(a) => Value::List(Arc::new(a.iter().map(json_to_value).collect())),
+        serde_json::Value::Object(o) => {
+            let map = o
+                .iter()
+                .map(|(k, v)| (Key::String(Arc::new(k.clone())), json_to_value(v)))
+                .collect();
+            map_value(map)
+        }
+    }
+}
+
+fn map_value(map: HashMap<Key, Value>) -> Value {
+    Value::Map(Map { map: Arc::new(map) })
+}
+
+fn key(s: &str) -> Key {
+    Key::String(Arc::new(s.to_owned()))
+}
+
+fn string(s: &str) -> Value {
+    Value::String(Arc::new(s.to_owned()))
+}
+
+/// Facts about the HTTP request, borrowed from the proxy so that the policy module needs no
+/// HTTP types of its own beyond the header map.
+pub struct RequestFacts<'a> {
+    /// Request method, e.g. `GET`.
+    pub method: &'a str,
+    /// Path without the query string.
+    pub path: &'a str,
+    /// Host (authority) the client asked for.
+    pub host: &'a str,
+    /// `http` or `https`.
+    pub scheme: &'a str,
+    /// Request headers; names are already lowercase in `http::HeaderMap`.
+    pub headers: &'a http::HeaderMap,
+    /// Raw query string, without the `?`.
+    pub query: Option<&'a str>,
+    /// The parsed JSON body, when the body was buffered (some rule reads `bodyMap`).
+    pub body: Option<&'a serde_json::Value>,
+    /// Request body size in bytes (Content-Length or buffered length).
+    pub size: u64,
+    /// The client address, when known.
+    pub client_ip: Option<IpAddr>,
+}
+
+/// The evaluation context of one request, built once and shared by every rule and
+/// dynamicConfig condition, so the per-rule cost is only the expression itself.
+pub struct EvalContext {
+    cel: Context<'static>,
+}
+
+impl EvalContext {
+    /// Builds `ctx` from precomputed resources (cheap `Arc` clones) and the request facts.
+    pub fn new(
+        user: &CelValue,
+        session: &CelValue,
+        groups: &CelValue,
+        service: &CelValue,
+        request: &RequestFacts<'_>,
+    ) -> Self {
+        let mut http = HashMap::with_capacity(8);
+        http.insert(key("method"), string(request.method));
+        http.insert(key("path"), string(request.path));
+        http.insert(key("host"), string(request.host));
+        http.insert(key("scheme"), string(request.scheme));
+        http.insert(key("headers"), headers_value(request.headers));
+        http.insert(key("queryParams"), query_value(request.query));
+        http.insert(
+            key("bodyMap"),
+            request
+                .body
+                .map(json_to_value)
+                .unwrap_or_else(|| map_value(HashMap::new())),
+        );
+        http.insert(
+            key("size"),
+            Value::Int(i64::try_from(request.size).unwrap_or(i64::MAX)),
+        );
+
+        let mut req = HashMap::with_capacity(2);
+        req.insert(key("http"), map_value(http));
+        if let Some(ip) = request.client_ip {
+            req.insert(key("ip"), Value::String(Arc::new(ip.to_string())));
+        }
+
+        let mut root = HashMap::with_capacity(5);
+        root.insert(key("user"), user.0.clone());
+        root.insert(key("session"), session.0.clone());
+        root.insert(key("groups"), groups.0.clone());
+        root.insert(key("service"), service.0.clone());
+        root.insert(key("request"), map_value(req));
+
+        let mut cel = Context::default();
+        functions::register(&mut cel);
+        cel.add_variable_from_value("ctx", map_value(root));
+        EvalContext { cel }
+    }
+
+    /// The underlying CEL context, for evaluating compiled expressions.
+    pub(crate) fn cel(&self) -> &Context<'static> {
+        &self.cel
+    }
+}
+
+/// Header names (lowercase) to their values joined by `", "`; non-UTF-8 bytes are replaced.
+fn headers_value(headers: &http::HeaderMap) -> Value {
+    let mut map: HashMap<Key, Value> = HashMap::with_capacity(headers.keys_len());
+    for name in headers.keys() {
+        let joined = headers
+            .get_all(name)
+            .iter()
+            .map(|v| String::from_utf8_lossy(v.as_bytes()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        map.insert(key(name.as_str()), Value::String(Arc::new(joined)));
+    }
+    map_value(map)
+}
+
+/// Query parameter names to their first value, percent-decoded (`+` is a space).
+fn query_value(query: Option<&str>) -> Value {
+    let mut map: HashMap<Key, Value> = HashMap::new();
+    if let Some(q) = query {
+        for (k, v) in url::form_urlencoded::parse(q.as_bytes()) {
+            map.entry(Key::String(Arc::new(k.into_owned())))
+                .or_insert_with(|| Value::String(Arc::new(v.into_owned())));
+        }
+    }
+    map_value(map)
+}

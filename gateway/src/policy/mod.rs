@@ -1,0 +1,48 @@
+//! Policy evaluation: compiles `Policy` specs (CEL conditions) once, when configuration
+//! changes, and decides each request against an [`EvalContext`] built once per request.
+//!
+//! Semantics (deny by default):
+//! - rules are ordered by `priority` (lower first), DENY before ALLOW at equal priority;
+//! - the first rule whose condition matches decides; no match denies ([`Reason::NoMatch`]);
+//! - a CEL evaluation error (a missing field is `NoSuchKey`, a type mismatch, an unknown
+//!   method on a value) means "not matched", never an error, and is logged at debug;
+//! - `not: expr` matches only when `expr` evaluates to exactly `false`: an evaluation error
+//!   inside `not` is also "not matched" (Octelium's choice: an error never grants anything,
+//!   even through negation);
+//! - `all.of` / `any.of` / `none.of` combine sub-conditions; `matchAny: true` always matches.
+//!
+//! The module is pure: no I/O, no global state. Compiled types are `Send + Sync` so that a
+//! configuration snapshot can be shared across tasks behind an `Arc`.
+
+mod compile;
+mod context;
+mod decision;
+mod functions;
+mod reads_body;
+
+#[cfg(test)]
+mod tests;
+
+pub use compile::CompiledCondition;
+pub use context::{CelValue, EvalContext, RequestFacts};
+pub use decision::{CompiledPolicy, CompiledRule, Decision, Reason, RuleSet};
+
+/// A compile problem, named by field path (e.g. `spec.rules[0].condition.all.of[1].match`)
+/// with the CEL position in the message, so that `apply` can point at the exact mistake.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct CompileError {
+    /// Path of the offending field inside the resource.
+    pub field: String,
+    /// What is wrong, with `line L column C` for CEL syntax errors.
+    pub message: String,
+}
+
+impl CompileError {
+    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        CompileError {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
