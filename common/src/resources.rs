@@ -124,6 +124,8 @@ pub struct Metadata {
 }
 
 /// A declared resource with its typed spec.
+// Resources are built at apply time and held behind `Arc`s, never moved on the hot path.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind")]
 pub enum Resource {

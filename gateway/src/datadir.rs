@@ -60,7 +60,9 @@ pub enum DataDirError {
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
     #[error(transparent)]
-    Identity(#[from] crate::identity::IdentityError),
+    SecretKey(#[from] crate::identity::SecretBoxError),
+    #[error(transparent)]
+    SigningKey(#[from] crate::identity::SigningKeyError),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> DataDirError + '_ {
