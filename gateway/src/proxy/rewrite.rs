@@ -77,6 +77,9 @@ pub fn upstream_request(
         .build()
         .map_err(|e| RewriteError::InvalidUri(e.to_string()))?;
 
+    // The upstream connection's protocol is chosen by ALPN, not by how the caller arrived.
+    parts.version = http::Version::HTTP_11;
+
     let headers = &mut parts.headers;
     remove_hop_by_hop(headers);
     headers.remove(header::AUTHORIZATION);

@@ -377,3 +377,20 @@ fn dot_dot_cannot_climb_above_upstream_prefix() {
     let p = run("/../../admin", "https://up.example/base", Some(&h));
     assert_eq!(p.uri.path(), "/base/v1beta/openai/admin");
 }
+
+#[test]
+fn caller_http_version_is_not_forced_on_upstream() {
+    let mut p = parts("https://gw.example/x", &[]);
+    p.version = http::Version::HTTP_2;
+    upstream_request(
+        &mut p,
+        &"http://u".parse().unwrap(),
+        None,
+        &secrets,
+        None,
+        "gw",
+    )
+    .unwrap();
+    assert_eq!(p.version, http::Version::HTTP_11);
+    assert_eq!(p.uri.to_string(), "http://u/x");
+}

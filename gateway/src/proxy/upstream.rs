@@ -120,11 +120,15 @@ impl UpstreamClient {
     }
 
     /// Sends a request whose URI is absolute (see `rewrite::upstream_request`) and returns the
-    /// response as soon as its headers arrive; the body streams from `Incoming`.
+    /// response as soon as its headers arrive; the body streams from `Incoming`. The request's
+    /// HTTP version is ignored: the upstream connection's protocol is chosen by ALPN.
     pub async fn send(
         &self,
-        req: http::Request<BoxBody>,
+        mut req: http::Request<BoxBody>,
     ) -> Result<http::Response<hyper::body::Incoming>, UpstreamError> {
+        // The caller's HTTP version says nothing about the upstream connection: ALPN decides, and
+        // hyper refuses an HTTP/2-tagged request on an HTTP/1.1 connection.
+        *req.version_mut() = http::Version::HTTP_11;
         match tokio::time::timeout(self.response_header_timeout, self.client.request(req)).await {
             Err(_) => Err(UpstreamError::Timeout),
             Ok(Ok(resp)) => Ok(resp),

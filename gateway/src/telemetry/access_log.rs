@@ -16,7 +16,9 @@ const QUEUE: usize = 8192;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum Decision {
+    /// A rule allowed the request.
     Allow,
+    /// A rule denied it, or none matched (deny by default).
     Deny,
 }
 

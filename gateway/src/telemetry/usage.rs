@@ -10,8 +10,11 @@ const MAX_KEEP: usize = 1 << 20;
 /// Tokens one LLM call consumed, as the provider reported them.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct Usage {
+    /// Tokens in the request (`prompt_tokens`, or `input_tokens`).
     pub prompt_tokens: u64,
+    /// Tokens generated (`completion_tokens`, or `output_tokens`).
     pub completion_tokens: u64,
+    /// As reported, or the sum of the two when the provider leaves it out.
     pub total_tokens: u64,
 }
 
