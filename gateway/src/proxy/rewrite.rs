@@ -1,0 +1,302 @@
+//! Turning the caller's request into the upstream's request: path, hop-by-hop and
+//! identity headers, forwarding headers, operator header edits and injected credentials.
+//!
+//! Everything here is pure (no I/O) so the rules are unit-tested directly.
+
+use base64::Engine as _;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use postern_common::resources::{HttpConfig, KeyValue};
+use std::net::IpAddr;
+
+/// Why a request could not be rewritten for its upstream.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RewriteError {
+    /// The Secret named by `auth.*.fromSecret` does not exist. The caller answers 502 without
+    /// the name and logs the name for the operator.
+    #[error("secret {0:?} is missing: create it with `posternctl create secret {0}`")]
+    MissingSecret(String),
+    /// The Secret exists but cannot be sent in an HTTP header (newline, control characters).
+    #[error("secret {0:?} holds characters not allowed in an HTTP header: store it again without newlines or control characters")]
+    InvalidSecretValue(String),
+    /// A header name or value in the Service's `http.header` or `http.auth.custom` is not valid HTTP.
+    #[error("header {name:?} in the Service config is not valid HTTP ({reason}): fix the Service and apply it again")]
+    InvalidHeader { name: String, reason: String },
+    /// `config.upstream.url` is not an `http`/`https` URL with a host.
+    #[error("upstream URL {0:?} must be http:// or https:// with a host: fix config.upstream.url")]
+    BadUpstream(String),
+    /// The request path is unsafe or malformed; the caller answers 400.
+    #[error("request path rejected: {0}")]
+    BadPath(&'static str),
+    /// The rewritten URI could not be built (should not happen after the checks above).
+    #[error("could not build the upstream URI: {0}")]
+    InvalidUri(String),
+}
+
+/// Headers meaningful only for one connection (RFC 9110 §7.6.1); never forwarded.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Rewrites `parts` in place into the request sent to `upstream`.
+///
+/// Exists so the whole forwarding transformation (and its security rules: the caller's
+/// `Authorization`, `Proxy-Authorization` and `Cookie` never reach the upstream) is in one
+/// place. The path is normalized again here, so a caller that forgot [`normalize_path`] still
+/// cannot climb above `/`.
+pub fn upstream_request(
+    parts: &mut http::request::Parts,
+    upstream: &url::Url,
+    http: Option<&HttpConfig>,
+    secret: &dyn Fn(&str) -> Option<String>,
+    client_ip: Option<IpAddr>,
+    original_host: &str,
+) -> Result<(), RewriteError> {
+    let (scheme, authority) = upstream_authority(upstream)?;
+    let path = normalize_path(parts.uri.path())?;
+    let path_cfg = http.and_then(|h| h.path.as_ref());
+    let stripped = match path_cfg.and_then(|p| p.remove_prefix.as_deref()) {
+        Some(prefix) => strip_prefix(&path, prefix),
+        None => path.as_str(),
+    };
+    let add = path_cfg.and_then(|p| p.add_prefix.as_deref()).unwrap_or("");
+    let mut new_path = join_paths(&[upstream.path(), add, stripped]);
+    if let Some(q) = parts.uri.query() {
+        new_path.push('?');
+        new_path.push_str(q);
+    }
+    parts.uri = http::Uri::builder()
+        .scheme(scheme)
+        .authority(authority.as_str())
+        .path_and_query(new_path)
+        .build()
+        .map_err(|e| RewriteError::InvalidUri(e.to_string()))?;
+
+    // The upstream connection's protocol is chosen by ALPN, not by how the caller arrived.
+    parts.version = http::Version::HTTP_11;
+
+    let headers = &mut parts.headers;
+    remove_hop_by_hop(headers);
+    headers.remove(header::AUTHORIZATION);
+    headers.remove(header::PROXY_AUTHORIZATION);
+    headers.remove(header::COOKIE);
+    headers.insert(header::HOST, value(&authority, "host")?);
+    if let Some(ip) = client_ip {
+        let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+            Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
+            _ => ip.to_string(),
+        };
+        headers.insert("x-forwarded-for", value(&xff, "x-forwarded-for")?);
+    }
+    headers.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+    match HeaderValue::from_str(original_host) {
+        Ok(v) => {
+            headers.insert("x-forwarded-host", v);
+        }
+        Err(_) => {
+            headers.remove("x-forwarded-host");
+        }
+    }
+
+    if let Some(hc) = http.and_then(|h| h.header.as_ref()) {
+        edit_headers(headers, &hc.remove_request_headers, &hc.add_request_headers)?;
+    }
+    if let Some(auth) = http.and_then(|h| h.auth.as_ref()) {
+        if let Some(b) = &auth.bearer {
+            let v = fetch(secret, &b.from_secret)?;
+            headers.insert(
+                header::AUTHORIZATION,
+                sensitive(&format!("Bearer {v}"), &b.from_secret)?,
+            );
+        }
+        if let Some(b) = &auth.basic {
+            let pw = fetch(secret, &b.password.from_secret)?;
+            let enc =
+                base64::engine::general_purpose::STANDARD.encode(format!("{}:{pw}", b.username));
+            headers.insert(
+                header::AUTHORIZATION,
+                sensitive(&format!("Basic {enc}"), &b.password.from_secret)?,
+            );
+        }
+        if let Some(c) = &auth.custom {
+            let name = name(&c.header)?;
+            let v = fetch(secret, &c.value.from_secret)?;
+            headers.insert(name, sensitive(&v, &c.value.from_secret)?);
+        }
+    }
+    Ok(())
+}
+
+/// Cleans an upstream response's headers before they go back to the caller: hop-by-hop headers
+/// go, then the Service's `removeResponseHeaders` and `addResponseHeaders` apply.
+///
+/// Exists so response handling mirrors [`upstream_request`]. Invalid operator headers are
+/// skipped (and logged) rather than failing a response that already arrived.
+pub fn response_headers(headers: &mut HeaderMap, http: Option<&HttpConfig>) {
+    remove_hop_by_hop(headers);
+    if let Some(hc) = http.and_then(|h| h.header.as_ref()) {
+        if let Err(e) = edit_headers(
+            headers,
+            &hc.remove_response_headers,
+            &hc.add_response_headers,
+        ) {
+            tracing::warn!(error = %e, "skipping invalid response header edit");
+        }
+    }
+}
+
+/// Canonical form of a request path, used before policy so rules see the same path the
+/// upstream will get: `.`/`..` are resolved (never above `/`), duplicate slashes collapse,
+/// and encoded slashes/backslashes, NUL and backslashes are rejected because upstreams
+/// disagree about what they mean. Takes the path only (no query).
+pub fn normalize_path(path: &str) -> Result<String, RewriteError> {
+    if !path.starts_with('/') {
+        return Err(RewriteError::BadPath("the path must start with '/'"));
+    }
+    if path.contains('\\') || path.contains('\0') {
+        return Err(RewriteError::BadPath(
+            "backslashes and NUL are not allowed in paths",
+        ));
+    }
+    let mut out: Vec<&str> = Vec::new();
+    let mut trailing = false;
+    for seg in path.split('/').skip(1) {
+        let decoded = percent_encoding::percent_decode_str(seg).collect::<Vec<u8>>();
+        if decoded.iter().any(|b| matches!(b, b'/' | b'\\' | 0)) {
+            return Err(RewriteError::BadPath(
+                "encoded '/', '\\' or NUL is not allowed in paths",
+            ));
+        }
+        trailing = false;
+        match decoded.as_slice() {
+            b"" => trailing = true,
+            b"." => trailing = true,
+            b".." => {
+                out.pop();
+                trailing = true;
+            }
+            _ => out.push(seg),
+        }
+    }
+    let mut s = String::with_capacity(path.len());
+    for seg in &out {
+        s.push('/');
+        s.push_str(seg);
+    }
+    if out.is_empty() || trailing {
+        s.push('/');
+    }
+    Ok(s)
+}
+
+fn upstream_authority(upstream: &url::Url) -> Result<(&str, String), RewriteError> {
+    let scheme = upstream.scheme();
+    if !matches!(scheme, "http" | "https") || upstream.host_str().is_none() {
+        return Err(RewriteError::BadUpstream(upstream.to_string()));
+    }
+    let authority = upstream[url::Position::BeforeHost..url::Position::AfterPort].to_string();
+    Ok((scheme, authority))
+}
+
+/// Strips `prefix` at a segment boundary (`/api` strips `/api/x` and `/api`, not `/apix`).
+fn strip_prefix<'a>(path: &'a str, prefix: &str) -> &'a str {
+    let prefix = prefix.trim_end_matches('/');
+    if prefix.is_empty() {
+        return path;
+    }
+    match path.strip_prefix(prefix) {
+        Some(rest) if rest.is_empty() || rest.starts_with('/') => rest,
+        _ => path,
+    }
+}
+
+/// Joins path pieces with exactly one `/` between non-empty pieces, keeping the last piece's
+/// trailing slash.
+fn join_paths(pieces: &[&str]) -> String {
+    let mut s = String::new();
+    for p in pieces {
+        let t = p.trim_matches('/');
+        if !t.is_empty() {
+            s.push('/');
+            s.push_str(t);
+        }
+    }
+    let last_has_slash = pieces.last().is_some_and(|l| l.ends_with('/'));
+    if s.is_empty() || (last_has_slash && !s.ends_with('/')) {
+        s.push('/');
+    }
+    s
+}
+
+fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for n in listed {
+        headers.remove(n);
+    }
+    for n in HOP_BY_HOP {
+        headers.remove(*n);
+    }
+    let proxy: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| k.as_str().starts_with("proxy-"))
+        .cloned()
+        .collect();
+    for n in proxy {
+        headers.remove(n);
+    }
+}
+
+fn edit_headers(
+    headers: &mut HeaderMap,
+    remove: &[String],
+    add: &[KeyValue],
+) -> Result<(), RewriteError> {
+    for r in remove {
+        headers.remove(name(r)?);
+    }
+    for kv in add {
+        headers.insert(name(&kv.key)?, value(&kv.value, &kv.key)?);
+    }
+    Ok(())
+}
+
+fn fetch(secret: &dyn Fn(&str) -> Option<String>, name: &str) -> Result<String, RewriteError> {
+    secret(name).ok_or_else(|| RewriteError::MissingSecret(name.to_string()))
+}
+
+fn name(n: &str) -> Result<HeaderName, RewriteError> {
+    HeaderName::from_bytes(n.trim().as_bytes()).map_err(|e| RewriteError::InvalidHeader {
+        name: n.to_string(),
+        reason: e.to_string(),
+    })
+}
+
+fn value(v: &str, header_name: &str) -> Result<HeaderValue, RewriteError> {
+    HeaderValue::from_str(v).map_err(|e| RewriteError::InvalidHeader {
+        name: header_name.to_string(),
+        reason: e.to_string(),
+    })
+}
+
+/// A credential header value, marked sensitive so it is never printed by `Debug` or indexed by HPACK.
+fn sensitive(v: &str, secret_name: &str) -> Result<HeaderValue, RewriteError> {
+    let mut hv = HeaderValue::from_str(v)
+        .map_err(|_| RewriteError::InvalidSecretValue(secret_name.to_string()))?;
+    hv.set_sensitive(true);
+    Ok(hv)
+}
+
+#[cfg(test)]
+#[path = "rewrite_tests.rs"]
+mod tests;

@@ -1,0 +1,178 @@
+//! The pooled HTTP client that carries requests to upstreams.
+
+use super::BoxBody;
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use std::error::Error as StdError;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How a request to an upstream failed, and so which status the caller answers with.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// No connection could be made (refused, unreachable, DNS).
+    #[error("could not connect to the upstream ({0}); check config.upstream.url and that the upstream is up")]
+    Connect(String),
+    /// Connecting or waiting for the response headers took longer than allowed.
+    #[error("the upstream did not answer in time; check its health or raise the gateway's upstream timeouts")]
+    Timeout,
+    /// TLS setup or the handshake failed (bad certificate, unknown CA, bad CA file).
+    #[error("TLS with the upstream failed ({0}); if it uses a private CA, give the gateway that CA's PEM file")]
+    Tls(String),
+    /// The upstream broke HTTP (closed mid-response, malformed reply).
+    #[error("the upstream broke the HTTP exchange ({0}); check the upstream's logs")]
+    Protocol(String),
+}
+
+impl UpstreamError {
+    /// The status the gateway answers the caller with: 504 for timeouts, 502 otherwise.
+    pub fn status(&self) -> http::StatusCode {
+        match self {
+            UpstreamError::Timeout => http::StatusCode::GATEWAY_TIMEOUT,
+            _ => http::StatusCode::BAD_GATEWAY,
+        }
+    }
+}
+
+/// Settings for [`UpstreamClient::new`].
+#[derive(Debug, Clone)]
+pub struct UpstreamOptions {
+    /// Extra trusted CA certificates, each a PEM file's contents (may hold several certificates),
+    /// added to the Mozilla roots for upstreams with private certificates.
+    pub extra_ca_pem: Vec<Vec<u8>>,
+    /// Longest wait for a TCP connection.
+    pub connect_timeout: Duration,
+    /// Longest wait from sending a request to receiving the response headers (the body then
+    /// streams without a deadline, as LLM streams can be long).
+    pub response_header_timeout: Duration,
+}
+
+impl Default for UpstreamOptions {
+    fn default() -> Self {
+        Self {
+            extra_ca_pem: Vec::new(),
+            connect_timeout: Duration::from_secs(10),
+            response_header_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The shared, pooled client for all upstreams.
+///
+/// Exists so connections (and TLS sessions) to providers are reused across requests: HTTP/2 or
+/// HTTP/1.1 chosen by ALPN for `https` upstreams, HTTP/1.1 for `http` upstreams. Cheap to clone.
+#[derive(Clone)]
+pub struct UpstreamClient {
+    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, BoxBody>,
+    response_header_timeout: Duration,
+}
+
+impl UpstreamClient {
+    /// Builds the client; fails with [`UpstreamError::Tls`] when an extra CA cannot be used.
+    pub fn new(opts: UpstreamOptions) -> Result<Self, UpstreamError> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        for (i, pem) in opts.extra_ca_pem.iter().enumerate() {
+            let mut n = 0;
+            for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+                let cert =
+                    cert.map_err(|e| UpstreamError::Tls(format!("CA PEM #{}: {e}", i + 1)))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| UpstreamError::Tls(format!("CA PEM #{}: {e}", i + 1)))?;
+                n += 1;
+            }
+            if n == 0 {
+                return Err(UpstreamError::Tls(format!(
+                    "CA PEM #{} holds no CERTIFICATE block",
+                    i + 1
+                )));
+            }
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| UpstreamError::Tls(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+
+        let mut tcp = HttpConnector::new();
+        tcp.enforce_http(false);
+        tcp.set_nodelay(true);
+        tcp.set_connect_timeout(Some(opts.connect_timeout));
+        tcp.set_keepalive(Some(Duration::from_secs(60)));
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(tcp);
+        let client = Client::builder(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(64)
+            .build(https);
+        Ok(Self {
+            client,
+            response_header_timeout: opts.response_header_timeout,
+        })
+    }
+
+    /// Sends a request whose URI is absolute (see `rewrite::upstream_request`) and returns the
+    /// response as soon as its headers arrive; the body streams from `Incoming`. The request's
+    /// HTTP version is ignored: the upstream connection's protocol is chosen by ALPN.
+    pub async fn send(
+        &self,
+        mut req: http::Request<BoxBody>,
+    ) -> Result<http::Response<hyper::body::Incoming>, UpstreamError> {
+        // The caller's HTTP version says nothing about the upstream connection: ALPN decides, and
+        // hyper refuses an HTTP/2-tagged request on an HTTP/1.1 connection.
+        *req.version_mut() = http::Version::HTTP_11;
+        match tokio::time::timeout(self.response_header_timeout, self.client.request(req)).await {
+            Err(_) => Err(UpstreamError::Timeout),
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(e)) => Err(classify(&e)),
+        }
+    }
+}
+
+/// Sorts a client error into timeout / TLS / connect / protocol by walking its causes.
+fn classify(e: &hyper_util::client::legacy::Error) -> UpstreamError {
+    let mut parts = Vec::new();
+    let (mut timed_out, mut tls) = (false, false);
+    let mut cur: Option<&(dyn StdError + 'static)> = Some(e);
+    while let Some(err) = cur {
+        parts.push(err.to_string());
+        if err.downcast_ref::<rustls::Error>().is_some() {
+            tls = true;
+        }
+        let mut next = err.source();
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            timed_out |= io.kind() == std::io::ErrorKind::TimedOut;
+            // io::Error::source skips its own payload, so look at the payload directly.
+            if let Some(inner) = io.get_ref() {
+                if inner.downcast_ref::<rustls::Error>().is_some() {
+                    tls = true;
+                }
+                next = Some(inner as &(dyn StdError + 'static));
+            }
+        }
+        cur = next;
+    }
+    parts.dedup();
+    let msg = parts.join(": ");
+    if timed_out {
+        UpstreamError::Timeout
+    } else if tls {
+        UpstreamError::Tls(msg)
+    } else if e.is_connect() {
+        UpstreamError::Connect(msg)
+    } else {
+        UpstreamError::Protocol(msg)
+    }
+}
+
+#[cfg(test)]
+#[path = "upstream_tests.rs"]
+mod tests;

@@ -1,0 +1,253 @@
+//! LLM token accounting from OpenAI-shaped responses, fed chunk by chunk as the response
+//! streams to the client, so streaming is never delayed or fully buffered for accounting.
+
+use serde_json::Value;
+
+/// Most bytes kept from a JSON response (or one SSE line) for accounting; larger bodies
+/// still stream to the client but are not accounted.
+const MAX_KEEP: usize = 1 << 20;
+
+/// Tokens one LLM call consumed, as the provider reported them.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct Usage {
+    /// Tokens in the request (`prompt_tokens`, or `input_tokens`).
+    pub prompt_tokens: u64,
+    /// Tokens generated (`completion_tokens`, or `output_tokens`).
+    pub completion_tokens: u64,
+    /// As reported, or the sum of the two when the provider leaves it out.
+    pub total_tokens: u64,
+}
+
+enum Mode {
+    /// `application/json`: keep the body (up to [`MAX_KEEP`]) and parse it at the end.
+    Json { buf: Vec<u8>, overflow: bool },
+    /// `text/event-stream`: parse `data:` lines as they complete.
+    Sse { line: Vec<u8>, skipping: bool },
+    /// Anything else: nothing to account.
+    Ignore,
+}
+
+/// Extracts `model` and `usage` from a response body fed in chunks.
+///
+/// Exists so the access log can say which model answered and how many tokens it cost, for both
+/// plain JSON completions and SSE streams (where usage arrives in the last chunk when the
+/// client asked for `stream_options.include_usage`).
+pub struct UsageParser {
+    mode: Mode,
+    model: Option<String>,
+    usage: Option<Usage>,
+}
+
+impl UsageParser {
+    /// Picks the parsing mode from the response's `Content-Type`; other types are ignored.
+    pub fn new(content_type: Option<&str>) -> Self {
+        let media = content_type
+            .and_then(|c| c.split(';').next())
+            .map(|m| m.trim().to_ascii_lowercase())
+            .unwrap_or_default();
+        let mode = match media.as_str() {
+            "application/json" => Mode::Json {
+                buf: Vec::new(),
+                overflow: false,
+            },
+            "text/event-stream" => Mode::Sse {
+                line: Vec::new(),
+                skipping: false,
+            },
+            _ => Mode::Ignore,
+        };
+        Self {
+            mode,
+            model: None,
+            usage: None,
+        }
+    }
+
+    /// Feeds the next chunk of the response body, in order.
+    pub fn feed(&mut self, chunk: &[u8]) {
+        match &mut self.mode {
+            Mode::Ignore => {}
+            Mode::Json { buf, overflow } => {
+                if *overflow || buf.len() + chunk.len() > MAX_KEEP {
+                    *overflow = true;
+                    buf.clear();
+                } else {
+                    buf.extend_from_slice(chunk);
+                }
+            }
+            Mode::Sse { line, skipping } => {
+                let mut rest = chunk;
+                let mut complete: Vec<Vec<u8>> = Vec::new();
+                while let Some(i) = rest.iter().position(|&b| b == b'\n') {
+                    if !*skipping && line.len() + i <= MAX_KEEP {
+                        line.extend_from_slice(&rest[..i]);
+                        complete.push(std::mem::take(line));
+                    }
+                    line.clear();
+                    *skipping = false;
+                    rest = &rest[i + 1..];
+                }
+                if !*skipping {
+                    if line.len() + rest.len() > MAX_KEEP {
+                        line.clear();
+                        *skipping = true;
+                    } else {
+                        line.extend_from_slice(rest);
+                    }
+                }
+                for l in complete {
+                    self.sse_line(&l);
+                }
+            }
+        }
+    }
+
+    /// Ends the body and returns the model and the usage seen, if any.
+    pub fn finish(mut self) -> (Option<String>, Option<Usage>) {
+        match std::mem::replace(&mut self.mode, Mode::Ignore) {
+            Mode::Json {
+                buf,
+                overflow: false,
+            } => {
+                if let Ok(v) = serde_json::from_slice::<Value>(&buf) {
+                    self.observe(&v);
+                }
+            }
+            Mode::Sse {
+                line,
+                skipping: false,
+            } if !line.is_empty() => self.sse_line(&line),
+            _ => {}
+        }
+        (self.model, self.usage)
+    }
+
+    fn sse_line(&mut self, line: &[u8]) {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some(data) = line.strip_prefix(b"data:") else {
+            return;
+        };
+        let data = data.strip_prefix(b" ").unwrap_or(data);
+        if data.trim_ascii() == b"[DONE]" {
+            return;
+        }
+        if let Ok(v) = serde_json::from_slice::<Value>(data) {
+            self.observe(&v);
+        }
+    }
+
+    fn observe(&mut self, v: &Value) {
+        if let Some(m) = v
+            .get("model")
+            .and_then(Value::as_str)
+            .filter(|m| !m.is_empty())
+        {
+            self.model = Some(m.to_string());
+        }
+        if let Some(u) = v.get("usage").and_then(parse_usage) {
+            self.usage = Some(u);
+        }
+    }
+}
+
+/// Reads an OpenAI `usage` object; also accepts `input_tokens`/`output_tokens` spellings.
+fn parse_usage(u: &Value) -> Option<Usage> {
+    let obj = u.as_object()?;
+    let num = |a: &str, b: &str| obj.get(a).or_else(|| obj.get(b)).and_then(Value::as_u64);
+    let prompt = num("prompt_tokens", "input_tokens");
+    let completion = num("completion_tokens", "output_tokens");
+    let total = obj.get("total_tokens").and_then(Value::as_u64);
+    if prompt.is_none() && completion.is_none() && total.is_none() {
+        return None;
+    }
+    let (p, c) = (prompt.unwrap_or(0), completion.unwrap_or(0));
+    Some(Usage {
+        prompt_tokens: p,
+        completion_tokens: c,
+        total_tokens: total.unwrap_or(p + c),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn usage(p: u64, c: u64, t: u64) -> Option<Usage> {
+        Some(Usage {
+            prompt_tokens: p,
+            completion_tokens: c,
+            total_tokens: t,
+        })
+    }
+
+    #[test]
+    fn json_body_split_across_chunks() {
+        let body = br#"{"id":"x","model":"gpt-4o-mini","choices":[],"usage":{"prompt_tokens":12,"completion_tokens":30,"total_tokens":42}}"#;
+        let mut p = UsageParser::new(Some("application/json; charset=utf-8"));
+        for c in body.chunks(7) {
+            p.feed(c);
+        }
+        assert_eq!(p.finish(), (Some("gpt-4o-mini".into()), usage(12, 30, 42)));
+    }
+
+    #[test]
+    fn sse_lines_split_mid_line_and_crlf() {
+        let stream = concat!(
+            "data: {\"model\":\"gemini-2.0-flash\",\"choices\":[{\"delta\":{\"content\":\"Hi\"}}],\"usage\":null}\r\n\r\n",
+            ": keep-alive comment\n\n",
+            "data: {\"model\":\"gemini-2.0-flash\",\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":7,\"total_tokens\":12}}\n\n",
+            "data: [DONE]\n\n"
+        );
+        for size in [1, 3, 16, 1000] {
+            let mut p = UsageParser::new(Some("text/event-stream"));
+            for c in stream.as_bytes().chunks(size) {
+                p.feed(c);
+            }
+            assert_eq!(
+                p.finish(),
+                (Some("gemini-2.0-flash".into()), usage(5, 7, 12)),
+                "chunk size {size}"
+            );
+        }
+    }
+
+    #[test]
+    fn sse_last_usage_wins_and_unterminated_last_line_counts() {
+        let mut p = UsageParser::new(Some("text/event-stream"));
+        p.feed(
+            b"data: {\"model\":\"m\",\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":1}}\n",
+        );
+        p.feed(b"data: {\"usage\":{\"prompt_tokens\":2,\"completion_tokens\":3}}");
+        assert_eq!(p.finish(), (Some("m".into()), usage(2, 3, 5)));
+    }
+
+    #[test]
+    fn streaming_without_usage_still_reports_model() {
+        let mut p = UsageParser::new(Some("text/event-stream"));
+        p.feed(b"data: {\"model\":\"deepseek-chat\",\"usage\":null}\n\ndata: [DONE]\n\n");
+        assert_eq!(p.finish(), (Some("deepseek-chat".into()), None));
+    }
+
+    #[test]
+    fn oversized_or_foreign_bodies_are_not_accounted() {
+        let mut p = UsageParser::new(Some("application/json"));
+        p.feed(&vec![b' '; MAX_KEEP]);
+        p.feed(br#"{"model":"m","usage":{"total_tokens":1}}"#);
+        assert_eq!(p.finish(), (None, None));
+        let mut p = UsageParser::new(Some("text/html"));
+        p.feed(br#"{"model":"m"}"#);
+        assert_eq!(p.finish(), (None, None));
+        let mut p = UsageParser::new(None);
+        p.feed(b"garbage");
+        assert_eq!(p.finish(), (None, None));
+    }
+
+    #[test]
+    fn sse_overlong_line_is_skipped_but_later_lines_parse() {
+        let mut p = UsageParser::new(Some("text/event-stream"));
+        p.feed(b"data: {\"model\":\"");
+        p.feed(&vec![b'x'; MAX_KEEP + 10]);
+        p.feed(b"\"}\ndata: {\"model\":\"ok\",\"usage\":{\"total_tokens\":9}}\n");
+        assert_eq!(p.finish(), (Some("ok".into()), usage(0, 0, 9)));
+    }
+}
