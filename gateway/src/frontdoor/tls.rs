@@ -37,13 +37,14 @@ pub fn generate_ca_and_cert(domain: &str) -> Result<GeneratedTls, TlsError> {
         .push(DnType::OrganizationName, "Postern");
     ca.not_before = now;
     ca.not_after = add_days(ca.not_before, 3650);
+    let not_before = ca.not_before;
     let ca_key = KeyPair::generate()?;
     let ca_cert = ca.self_signed(&ca_key)?;
 
     let mut leaf = CertificateParams::new(vec![domain.to_string(), format!("*.{domain}")])?;
     leaf.distinguished_name.push(DnType::CommonName, domain);
-    leaf.not_before = ca.not_before;
-    leaf.not_after = add_days(ca.not_before, 825);
+    leaf.not_before = not_before;
+    leaf.not_after = add_days(not_before, 825);
     leaf.key_usages = vec![
         KeyUsagePurpose::DigitalSignature,
         KeyUsagePurpose::KeyEncipherment,

@@ -11,7 +11,6 @@ use crate::telemetry::access_log::AccessRecord;
 use crate::telemetry::body::{BodyOutcome, ObservedBody};
 use crate::telemetry::usage::UsageParser;
 use http::{header, Method, Request, Response, StatusCode};
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use postern_common::resources::Effect;
 use std::net::SocketAddr;
@@ -30,13 +29,12 @@ impl Trace {
         Trace {
             started: Instant::now(),
             record: AccessRecord {
-                time: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-                request_id: crate::identity::secrets::random_id("req-"),
-                via: "public".into(),
                 service: Some(service.to_string()),
-                method: req.method().to_string(),
-                path: req.uri().path().to_string(),
-                ..Default::default()
+                ..AccessRecord::new(
+                    crate::identity::secrets::random_id("req"),
+                    req.method().as_str(),
+                    req.uri().path(),
+                )
             },
         }
     }
@@ -105,7 +103,7 @@ pub async fn handle(gw: Arc<Gateway>, name: &str, req: Request<Incoming>, peer: 
 
     let (mut parts, body) = req.into_parts();
     let limit = gw.settings.max_body_bytes;
-    let (buffered, body_json) = if needs_body {
+    let (buffered, body_json, streamed) = if needs_body {
         if declared_too_large(&parts.headers, limit) {
             let msg = format!("request body is larger than the {limit}-byte limit");
             return trace.fail(&gw, StatusCode::PAYLOAD_TOO_LARGE, &msg, msg.clone());
@@ -113,7 +111,7 @@ pub async fn handle(gw: Arc<Gateway>, name: &str, req: Request<Incoming>, peer: 
         match read_limited(body, limit).await {
             Ok(bytes) => {
                 let json = serde_json::from_slice::<serde_json::Value>(&bytes).ok();
-                (Some(bytes), json)
+                (Some(bytes), json, None)
             }
             Err(BufferError::TooLarge(_)) => {
                 let msg = format!("request body is larger than the {limit}-byte limit");
@@ -122,7 +120,7 @@ pub async fn handle(gw: Arc<Gateway>, name: &str, req: Request<Incoming>, peer: 
             Err(e) => return trace.fail(&gw, StatusCode::BAD_REQUEST, "could not read the request body", e.to_string()),
         }
     } else {
-        (None, None)
+        (None, None, Some(body))
     };
     let host = format!("{name}.{}", gw.domain);
     let size = buffered
@@ -151,7 +149,7 @@ pub async fn handle(gw: Arc<Gateway>, name: &str, req: Request<Incoming>, peer: 
         };
         decide(&snap, &service, &principal, &rules, &facts)
     };
-    trace.record.decision = Some(decision.effect.as_str().to_string());
+    trace.record.decision = Some(decision.effect);
     trace.record.reason = Some(reason_text(&decision.reason));
     if decision.effect != Effect::Allow {
         return trace.fail(
@@ -187,17 +185,21 @@ pub async fn handle(gw: Arc<Gateway>, name: &str, req: Request<Incoming>, peer: 
     parts.version = http::Version::HTTP_11;
 
     let bytes_in = Arc::new(AtomicU64::new(0));
-    let upstream_body: BoxBody = match buffered {
-        Some(b) => {
+    let upstream_body: BoxBody = match (buffered, streamed) {
+        (Some(b), _) => {
             bytes_in.store(b.len() as u64, Ordering::Relaxed);
             full(b)
         }
-        None => {
+        (None, None) => full(bytes::Bytes::new()),
+        (None, Some(body)) => {
             let counter = bytes_in.clone();
-            ObservedBody::new(body, None, Box::new(move |o: BodyOutcome| {
-                counter.store(o.bytes, Ordering::Relaxed);
-            }))
-            .boxed_unsync()
+            ObservedBody::counting(
+                body,
+                Box::new(move |o: BodyOutcome| {
+                    counter.store(o.bytes, Ordering::Relaxed);
+                }),
+            )
+            .boxed()
         }
     };
     let upstream_req = Request::from_parts(parts, upstream_body);
@@ -245,7 +247,7 @@ pub async fn handle(gw: Arc<Gateway>, name: &str, req: Request<Incoming>, peer: 
             trace.finish(&gw2, status, o.bytes);
         }),
     );
-    Response::from_parts(rparts, body.boxed_unsync())
+    Response::from_parts(rparts, body.boxed())
 }
 
 /// Answers a CORS preflight for a Service whose default config declares CORS.

@@ -339,7 +339,7 @@ impl Gateway {
         let now = now_unix();
         let exp = now + ttl.as_secs() as i64;
         let info = SessionInfo {
-            name: secrets::random_id("sess-"),
+            name: secrets::random_id("sess"),
             user: cred.info.user.clone(),
             session_type: ty,
             credential: cred.info.name.clone(),
@@ -352,7 +352,7 @@ impl Gateway {
         self.insert_session_entry(info.clone());
         let token = self.signer.issue(&Claims {
             sid: info.name.clone(),
-            tid: secrets::random_id("tok-"),
+            tid: secrets::random_id("tok"),
             iat: now,
             exp,
         });

@@ -1,6 +1,7 @@
 //! The access log: one JSON line per request, written off the hot path.
 
 use super::usage::Usage;
+use postern_common::resources::Effect;
 use serde::Serialize;
 use std::io::Write;
 use std::path::Path;
@@ -11,16 +12,6 @@ use std::time::Duration;
 
 /// Records queued before new ones are dropped (and counted) rather than slowing requests.
 const QUEUE: usize = 8192;
-
-/// The policy outcome a record reports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "UPPERCASE")]
-pub enum Decision {
-    /// A rule allowed the request.
-    Allow,
-    /// A rule denied it, or none matched (deny by default).
-    Deny,
-}
 
 /// One request as the access log shows it. Holds no secrets or tokens by construction: only
 /// names and ids. JSON keys are camelCase and absent values are left out.
@@ -42,7 +33,7 @@ pub struct AccessRecord {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub config: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub decision: Option<Decision>,
+    pub decision: Option<Effect>,
     /// Why: `policy my-api/inline-0 rule rule-0 priority 0`, `no matching rule`, ...
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -233,7 +224,7 @@ mod tests {
         let mut r = AccessRecord::new("req-1", "POST", "/v1/chat/completions");
         r.user = Some("alice".into());
         r.service = Some("gemini".into());
-        r.decision = Some(Decision::Allow);
+        r.decision = Some(Effect::Allow);
         r.reason = Some("policy gemini/inline-0 rule rule-0 priority 0".into());
         r.status = 200;
         r.bytes_out = 1234;
@@ -246,7 +237,7 @@ mod tests {
         });
         log.log(r);
         let mut d = AccessRecord::new("req-2", "GET", "/admin");
-        d.decision = Some(Decision::Deny);
+        d.decision = Some(Effect::Deny);
         d.reason = Some("no matching rule".into());
         d.status = 403;
         log.clone().log(d);
