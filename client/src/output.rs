@@ -38,10 +38,10 @@ impl Table {
         for row in std::iter::once(&self.headers).chain(&self.rows) {
             let mut line = String::new();
             for (i, cell) in row.iter().enumerate().take(columns) {
-                line.push_str(cell);
                 if i + 1 < columns {
-                    let pad = widths[i] - cell.chars().count() + 3;
-                    line.extend(std::iter::repeat(' ').take(pad));
+                    line.push_str(&format!("{cell:<width$}", width = widths[i] + 3));
+                } else {
+                    line.push_str(cell);
                 }
             }
             out.push_str(line.trim_end());
