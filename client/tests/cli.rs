@@ -252,6 +252,7 @@ fn apply_sends_one_request_per_file() {
         );
         assert_eq!(req.header("authorization"), Some("Bearer acc-1"));
         assert_eq!(req.header("host"), Some(g.domain().as_str()));
+        assert_eq!(req.header("content-type"), Some("application/json"));
     }
     assert_eq!(
         reqs[0].json(),

@@ -60,8 +60,8 @@ pub fn read_inputs(files: &[PathBuf], stdin: &mut dyn Read) -> Result<Vec<InputF
 
 /// Sends one apply request per file, in order, stopping at the first error.
 pub fn run(ctx: &Context, args: &ApplyArgs, out: &mut dyn Write) -> Result<()> {
-    let inputs = read_inputs(&args.files, &mut std::io::stdin().lock())?;
     let (client, _) = ctx.authenticated()?;
+    let inputs = read_inputs(&args.files, &mut std::io::stdin().lock())?;
     for input in inputs {
         let response: ApplyResponse = client.post(
             &["apply"],

@@ -76,9 +76,10 @@ pub fn run(ctx: &Context, cmd: &CreateCommand, out: &mut dyn Write) -> Result<()
 }
 
 fn secret(ctx: &Context, args: &CreateSecretArgs, out: &mut dyn Write) -> Result<()> {
+    // Check the session first, so nobody types a secret only to be told to log in.
+    let (client, _) = ctx.authenticated()?;
     let stdin = std::io::stdin();
     let value = secret_value(args, &mut stdin.lock(), stdin.is_terminal(), &prompt_twice)?;
-    let (client, _) = ctx.authenticated()?;
     let _: Value = client.post(
         &["secrets"],
         &CreateSecretRequest {
