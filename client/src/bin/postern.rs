@@ -1,1 +1,54 @@
-fn main() {}
+//! `postern`: the Postern agent. For now it manages the saved session.
+
+use clap::{Parser, Subcommand};
+use postern_client::commands::{session, Context};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// The Postern agent.
+///
+/// Environment: POSTERN_GATEWAY_ADDRESS=ip:port makes connections go to that address while
+/// TLS (SNI, certificate checks) and the Host header still use --domain; useful when the
+/// domain is not in DNS yet.
+#[derive(Parser)]
+#[command(name = "postern", version)]
+struct Cli {
+    /// Where the session is saved [default: ~/.config/postern]
+    #[arg(long, global = true, env = "POSTERN_HOME", value_name = "DIR")]
+    home: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Exchange an auth-token credential for a session and save it.
+    Login(session::LoginArgs),
+    /// End the session on the gateway and delete it locally.
+    Logout,
+    /// Show the saved session: user, session, domain and expiry.
+    Whoami,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = Context::new(cli.home.as_deref()).and_then(|ctx| {
+        let out = &mut std::io::stdout().lock();
+        match &cli.command {
+            Command::Login(args) => session::login(&ctx, args, out),
+            Command::Logout => session::logout(&ctx, out),
+            Command::Whoami => session::whoami(&ctx, out),
+        }
+    });
+    report(result.map_err(anyhow::Error::from))
+}
+
+fn report(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,254 @@
+//! The control-API client: HTTPS only (rustls, webpki roots plus an optional extra CA), a
+//! bearer token when logged in, and errors mapped to [`ClientError`].
+
+use crate::domain::Domain;
+use crate::error::{ClientError, Result};
+use postern_common::api::{ErrorBody, API_PREFIX};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// When set to `ip:port`, TCP connects there while SNI, `Host` and certificate checks still
+/// use the domain. For gateways that are not (yet) in DNS, and for tests.
+pub const GATEWAY_ADDRESS_ENV: &str = "POSTERN_GATEWAY_ADDRESS";
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const OVERALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A client for one gateway's `/api/v1`.
+pub struct ApiClient {
+    agent: ureq::Agent,
+    domain: Domain,
+    /// Where TCP actually goes, for error messages.
+    address: String,
+    token: Option<String>,
+}
+
+impl ApiClient {
+    /// Builds a client for `domain`, trusting the webpki roots plus `ca_file` if given, and
+    /// honouring [`GATEWAY_ADDRESS_ENV`].
+    pub fn new(domain: Domain, ca_file: Option<&Path>, token: Option<String>) -> Result<Self> {
+        let tls = tls_config(ca_file)?;
+        let mut builder = ureq::AgentBuilder::new()
+            .tls_config(Arc::new(tls))
+            .https_only(true)
+            .redirects(0)
+            .timeout_connect(CONNECT_TIMEOUT)
+            .timeout(OVERALL_TIMEOUT)
+            .user_agent(concat!("postern/", env!("CARGO_PKG_VERSION")));
+        let mut address = format!("{}:{}", domain.host(), domain.port());
+        if let Some(raw) = std::env::var_os(GATEWAY_ADDRESS_ENV) {
+            let raw = raw.to_string_lossy().into_owned();
+            let addr: SocketAddr = raw
+                .trim()
+                .parse()
+                .map_err(|_| ClientError::InvalidGatewayAddress { input: raw.clone() })?;
+            address = format!("{addr} (from {GATEWAY_ADDRESS_ENV}, for {domain})");
+            builder = builder.resolver(move |_: &str| Ok(vec![addr]));
+        }
+        Ok(ApiClient {
+            agent: builder.build(),
+            domain,
+            address,
+            token,
+        })
+    }
+
+    /// The gateway this client talks to.
+    pub fn domain(&self) -> &Domain {
+        &self.domain
+    }
+
+    /// `GET /api/v1/<segments...>`.
+    pub fn get<R: DeserializeOwned>(&self, segments: &[&str]) -> Result<R> {
+        self.send("GET", segments, None::<&()>)
+    }
+
+    /// `POST /api/v1/<segments...>` with a JSON body.
+    pub fn post<B: Serialize, R: DeserializeOwned>(
+        &self,
+        segments: &[&str],
+        body: &B,
+    ) -> Result<R> {
+        self.send("POST", segments, Some(body))
+    }
+
+    /// `DELETE /api/v1/<segments...>`.
+    pub fn delete<R: DeserializeOwned>(&self, segments: &[&str]) -> Result<R> {
+        self.send("DELETE", segments, None::<&()>)
+    }
+
+    /// The URL of an API path; each segment is percent-encoded.
+    pub fn url(&self, segments: &[&str]) -> String {
+        let mut url =
+            url::Url::parse(&self.domain.base_url()).expect("a parsed domain is a valid URL");
+        {
+            let mut path = url.path_segments_mut().expect("https URLs have a path");
+            path.clear();
+            path.extend(API_PREFIX.trim_start_matches('/').split('/'));
+            path.extend(segments);
+        }
+        url.to_string()
+    }
+
+    fn send<B: Serialize, R: DeserializeOwned>(
+        &self,
+        method: &str,
+        segments: &[&str],
+        body: Option<&B>,
+    ) -> Result<R> {
+        let url = self.url(segments);
+        let mut req = self
+            .agent
+            .request(method, &url)
+            .set("Accept", "application/json");
+        if let Some(token) = &self.token {
+            req = req.set("Authorization", &format!("Bearer {token}"));
+        }
+        let result = match body {
+            Some(b) => req.send_json(b),
+            None => req.call(),
+        };
+        let response = match result {
+            Ok(r) => r,
+            Err(ureq::Error::Status(status, r)) => return Err(self.status_error(status, r)),
+            Err(ureq::Error::Transport(t)) => return Err(self.transport_error(&t)),
+        };
+        let text = response
+            .into_string()
+            .map_err(|e| ClientError::BadResponse {
+                url: url.clone(),
+                detail: e.to_string(),
+            })?;
+        let text = if text.trim().is_empty() {
+            "null"
+        } else {
+            &text
+        };
+        serde_json::from_str(text).map_err(|e| ClientError::BadResponse {
+            url,
+            detail: e.to_string(),
+        })
+    }
+
+    fn status_error(&self, status: u16, response: ureq::Response) -> ClientError {
+        let url = response.get_url().to_string();
+        let text = response.into_string().unwrap_or_default();
+        let message = match serde_json::from_str::<ErrorBody>(&text) {
+            Ok(body) => body.error.message,
+            Err(_) => {
+                let snippet: String = text.trim().chars().take(200).collect();
+                if snippet.is_empty() {
+                    format!("HTTP {status} from {url}")
+                } else {
+                    format!("HTTP {status} from {url}: {snippet}")
+                }
+            }
+        };
+        if status == 401 {
+            ClientError::Unauthorized {
+                message,
+                domain: self.domain.to_string(),
+            }
+        } else {
+            ClientError::Api { status, message }
+        }
+    }
+
+    fn transport_error(&self, t: &ureq::Transport) -> ClientError {
+        let mut detail = t.message().map(str::to_string).unwrap_or_default();
+        let mut source = std::error::Error::source(t);
+        while let Some(s) = source {
+            let text = s.to_string();
+            if !detail.contains(&text) {
+                if !detail.is_empty() {
+                    detail.push_str(": ");
+                }
+                detail.push_str(&text);
+            }
+            source = s.source();
+        }
+        if detail.is_empty() {
+            detail = t.kind().to_string();
+        }
+        let hint = if detail.to_ascii_lowercase().contains("certificate") {
+            "if the gateway uses a private CA, pass its certificate with `postern login --ca-file FILE`"
+        } else {
+            "check --domain and that posternd is running"
+        };
+        ClientError::Connect {
+            address: self.address.clone(),
+            detail,
+            hint,
+        }
+    }
+}
+
+/// The rustls client configuration: webpki roots plus the certificates in `ca_file`.
+/// Verification is never turned off.
+pub fn tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    if let Some(path) = ca_file {
+        let ca_err = |detail: String| ClientError::CaFile {
+            path: path.to_path_buf(),
+            detail,
+        };
+        let pem = std::fs::read(path).map_err(|e| ca_err(e.to_string()))?;
+        let certs = rustls_pemfile::certs(&mut pem.as_slice())
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| ca_err(format!("not valid PEM: {e}")))?;
+        if certs.is_empty() {
+            return Err(ca_err("it holds no CERTIFICATE block".to_string()));
+        }
+        for cert in certs {
+            roots
+                .add(cert)
+                .map_err(|e| ca_err(format!("not a usable CA certificate: {e}")))?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ClientError::Invalid(format!("TLS setup failed: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_encoded_under_the_api_prefix() {
+        let c = ApiClient::new(Domain::parse("gw.example.com:8443").unwrap(), None, None).unwrap();
+        assert_eq!(
+            c.url(&["services", "a b/c"]),
+            "https://gw.example.com:8443/api/v1/services/a%20b%2Fc"
+        );
+        assert_eq!(
+            c.url(&["login"]),
+            "https://gw.example.com:8443/api/v1/login"
+        );
+    }
+
+    #[test]
+    fn ca_file_errors_are_explained() {
+        let err = tls_config(Some(Path::new("/nonexistent/ca.pem"))).unwrap_err();
+        assert!(
+            err.to_string().contains("--ca-file") || err.to_string().contains("PEM"),
+            "{err}"
+        );
+        let empty =
+            std::env::temp_dir().join(format!("postern-empty-ca-{}.pem", std::process::id()));
+        std::fs::write(&empty, "not a cert\n").unwrap();
+        let err = tls_config(Some(&empty)).unwrap_err();
+        assert!(err.to_string().contains("no CERTIFICATE"), "{err}");
+        std::fs::remove_file(empty).unwrap();
+    }
+}
