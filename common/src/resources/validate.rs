@@ -124,7 +124,11 @@ fn check_config(
                 ServiceMode::Http => &["http://", "https://"],
                 ServiceMode::Tcp => &["tcp://"],
             };
-            if !allowed.iter().any(|p| u.url.starts_with(p)) || u.url.len() <= 8 {
+            let host_follows = allowed
+                .iter()
+                .find_map(|p| u.url.strip_prefix(p))
+                .is_some_and(|rest| !rest.is_empty() && !rest.starts_with('/'));
+            if !host_follows {
                 push(
                     format!("{at}.upstream.url"),
                     format!(
