@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from conftest import DOMAIN, SEED_RESOURCES, Gateway, items_of, name_of, seed_path
+from conftest import DOMAIN, SEED_RESOURCES, Gateway, name_of, seed_path
 
 
 def tree_digest(root: Path) -> dict[str, str]:
