@@ -123,10 +123,17 @@ class CurlResult:
         return json.loads(self.body)
 
 
+def parse_json(text: str, what: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        raise AssertionError(f"{what} did not print JSON: {text[:2000]!r}") from None
+
+
 def items_of(out: str) -> list[dict]:
     """The resources printed by ``posternctl get ... -o json``: a list, ``{"items": [...]}``
     or a single object."""
-    data = json.loads(out) if out.strip() else []
+    data = parse_json(out, "posternctl get -o json") if out.strip() else []
     if isinstance(data, dict):
         return data["items"] if isinstance(data.get("items"), list) else [data]
     return data
@@ -188,7 +195,7 @@ class Gateway:
     def start(self) -> "Gateway":
         r = self.init()
         assert r.returncode == 0, f"posternd init failed ({r.returncode}):\n{r.stdout}\n{r.stderr}"
-        self.init_output = json.loads(r.stdout)
+        self.init_output = parse_json(r.stdout, "posternd init -o json")
         self.ca = str(self.init_output["caCert"])
         self.admin_token = self.init_output["adminToken"]
         self.serve()
@@ -271,13 +278,13 @@ class Gateway:
     def create_oauth2(self, user: str, name: str | None = None) -> tuple[str, str]:
         out = self.ctl("create", "credential", name or f"{user}-oauth2", "--user", user,
                        "--type", "oauth2", "-o", "json").stdout
-        d = json.loads(out)
+        d = parse_json(out, "posternctl create credential --type oauth2 -o json")
         return d["clientId"], d["clientSecret"]
 
     def create_auth_token(self, user: str, name: str | None = None) -> str:
         out = self.ctl("create", "credential", name or f"{user}-token", "--user", user,
                        "--type", "auth-token", "-o", "json").stdout
-        return json.loads(out)["authToken"]
+        return parse_json(out, "posternctl create credential --type auth-token -o json")["authToken"]
 
     def get(self, kind: str, name: str | None = None, check: bool = True) -> list[dict]:
         args = ["get", kind] + ([name] if name else []) + ["-o", "json"]

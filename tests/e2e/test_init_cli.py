@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from conftest import DOMAIN, SEED_RESOURCES, Gateway, name_of, seed_path
+from conftest import DOMAIN, parse_json, SEED_RESOURCES, Gateway, name_of, seed_path
 
 
 def tree_digest(root: Path) -> dict[str, str]:
@@ -23,7 +23,7 @@ def test_init_prints_json_with_ca_and_admin_token(bin_dir, tmp_path):
     gw = Gateway(bin_dir, tmp_path, [], None, None)
     r = gw.init()
     assert r.returncode == 0, r.stderr
-    out = json.loads(r.stdout)
+    out = parse_json(r.stdout, "posternd init -o json")
     assert out["domain"] == DOMAIN
     assert isinstance(out["adminToken"], str) and len(out["adminToken"]) >= 16
     ca = Path(out["caCert"])
