@@ -147,12 +147,6 @@ def test_non_public_service_is_404_like_unknown(ai):
     assert ai.up["my-api"].requests == []
 
 
-def test_nested_or_foreign_host_is_404(ai):
-    tok = ai.token()
-    assert post(ai.gw, "x.gemini", tok).status_code == 404
-    assert ai.up["gemini"].requests == []
-
-
 # ---------------------------------------------------------------------------------------- bodies
 def test_body_over_limit_is_413(start_gateway):
     gw = start_gateway(max_body=4096)

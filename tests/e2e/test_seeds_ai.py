@@ -139,3 +139,19 @@ def test_injected_key_never_returned_to_caller(ai):
     assert r.status_code == 200
     assert KEYS["gemini"] not in r.text
     assert all(KEYS["gemini"] not in v for v in r.headers.values())
+
+
+def test_seed_copies_are_byte_for_byte_the_shared_examples():
+    """tests/e2e/seeds holds the shared examples unchanged (skipped where shared/ is absent)."""
+    import os
+    from pathlib import Path
+
+    from conftest import REPO, SEEDS
+
+    candidates = [os.environ.get("POSTERN_SHARED_EXAMPLES", ""), REPO.parent / "shared" / "examples",
+                  REPO.parent.parent / "shared" / "examples", "/work/shared/examples"]
+    found = next((Path(c) for c in candidates if c and (Path(c) / "gemini.yaml").is_file()), None)
+    if found is None:
+        pytest.skip("shared/examples not found")
+    for name in ("gemini", "total-ai", "my-api", "identities"):
+        assert (SEEDS / f"{name}.yaml").read_bytes() == (found / f"{name}.yaml").read_bytes(), name
