@@ -225,7 +225,7 @@ fn login_whoami_and_logout() {
 }
 
 #[test]
-fn apply_sends_one_request_per_file() {
+fn apply_sends_all_files_in_one_request() {
     let dir = temp_dir("apply");
     let g = FakeGateway::start(&dir, api);
     write_session(&dir, &g, "2099-01-01T00:00:00Z");
@@ -241,31 +241,29 @@ fn apply_sends_one_request_per_file() {
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(
         r.stdout,
-        "Service/gemini created (dry run)\nGroup/dev unchanged (dry run)\n".repeat(2)
+        "Service/gemini created (dry run)\nGroup/dev unchanged (dry run)\n"
     );
     let reqs = g.requests();
-    assert_eq!(reqs.len(), 2);
-    for req in &reqs {
-        assert_eq!(
-            (req.method.as_str(), req.path.as_str()),
-            ("POST", "/api/v1/apply")
-        );
-        assert_eq!(req.header("authorization"), Some("Bearer acc-1"));
-        assert_eq!(req.header("host"), Some(g.domain().as_str()));
-        assert_eq!(req.header("content-type"), Some("application/json"));
-    }
+    assert_eq!(reqs.len(), 1);
+    let req = &reqs[0];
     assert_eq!(
-        reqs[0].json(),
-        json!({"file": file.to_str().unwrap(), "content": "kind: Service\nmetadata:\n  name: gemini\n", "dryRun": true})
+        (req.method.as_str(), req.path.as_str()),
+        ("POST", "/api/v1/apply")
     );
+    assert_eq!(req.header("authorization"), Some("Bearer acc-1"));
+    assert_eq!(req.header("host"), Some(g.domain().as_str()));
+    assert_eq!(req.header("content-type"), Some("application/json"));
     assert_eq!(
-        reqs[1].json(),
-        json!({"file": "<stdin>", "content": "kind: Group\n", "dryRun": true})
+        req.json(),
+        json!({"files": [
+            {"file": file.to_str().unwrap(), "content": "kind: Service\nmetadata:\n  name: gemini\n"},
+            {"file": "<stdin>", "content": "kind: Group\n"}
+        ], "dryRun": true})
     );
 
     let r = ctl(&dir, Some(&g), &["apply", file.to_str().unwrap()], "");
     assert_eq!(r.stdout, "Service/gemini created\nGroup/dev unchanged\n");
-    assert_eq!(g.requests()[2].json()["dryRun"], false);
+    assert_eq!(g.requests()[1].json()["dryRun"], false);
 }
 
 #[test]
@@ -296,7 +294,7 @@ fn apply_stops_at_the_first_error() {
         r.stderr,
         "error: bad.yaml:3: spec.config.upstrem: unknown field, did you mean `upstream`?\n"
     );
-    assert_eq!(g.requests().len(), 1, "nothing is sent after an error");
+    assert_eq!(g.requests().len(), 1, "all files go in one request");
 
     // A missing file fails before anything is sent.
     let r = ctl(

@@ -39,15 +39,23 @@ pub struct LoginResponse {
     pub user: String,
 }
 
-/// `POST /api/v1/apply`: a file's text, parsed and checked on the gateway so errors carry
-/// the file name and line.
+/// `POST /api/v1/apply`: files' text, parsed and checked on the gateway so errors carry
+/// the file name and line. All files are applied together, or none is.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ApplyRequest {
-    pub file: String,
-    pub content: String,
+    pub files: Vec<ApplyFile>,
     #[serde(default)]
     pub dry_run: bool,
+}
+
+/// One file of an [`ApplyRequest`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ApplyFile {
+    /// The name errors use: the path as the user gave it, or `<stdin>`.
+    pub file: String,
+    pub content: String,
 }
 
 /// What `apply` did (or, with `dryRun`, would do) to each resource.

@@ -6,6 +6,7 @@
 
 mod condition;
 mod identity;
+pub mod locate;
 pub mod parse;
 mod service;
 pub mod validate;

@@ -112,11 +112,19 @@ def test_named_policy_change_applies(env):
     follows_within(env, "reload2", {"model-a": 403, "model-b": 200})
 
 
-def test_deleting_policy_denies(env):
+def test_policy_in_use_cannot_be_deleted_and_unreferencing_denies(env):
     env.gw.apply_text(policy("gone-pol", "model-a") + "---\n" + svc_named("reload3", env.up.url, "gone-pol"))
     follows_within(env, "reload3", {"model-a": 200})
-    env.gw.ctl("delete", "policy", "gone-pol")
+    r = env.gw.ctl("delete", "policy", "gone-pol", check=False)
+    assert r.returncode == 1
+    assert "Service/reload3" in r.stderr, r.stderr
+    assert "gone-pol" in env.gw.names("policies")
+    follows_within(env, "reload3", {"model-a": 200})
+    # Dropping the reference leaves the Service with no rule: deny by default.
+    env.gw.apply_text(svc_named("reload3", env.up.url, "gone-pol").replace("policies: [gone-pol]", "policies: []"))
     follows_within(env, "reload3", {"model-a": 403})
+    env.gw.ctl("delete", "policy", "gone-pol")
+    assert "gone-pol" not in env.gw.names("policies")
 
 
 def test_upstream_change_applies(env):

@@ -2,7 +2,7 @@
 
 use super::{resource_ref, writeln_out, Context};
 use crate::error::{ClientError, Result};
-use postern_common::api::{ApplyAction, ApplyRequest, ApplyResponse};
+use postern_common::api::{ApplyAction, ApplyFile, ApplyRequest, ApplyResponse};
 use std::io::{Read, Write};
 use std::path::PathBuf;
 
@@ -58,22 +58,25 @@ pub fn read_inputs(files: &[PathBuf], stdin: &mut dyn Read) -> Result<Vec<InputF
     Ok(inputs)
 }
 
-/// Sends one apply request per file, in order, stopping at the first error.
+/// Sends every file in one apply request: the gateway applies all of them or none.
 pub fn run(ctx: &Context, args: &ApplyArgs, out: &mut dyn Write) -> Result<()> {
     let (client, _) = ctx.authenticated()?;
     let inputs = read_inputs(&args.files, &mut std::io::stdin().lock())?;
-    for input in inputs {
-        let response: ApplyResponse = client.post(
-            &["apply"],
-            &ApplyRequest {
-                file: input.name,
-                content: input.content,
-                dry_run: args.dry_run,
-            },
-        )?;
-        for line in result_lines(&response, args.dry_run) {
-            writeln_out(out, format_args!("{line}"))?;
-        }
+    let response: ApplyResponse = client.post(
+        &["apply"],
+        &ApplyRequest {
+            files: inputs
+                .into_iter()
+                .map(|i| ApplyFile {
+                    file: i.name,
+                    content: i.content,
+                })
+                .collect(),
+            dry_run: args.dry_run,
+        },
+    )?;
+    for line in result_lines(&response, args.dry_run) {
+        writeln_out(out, format_args!("{line}"))?;
     }
     Ok(())
 }

@@ -14,15 +14,25 @@ pub struct SourceDocument {
     pub file: String,
     /// 1-based line of the document's first line in the file.
     pub line: usize,
+    /// The document's text, to find the line of a field named by a later check.
+    pub text: String,
 }
 
 impl SourceDocument {
     /// `file:line (Kind/name)`, the prefix of every message about this document.
     pub fn location(&self) -> String {
+        self.location_of("")
+    }
+
+    /// Like [`location`](Self::location), with the line of `field` when it can be found.
+    pub fn location_of(&self, field: &str) -> String {
+        let line = super::locate::locate_field(&self.text, field)
+            .map(|l| self.line + l)
+            .unwrap_or(self.line);
         format!(
             "{}:{} ({}/{})",
             self.file,
-            self.line,
+            line,
             self.resource.kind(),
             self.resource.name()
         )
@@ -212,6 +222,7 @@ pub fn parse_documents(file: &str, text: &str) -> Result<Vec<SourceDocument>, Pa
             resource,
             file: file.to_string(),
             line: start,
+            text: doc,
         });
     }
     Ok(out)

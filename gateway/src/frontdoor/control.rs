@@ -111,7 +111,7 @@ pub async fn handle(gw: &Gateway, req: Request<Incoming>) -> Response<BoxBody> {
                 Ok(b) => b,
                 Err(resp) => return resp,
             };
-            match gw.apply(&body.file, &body.content, body.dry_run) {
+            match gw.apply(&body.files, body.dry_run) {
                 Ok(r) => json(StatusCode::OK, &r),
                 Err(e) => change_error(e),
             }

@@ -87,6 +87,8 @@ pub async fn handle(gw: Arc<Gateway>, name: &str, req: Request<Incoming>, peer: 
     let principal = match bearer_token(req.headers()).ok_or(crate::state::AuthError::Missing).and_then(|t| gw.authenticate(t)) {
         Ok(p) => p,
         Err(e) => {
+            trace.record.decision = Some(Effect::Deny);
+            trace.record.reason = Some(format!("not authenticated: {e}"));
             return trace.fail(
                 &gw,
                 StatusCode::UNAUTHORIZED,
@@ -122,6 +124,11 @@ pub async fn handle(gw: Arc<Gateway>, name: &str, req: Request<Incoming>, peer: 
     } else {
         (None, None, Some(body))
     };
+    trace.record.model = body_json
+        .as_ref()
+        .and_then(|b| b.get("model"))
+        .and_then(|m| m.as_str())
+        .map(str::to_string);
     let host = format!("{name}.{}", gw.domain);
     let size = buffered
         .as_ref()
@@ -239,7 +246,9 @@ pub async fn handle(gw: Arc<Gateway>, name: &str, req: Request<Incoming>, peer: 
         parser,
         Box::new(move |o: BodyOutcome| {
             trace.record.bytes_in = bytes_in.load(Ordering::Relaxed);
-            trace.record.model = o.model;
+            if o.model.is_some() {
+                trace.record.model = o.model;
+            }
             trace.record.usage = o.usage;
             if !o.completed {
                 trace.record.error = Some("response body did not complete".into());

@@ -7,7 +7,7 @@ use super::{now_rfc3339, now_unix, Gateway};
 use crate::identity::{secrets, Claims};
 use crate::store::{CredentialRecord, StoreError};
 use postern_common::api::{
-    ApplyAction, ApplyResponse, ApplyResult, CreateCredentialRequest, CreateCredentialResponse,
+    ApplyAction, ApplyFile, ApplyResponse, ApplyResult, CreateCredentialRequest, CreateCredentialResponse,
     TokenResponse,
 };
 use postern_common::resources::{
@@ -92,18 +92,26 @@ impl Gateway {
         Ok(())
     }
 
-    /// Parses, checks and applies one file's resources, all or nothing.
-    pub fn apply(&self, file: &str, content: &str, dry_run: bool) -> Result<ApplyResponse, ChangeError> {
-        let docs = parse_documents(file, content).map_err(|e| ChangeError::Invalid(e.to_string()))?;
-        if docs.is_empty() {
-            return Err(ChangeError::Invalid(format!("{file}: no resources in the file")));
+    /// Parses, checks and applies the resources of every file, all or nothing.
+    pub fn apply(&self, files: &[ApplyFile], dry_run: bool) -> Result<ApplyResponse, ChangeError> {
+        let mut docs = Vec::new();
+        for f in files {
+            let parsed = parse_documents(&f.file, &f.content)
+                .map_err(|e| ChangeError::Invalid(format!("{e}\nnothing was applied")))?;
+            if parsed.is_empty() {
+                return Err(ChangeError::Invalid(format!(
+                    "{}: no resources in the file\nnothing was applied",
+                    f.file
+                )));
+            }
+            docs.extend(parsed);
         }
         let mut seen = HashMap::new();
         for d in &docs {
             let key = (d.resource.kind(), d.resource.name().to_string());
-            if let Some(first) = seen.insert(key, d.line) {
+            if let Some(first) = seen.insert(key, d.location()) {
                 return Err(ChangeError::Invalid(format!(
-                    "{}: declared twice in the file (first at line {first})",
+                    "{}: declared twice (first at {first})\nnothing was applied",
                     d.location()
                 )));
             }
@@ -145,7 +153,7 @@ impl Gateway {
                 .iter()
                 .map(|e| {
                     match docs.iter().find(|d| d.resource.kind() == e.kind && d.resource.name() == e.name) {
-                        Some(d) => format!("{}: {}: {}", d.location(), e.field, e.message),
+                        Some(d) => format!("{}: {}: {}", d.location_of(&e.field), e.field, e.message),
                         None => e.to_string(),
                     }
                 })
