@@ -169,7 +169,9 @@ pub fn init(dir: &Path, opts: &InitOptions) -> Result<InitOutcome, DataDirError>
     std::fs::create_dir_all(parent).map_err(io(parent))?;
     let staging = parent.join(format!(
         ".{}.init-{}",
-        dir.file_name().and_then(|n| n.to_str()).unwrap_or("postern"),
+        dir.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("postern"),
         std::process::id()
     ));
     let result = build(&staging, dir, opts);
@@ -188,7 +190,11 @@ pub fn init(dir: &Path, opts: &InitOptions) -> Result<InitOutcome, DataDirError>
     }
 }
 
-fn build(staging: &Path, final_dir: &Path, opts: &InitOptions) -> Result<InitOutcome, DataDirError> {
+fn build(
+    staging: &Path,
+    final_dir: &Path,
+    opts: &InitOptions,
+) -> Result<InitOutcome, DataDirError> {
     create_private_dir(staging)?;
     let dd = DataDir::new(staging);
     let final_abs = absolute(final_dir)?;
@@ -202,7 +208,11 @@ fn build(staging: &Path, final_dir: &Path, opts: &InitOptions) -> Result<InitOut
                 .map_err(|e| DataDirError::Certificate(e.to_string()))?;
             write_file(&staging.join("ca.pem"), files.ca_cert_pem.as_bytes(), 0o644)?;
             write_file(&staging.join("ca.key"), files.ca_key_pem.as_bytes(), 0o600)?;
-            write_file(&staging.join("tls.pem"), files.cert_chain_pem.as_bytes(), 0o644)?;
+            write_file(
+                &staging.join("tls.pem"),
+                files.cert_chain_pem.as_bytes(),
+                0o644,
+            )?;
             write_file(&staging.join("tls.key"), files.key_pem.as_bytes(), 0o600)?;
             (
                 final_abs.join("tls.pem"),

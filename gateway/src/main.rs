@@ -13,7 +13,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Parser)]
-#[command(name = "posternd", version, about = "The Postern zero-trust access gateway")]
+#[command(
+    name = "posternd",
+    version,
+    about = "The Postern zero-trust access gateway"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -109,8 +113,7 @@ fn main() -> std::process::ExitCode {
 fn run() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -135,11 +138,18 @@ fn init(a: InitArgs) -> Result<()> {
     if a.output == "json" {
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
-        println!("Initialised {} for https://{}", a.data_dir.display(), out.domain);
+        println!(
+            "Initialised {} for https://{}",
+            a.data_dir.display(),
+            out.domain
+        );
         if let Some(ca) = &out.ca_cert {
             println!("CA certificate (give it to clients): {}", ca.display());
         }
-        println!("Admin auth token (shown once, keep it safe):\n  {}", out.admin_token);
+        println!(
+            "Admin auth token (shown once, keep it safe):\n  {}",
+            out.admin_token
+        );
         println!(
             "Next: posternd serve --data-dir {}   then   postern login --domain {} --auth-token <token>{}",
             a.data_dir.display(),
@@ -161,7 +171,9 @@ async fn serve(a: ServeArgs) -> Result<()> {
     let store = Store::open(&dd.database())?;
     let mut extra_ca = Vec::new();
     for p in &a.upstream_ca {
-        extra_ca.push(std::fs::read(p).with_context(|| format!("reading --upstream-ca {}", p.display()))?);
+        extra_ca.push(
+            std::fs::read(p).with_context(|| format!("reading --upstream-ca {}", p.display()))?,
+        );
     }
     let upstream = UpstreamClient::new(UpstreamOptions {
         extra_ca_pem: extra_ca,
@@ -207,7 +219,14 @@ async fn serve(a: ServeArgs) -> Result<()> {
         }
     });
 
-    postern_gateway::frontdoor::serve(gw, listener, tls, shutdown_signal(), Duration::from_secs(30)).await;
+    postern_gateway::frontdoor::serve(
+        gw,
+        listener,
+        tls,
+        shutdown_signal(),
+        Duration::from_secs(30),
+    )
+    .await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -66,7 +66,11 @@ pub fn locate_field(doc: &str, path: &str) -> Option<usize> {
                         continue;
                     }
                     let (indent, _, key_indent, content) = shape(line);
-                    let effective = if j == from { key_indent } else { indent.max(key_indent) };
+                    let effective = if j == from {
+                        key_indent
+                    } else {
+                        indent.max(key_indent)
+                    };
                     if j != from && (indent as isize) <= parent {
                         break;
                     }
@@ -142,14 +146,23 @@ spec:
     fn finds_nested_keys_and_list_items() {
         assert_eq!(locate_field(DOC, "spec.config.upstream.url"), Some(6));
         assert_eq!(
-            locate_field(DOC, "spec.authorization.inlinePolicies[0].spec.rules[0].condition.match"),
+            locate_field(
+                DOC,
+                "spec.authorization.inlinePolicies[0].spec.rules[0].condition.match"
+            ),
             Some(13)
         );
         assert_eq!(
-            locate_field(DOC, "spec.authorization.inlinePolicies[0].spec.rules[1].condition.all.of[1].match"),
+            locate_field(
+                DOC,
+                "spec.authorization.inlinePolicies[0].spec.rules[1].condition.all.of[1].match"
+            ),
             Some(19)
         );
-        assert_eq!(locate_field(DOC, "spec.authorization.inlinePolicies[0].spec.rules[2]"), None);
+        assert_eq!(
+            locate_field(DOC, "spec.authorization.inlinePolicies[0].spec.rules[2]"),
+            None
+        );
         assert_eq!(locate_field(DOC, "spec.nope"), None);
     }
 

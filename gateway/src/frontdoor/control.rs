@@ -19,7 +19,11 @@ use serde::de::DeserializeOwned;
 const MAX_API_BODY: usize = 4 << 20;
 
 fn bearer(req: &Request<Incoming>) -> Option<&str> {
-    let v = req.headers().get(http::header::AUTHORIZATION)?.to_str().ok()?;
+    let v = req
+        .headers()
+        .get(http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
     let (scheme, token) = v.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
@@ -44,8 +48,13 @@ async fn body_json<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T, Res
             BufferError::TooLarge(_) => error(StatusCode::PAYLOAD_TOO_LARGE, e.to_string(), None),
             BufferError::Read(_) => error(StatusCode::BAD_REQUEST, e.to_string(), None),
         })?;
-    serde_json::from_slice(&bytes)
-        .map_err(|e| error(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}"), None))
+    serde_json::from_slice(&bytes).map_err(|e| {
+        error(
+            StatusCode::BAD_REQUEST,
+            format!("invalid JSON body: {e}"),
+            None,
+        )
+    })
 }
 
 /// Serves one control API request (`path` already starts with `/api/v1`).
@@ -141,9 +150,16 @@ pub async fn handle(gw: &Gateway, req: Request<Incoming>) -> Response<BoxBody> {
             None => unknown_kind(kind),
         },
         (Method::GET, [kind, name]) => match Kind::from_user_input(kind) {
-            Some(k) => match list(gw, k).into_iter().find(|v| item_name(v) == Some(*name)) {
+            Some(k) => match list(gw, k)
+                .into_iter()
+                .find(|v| item_name(v) == Some(*name))
+            {
                 Some(item) => json(StatusCode::OK, &item),
-                None => error(StatusCode::NOT_FOUND, format!("{k} {name:?} not found"), None),
+                None => error(
+                    StatusCode::NOT_FOUND,
+                    format!("{k} {name:?} not found"),
+                    None,
+                ),
             },
             None => unknown_kind(kind),
         },
@@ -157,7 +173,11 @@ pub async fn handle(gw: &Gateway, req: Request<Incoming>) -> Response<BoxBody> {
             },
             None => unknown_kind(kind),
         },
-        _ => error(StatusCode::NOT_FOUND, format!("no API endpoint {path}"), None),
+        _ => error(
+            StatusCode::NOT_FOUND,
+            format!("no API endpoint {path}"),
+            None,
+        ),
     }
 }
 
@@ -193,12 +213,16 @@ fn list(gw: &Gateway, kind: Kind) -> Vec<serde_json::Value> {
         Kind::Secret => {
             let mut v: Vec<_> = snap.secrets.values().map(|s| s.info.clone()).collect();
             v.sort_by(|a, b| a.name.cmp(&b.name));
-            v.iter().map(|s| serde_json::to_value(s).expect("serializes")).collect()
+            v.iter()
+                .map(|s| serde_json::to_value(s).expect("serializes"))
+                .collect()
         }
         Kind::Credential => {
             let mut v: Vec<_> = snap.credentials.values().map(|c| c.info.clone()).collect();
             v.sort_by(|a, b| a.name.cmp(&b.name));
-            v.iter().map(|c| serde_json::to_value(c).expect("serializes")).collect()
+            v.iter()
+                .map(|c| serde_json::to_value(c).expect("serializes"))
+                .collect()
         }
         Kind::Session => gw
             .list_sessions()

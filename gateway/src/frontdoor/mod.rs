@@ -86,7 +86,8 @@ pub async fn serve(
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             let _permit = permit;
-            let tls = match tokio::time::timeout(limits::TLS_HANDSHAKE, acceptor.accept(tcp)).await {
+            let tls = match tokio::time::timeout(limits::TLS_HANDSHAKE, acceptor.accept(tcp)).await
+            {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
                     tracing::debug!(%peer, error = %e, "TLS handshake failed");
@@ -126,7 +127,9 @@ fn request_host(req: &Request<Incoming>) -> Option<String> {
                 .to_str()
                 .ok()
                 .map(|h| match h.rsplit_once(':') {
-                    Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host.to_string(),
+                    Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => {
+                        host.to_string()
+                    }
                     _ => h.to_string(),
                 })
         })?;
@@ -140,7 +143,10 @@ async fn route(gw: Arc<Gateway>, req: Request<Incoming>, peer: SocketAddr) -> Re
     if host == gw.domain {
         return control_plane(&gw, req).await;
     }
-    match host.strip_suffix(gw.domain.as_str()).and_then(|h| h.strip_suffix('.')) {
+    match host
+        .strip_suffix(gw.domain.as_str())
+        .and_then(|h| h.strip_suffix('.'))
+    {
         Some(label) if !label.is_empty() && !label.contains('.') => {
             let label = label.to_string();
             pipeline::handle(gw, &label, req, peer).await
@@ -161,14 +167,16 @@ async fn control_plane(gw: &Gateway, req: Request<Incoming>) -> Response<BoxBody
         }
         (Method::POST, "/oauth2/token") => {
             let headers = req.headers().clone();
-            match crate::proxy::buffer::read_limited(req.into_body(), limits::MAX_TOKEN_FORM).await {
+            match crate::proxy::buffer::read_limited(req.into_body(), limits::MAX_TOKEN_FORM).await
+            {
                 Ok(body) => oauth2::token(gw, &headers, &body),
                 Err(e) => respond::error(StatusCode::PAYLOAD_TOO_LARGE, e.to_string(), None),
             }
         }
         (_, "/oauth2/token") => respond::error(StatusCode::METHOD_NOT_ALLOWED, "use POST", None),
-        (_, p) if p == postern_common::api::API_PREFIX
-            || p.starts_with(&format!("{}/", postern_common::api::API_PREFIX)) =>
+        (_, p)
+            if p == postern_common::api::API_PREFIX
+                || p.starts_with(&format!("{}/", postern_common::api::API_PREFIX)) =>
         {
             control::handle(gw, req).await
         }

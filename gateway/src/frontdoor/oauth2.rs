@@ -82,7 +82,11 @@ pub fn token(gw: &Gateway, headers: &HeaderMap, body: &[u8]) -> Response<BoxBody
     }
     match grant_type.as_deref() {
         None => {
-            return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "grant_type is missing")
+            return oauth_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "grant_type is missing",
+            )
         }
         Some("client_credentials") => {}
         Some(_) => {

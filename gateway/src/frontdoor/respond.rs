@@ -29,7 +29,11 @@ pub fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> Response<BoxB
 }
 
 /// The error response for `status`, with an OpenAI-style `type` and a stable `code`.
-pub fn error(status: StatusCode, message: impl Into<String>, request_id: Option<&str>) -> Response<BoxBody> {
+pub fn error(
+    status: StatusCode,
+    message: impl Into<String>,
+    request_id: Option<&str>,
+) -> Response<BoxBody> {
     let (error_type, code) = match status {
         StatusCode::UNAUTHORIZED => ("authentication_error", "unauthorized"),
         StatusCode::FORBIDDEN => ("permission_error", "forbidden"),

@@ -47,9 +47,19 @@ impl Trace {
     }
 
     /// Ends the request here with an error response.
-    fn fail(mut self, gw: &Gateway, status: StatusCode, public: &str, detail: String) -> Response<BoxBody> {
+    fn fail(
+        mut self,
+        gw: &Gateway,
+        status: StatusCode,
+        public: &str,
+        detail: String,
+    ) -> Response<BoxBody> {
         let with_id = status == StatusCode::FORBIDDEN || status.is_server_error();
-        let resp = error(status, public, with_id.then_some(self.record.request_id.as_str()));
+        let resp = error(
+            status,
+            public,
+            with_id.then_some(self.record.request_id.as_str()),
+        );
         self.record.error = Some(detail);
         self.finish(gw, status, 0);
         resp
@@ -63,9 +73,19 @@ fn bearer_token(headers: &http::HeaderMap) -> Option<&str> {
 }
 
 /// Serves one request to Service `name`.
-pub async fn handle(gw: Arc<Gateway>, name: &str, req: Request<Incoming>, peer: SocketAddr) -> Response<BoxBody> {
+pub async fn handle(
+    gw: Arc<Gateway>,
+    name: &str,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<BoxBody> {
     let snap = gw.snapshot();
-    let Some(service) = snap.services.get(name).filter(|s| s.spec.is_public).cloned() else {
+    let Some(service) = snap
+        .services
+        .get(name)
+        .filter(|s| s.spec.is_public)
+        .cloned()
+    else {
         return not_found();
     };
     let mut trace = Trace::new(name, &req);
@@ -84,7 +104,10 @@ pub async fn handle(gw: Arc<Gateway>, name: &str, req: Request<Incoming>, peer: 
         return resp;
     }
 
-    let principal = match bearer_token(req.headers()).ok_or(crate::state::AuthError::Missing).and_then(|t| gw.authenticate(t)) {
+    let principal = match bearer_token(req.headers())
+        .ok_or(crate::state::AuthError::Missing)
+        .and_then(|t| gw.authenticate(t))
+    {
         Ok(p) => p,
         Err(e) => {
             trace.record.decision = Some(Effect::Deny);
@@ -94,13 +117,19 @@ pub async fn handle(gw: Arc<Gateway>, name: &str, req: Request<Incoming>, peer: 
                 StatusCode::UNAUTHORIZED,
                 "missing or invalid access token; get one from /oauth2/token",
                 e.to_string(),
-            )
+            );
         }
     };
     trace.record.user = Some(principal.user.name.clone());
     trace.record.session = Some(principal.session.info.name.clone());
 
-    let rules = RuleSet::new(service.rules.iter().chain(principal.user.rules.iter()).cloned());
+    let rules = RuleSet::new(
+        service
+            .rules
+            .iter()
+            .chain(principal.user.rules.iter())
+            .cloned(),
+    );
     let needs_body = rules.reads_body() || service.dynamic_reads_body;
 
     let (mut parts, body) = req.into_parts();
@@ -119,7 +148,14 @@ pub async fn handle(gw: Arc<Gateway>, name: &str, req: Request<Incoming>, peer: 
                 let msg = format!("request body is larger than the {limit}-byte limit");
                 return trace.fail(&gw, StatusCode::PAYLOAD_TOO_LARGE, &msg, msg.clone());
             }
-            Err(e) => return trace.fail(&gw, StatusCode::BAD_REQUEST, "could not read the request body", e.to_string()),
+            Err(e) => {
+                return trace.fail(
+                    &gw,
+                    StatusCode::BAD_REQUEST,
+                    "could not read the request body",
+                    e.to_string(),
+                )
+            }
         }
     } else {
         (None, None, Some(body))
@@ -182,12 +218,31 @@ pub async fn handle(gw: Arc<Gateway>, name: &str, req: Request<Incoming>, peer: 
     };
     parts.uri = match original_path_query.parse() {
         Ok(u) => u,
-        Err(_) => return trace.fail(&gw, StatusCode::BAD_REQUEST, "invalid request URI", "uri".into()),
+        Err(_) => {
+            return trace.fail(
+                &gw,
+                StatusCode::BAD_REQUEST,
+                "invalid request URI",
+                "uri".into(),
+            )
+        }
     };
     let origin = parts.headers.get(header::ORIGIN).cloned();
     let secret = |n: &str| snap.secret(n);
-    if let Err(e) = rewrite::upstream_request(&mut parts, &config.url, config.http.as_ref(), &secret, Some(peer.ip()), &host) {
-        return trace.fail(&gw, StatusCode::BAD_GATEWAY, "the gateway could not prepare the upstream request", e.to_string());
+    if let Err(e) = rewrite::upstream_request(
+        &mut parts,
+        &config.url,
+        config.http.as_ref(),
+        &secret,
+        Some(peer.ip()),
+        &host,
+    ) {
+        return trace.fail(
+            &gw,
+            StatusCode::BAD_GATEWAY,
+            "the gateway could not prepare the upstream request",
+            e.to_string(),
+        );
     }
     parts.version = http::Version::HTTP_11;
 
@@ -229,9 +284,10 @@ pub async fn handle(gw: Arc<Gateway>, name: &str, req: Request<Incoming>, peer: 
     if let Some(c) = config.http.as_ref().and_then(|h| h.cors.as_ref()) {
         cors::apply_cors(c, origin.as_ref(), &mut rparts.headers);
     }
-    rparts
-        .headers
-        .insert("x-request-id", http::HeaderValue::from_str(&trace.record.request_id).expect("ids are ASCII"));
+    rparts.headers.insert(
+        "x-request-id",
+        http::HeaderValue::from_str(&trace.record.request_id).expect("ids are ASCII"),
+    );
     let content_type = rparts
         .headers
         .get(header::CONTENT_TYPE)
@@ -264,7 +320,13 @@ fn preflight(service: &ServiceEntry, req: &Request<Incoming>) -> Option<Response
     if req.method() != Method::OPTIONS || !req.headers().contains_key(header::ORIGIN) {
         return None;
     }
-    let cors = service.default_config.as_ref()?.http.as_ref()?.cors.as_ref()?;
+    let cors = service
+        .default_config
+        .as_ref()?
+        .http
+        .as_ref()?
+        .cors
+        .as_ref()?;
     let resp = cors::preflight_response(cors, req.headers())?;
     let (parts, ()) = resp.into_parts();
     Some(Response::from_parts(parts, full(bytes::Bytes::new())))
@@ -309,7 +371,11 @@ fn decide(
 
 fn reason_text(r: &Reason) -> String {
     match r {
-        Reason::Rule { policy, rule, priority } => {
+        Reason::Rule {
+            policy,
+            rule,
+            priority,
+        } => {
             format!("policy {policy} rule {rule} priority {priority}")
         }
         Reason::NoMatch => "no matching rule (deny by default)".into(),

@@ -7,8 +7,8 @@ use super::{now_rfc3339, now_unix, Gateway};
 use crate::identity::{secrets, Claims};
 use crate::store::{CredentialRecord, StoreError};
 use postern_common::api::{
-    ApplyAction, ApplyFile, ApplyResponse, ApplyResult, CreateCredentialRequest, CreateCredentialResponse,
-    TokenResponse,
+    ApplyAction, ApplyFile, ApplyResponse, ApplyResult, CreateCredentialRequest,
+    CreateCredentialResponse, TokenResponse,
 };
 use postern_common::resources::{
     parse_documents, CredentialInfo, CredentialType, Kind, Resource, SessionInfo, SessionType,
@@ -147,13 +147,22 @@ impl Gateway {
             .values()
             .map(|s| (s.info.clone(), s.value.clone()))
             .collect();
-        let creds = current.credentials.values().map(|c| (**c).clone()).collect();
+        let creds = current
+            .credentials
+            .values()
+            .map(|c| (**c).clone())
+            .collect();
         if let Err(errors) = Snapshot::build(candidate, secrets, creds) {
             let msgs: Vec<String> = errors
                 .iter()
                 .map(|e| {
-                    match docs.iter().find(|d| d.resource.kind() == e.kind && d.resource.name() == e.name) {
-                        Some(d) => format!("{}: {}: {}", d.location_of(&e.field), e.field, e.message),
+                    match docs
+                        .iter()
+                        .find(|d| d.resource.kind() == e.kind && d.resource.name() == e.name)
+                    {
+                        Some(d) => {
+                            format!("{}: {}: {}", d.location_of(&e.field), e.field, e.message)
+                        }
                         None => e.to_string(),
                     }
                 })
@@ -192,7 +201,10 @@ impl Gateway {
                         )));
                     }
                 }
-                if kind == Kind::User && name == crate::datadir::ADMIN_USER && self.admin_count(&snap) <= 1 {
+                if kind == Kind::User
+                    && name == crate::datadir::ADMIN_USER
+                    && self.admin_count(&snap) <= 1
+                {
                     // Deleting the last admin would lock everyone out of the API.
                     return Err(ChangeError::InUse(
                         "User \"admin\" is the only member of group admins; add another admin first".into(),
@@ -236,12 +248,22 @@ impl Gateway {
     fn admin_count(&self, snap: &Snapshot) -> usize {
         snap.users
             .values()
-            .filter(|u| u.spec.groups.iter().any(|g| g == crate::datadir::ADMINS_GROUP))
+            .filter(|u| {
+                u.spec
+                    .groups
+                    .iter()
+                    .any(|g| g == crate::datadir::ADMINS_GROUP)
+            })
             .count()
     }
 
     /// Stores a Secret's value, encrypted.
-    pub fn create_secret(&self, name: &str, value: &str, overwrite: bool) -> Result<(), ChangeError> {
+    pub fn create_secret(
+        &self,
+        name: &str,
+        value: &str,
+        overwrite: bool,
+    ) -> Result<(), ChangeError> {
         postern_common::resources::validate::check_name(name)
             .map_err(|m| ChangeError::Invalid(format!("secret name: {m}")))?;
         if value.is_empty() {
@@ -249,19 +271,24 @@ impl Gateway {
         }
         let _guard = self.write_lock.lock().expect("write lock");
         let sealed = self.secretbox.seal(value.as_bytes());
-        self.store.put_secret(name, &sealed, overwrite).map_err(|e| match e {
-            StoreError::AlreadyExists { .. } => ChangeError::AlreadyExists {
-                kind: Kind::Secret,
-                name: name.to_string(),
-                hint: "; pass --overwrite to replace its value",
-            },
-            e => e.into(),
-        })?;
+        self.store
+            .put_secret(name, &sealed, overwrite)
+            .map_err(|e| match e {
+                StoreError::AlreadyExists { .. } => ChangeError::AlreadyExists {
+                    kind: Kind::Secret,
+                    name: name.to_string(),
+                    hint: "; pass --overwrite to replace its value",
+                },
+                e => e.into(),
+            })?;
         self.reload()
     }
 
     /// Makes a Credential for an existing User; the secret is returned once.
-    pub fn create_credential(&self, req: &CreateCredentialRequest) -> Result<CreateCredentialResponse, ChangeError> {
+    pub fn create_credential(
+        &self,
+        req: &CreateCredentialRequest,
+    ) -> Result<CreateCredentialResponse, ChangeError> {
         postern_common::resources::validate::check_name(&req.name)
             .map_err(|m| ChangeError::Invalid(format!("credential name: {m}")))?;
         let _guard = self.write_lock.lock().expect("write lock");
@@ -319,7 +346,12 @@ impl Gateway {
     }
 
     /// Finds the credential of `lookup_id` of type `ty` and checks `secret` in constant time.
-    fn check_credential(&self, ty: CredentialType, lookup_id: &str, secret: &str) -> Option<Arc<CredentialRecord>> {
+    fn check_credential(
+        &self,
+        ty: CredentialType,
+        lookup_id: &str,
+        secret: &str,
+    ) -> Option<Arc<CredentialRecord>> {
         let snap = self.snapshot();
         let found = snap
             .credentials_by_lookup
@@ -339,11 +371,19 @@ impl Gateway {
                 return None;
             }
         }
-        let user_ok = snap.users.get(&c.info.user).is_some_and(|u| !u.spec.is_disabled);
+        let user_ok = snap
+            .users
+            .get(&c.info.user)
+            .is_some_and(|u| !u.spec.is_disabled);
         user_ok.then_some(c)
     }
 
-    fn new_session(&self, cred: &CredentialRecord, ty: SessionType, ttl: std::time::Duration) -> Result<(String, SessionInfo), ChangeError> {
+    fn new_session(
+        &self,
+        cred: &CredentialRecord,
+        ty: SessionType,
+        ttl: std::time::Duration,
+    ) -> Result<(String, SessionInfo), ChangeError> {
         let now = now_unix();
         let exp = now + ttl.as_secs() as i64;
         let info = SessionInfo {
@@ -369,8 +409,13 @@ impl Gateway {
 
     /// OAuth2 client credentials grant: a new client-less Session and its access token.
     /// `None` means `invalid_client`.
-    pub fn grant_client_credentials(&self, client_id: &str, client_secret: &str) -> Result<Option<TokenResponse>, ChangeError> {
-        let Some(cred) = self.check_credential(CredentialType::Oauth2, client_id, client_secret) else {
+    pub fn grant_client_credentials(
+        &self,
+        client_id: &str,
+        client_secret: &str,
+    ) -> Result<Option<TokenResponse>, ChangeError> {
+        let Some(cred) = self.check_credential(CredentialType::Oauth2, client_id, client_secret)
+        else {
             return Ok(None);
         };
         let ttl = self.settings.token_ttl;

@@ -24,7 +24,11 @@ pub struct BuildError {
 
 impl fmt::Display for BuildError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}: {}: {}", self.kind, self.name, self.field, self.message)
+        write!(
+            f,
+            "{}/{}: {}: {}",
+            self.kind, self.name, self.field, self.message
+        )
     }
 }
 
@@ -129,12 +133,8 @@ impl Snapshot {
         let mut group_values: HashMap<&str, serde_json::Value> = HashMap::new();
         for r in snap.resources.values() {
             if let Resource::Group { metadata, spec } = r {
-                let rules = attached_rules(
-                    r,
-                    spec.authorization.as_ref(),
-                    &snap.policies,
-                    &mut errors,
-                );
+                let rules =
+                    attached_rules(r, spec.authorization.as_ref(), &snap.policies, &mut errors);
                 group_rules.insert(&metadata.name, rules);
                 group_values.insert(&metadata.name, r.to_json());
             }
@@ -171,7 +171,8 @@ impl Snapshot {
         let mut services = HashMap::new();
         for r in snap.resources.values() {
             if let Resource::Service { metadata, spec } = r {
-                if let Some(entry) = build_service(r, &metadata.name, spec, &snap.policies, &mut errors)
+                if let Some(entry) =
+                    build_service(r, &metadata.name, spec, &snap.policies, &mut errors)
                 {
                     services.insert(metadata.name.clone(), Arc::new(entry));
                 }
@@ -203,7 +204,11 @@ impl Snapshot {
         secrets: Vec<(SecretInfo, String)>,
         credentials: Vec<CredentialRecord>,
     ) -> Result<Snapshot, Vec<BuildError>> {
-        Snapshot::build(self.resources.values().cloned().collect(), secrets, credentials)
+        Snapshot::build(
+            self.resources.values().cloned().collect(),
+            secrets,
+            credentials,
+        )
     }
 
     /// Names of the resources that refer to Policy `name`.
@@ -262,7 +267,9 @@ fn attached_rules(
                 kind: r.kind(),
                 name: r.name().to_string(),
                 field: format!("spec.authorization.policies[{i}]"),
-                message: format!("Policy {name:?} does not exist; apply it first or in the same file"),
+                message: format!(
+                    "Policy {name:?} does not exist; apply it first or in the same file"
+                ),
             }),
         }
     }
