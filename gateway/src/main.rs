@@ -52,6 +52,7 @@ struct InitArgs {
 
 #[derive(Args)]
 struct ServeArgs {
+    /// The data directory made by `posternd init`.
     #[arg(long, env = "POSTERN_DATA_DIR")]
     data_dir: PathBuf,
     /// Address of the TLS listener for the control plane and public Services.
