@@ -43,7 +43,8 @@ impl CompiledPolicy {
         let mut errors = Vec::new();
         for (i, rule) in spec.rules.iter().enumerate() {
             let path = format!("{field}.rules[{i}].condition");
-            match CompiledCondition::compile_with_attrs(&rule.condition, &path, spec.attrs.as_ref()) {
+            match CompiledCondition::compile_with_attrs(&rule.condition, &path, spec.attrs.as_ref())
+            {
                 Ok(condition) => rules.push(Arc::new(CompiledRule {
                     policy: name.to_owned(),
                     rule: rule.name.clone().unwrap_or_else(|| format!("rule-{i}")),

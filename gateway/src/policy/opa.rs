@@ -96,7 +96,10 @@ impl RegoCondition {
         // evaluation error against this empty input is not (it depends on the input).
         engine.set_input(Value::new_object());
         if let Err(e) = engine.compile_with_entrypoint(&rule.as_str().into()) {
-            return Err(err(format!("invalid Rego module: {}", one_line(&e.to_string()))));
+            return Err(err(format!(
+                "invalid Rego module: {}",
+                one_line(&e.to_string())
+            )));
         }
         Ok(RegoCondition {
             engine,
