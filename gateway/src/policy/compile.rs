@@ -6,6 +6,7 @@ use cel_interpreter::Value;
 use cel_parser::{ast::IdedExpr, Parser};
 use postern_common::resources::Condition;
 
+use super::opa::RegoCondition;
 use super::reads_body::reads_body;
 use super::{functions, CompileError, EvalContext};
 
@@ -102,6 +103,7 @@ enum Node {
     Any(Vec<CompiledCondition>),
     None(Vec<CompiledCondition>),
     MatchAny,
+    Opa(Box<RegoCondition>),
 }
 
 /// A compiled `Condition`: parsed once at apply time, evaluated per request without
@@ -120,8 +122,22 @@ impl CompiledCondition {
     /// Collects every error of the tree rather than stopping at the first. Besides CEL syntax
     /// and unknown functions, it rejects: a condition with zero or several fields set,
     /// `matchAny: false`, an empty `of` list (an empty `all` would otherwise match
-    /// everything), and `opa` (not supported by this module yet).
+    /// everything), and for `opa.inline`: an unparsable Rego module (line and column in the
+    /// message), a module without a `match` rule, or one over 64 KiB.
+    ///
+    /// OPA conditions compiled this way see `input.attrs` as `{}`; see
+    /// [`CompiledCondition::compile_with_attrs`].
     pub fn compile(c: &Condition, field: &str) -> Result<Self, Vec<CompileError>> {
+        Self::compile_with_attrs(c, field, None)
+    }
+
+    /// Like [`CompiledCondition::compile`], with the `attrs` of the enclosing policy, which
+    /// OPA conditions in the tree see as `input.attrs` (`{}` when `None`).
+    pub fn compile_with_attrs(
+        c: &Condition,
+        field: &str,
+        attrs: Option<&serde_json::Value>,
+    ) -> Result<Self, Vec<CompileError>> {
         let set = c.set_fields();
         if set.len() != 1 {
             let message = if set.is_empty() {
@@ -147,27 +163,33 @@ impl CompiledCondition {
             }
             Node::MatchAny
         } else if let Some(list) = &c.all {
-            Node::All(compile_list(&list.of, &format!("{field}.all.of"))?)
+            Node::All(compile_list(&list.of, &format!("{field}.all.of"), attrs)?)
         } else if let Some(list) = &c.any {
-            Node::Any(compile_list(&list.of, &format!("{field}.any.of"))?)
+            Node::Any(compile_list(&list.of, &format!("{field}.any.of"), attrs)?)
         } else if let Some(list) = &c.none {
-            Node::None(compile_list(&list.of, &format!("{field}.none.of"))?)
+            Node::None(compile_list(&list.of, &format!("{field}.none.of"), attrs)?)
+        } else if let Some(opa) = &c.opa {
+            Node::Opa(Box::new(RegoCondition::compile(
+                &opa.inline,
+                &format!("{field}.opa.inline"),
+                attrs,
+            )?))
         } else {
-            return Err(vec![CompileError::new(
-                format!("{field}.opa"),
-                "OPA conditions are not supported by the CEL policy engine",
-            )]);
+            return Err(vec![CompileError::new(field, "unsupported condition")]);
         };
         let reads_body = match &node {
             Node::Match(e) | Node::Not(e) => reads_body(&e.expr),
             Node::All(v) | Node::Any(v) | Node::None(v) => v.iter().any(|c| c.reads_body),
             Node::MatchAny => false,
+            Node::Opa(r) => r.reads_body(),
         };
         Ok(CompiledCondition { node, reads_body })
     }
 
     /// True if any expression in the tree may read `ctx.request.http.bodyMap`, so the proxy
-    /// knows whether to buffer and parse the body (decided from the AST, not a substring).
+    /// knows whether to buffer and parse the body (decided from the AST for CEL; for Rego,
+    /// conservatively from the text: `bodyMap`, or `input.ctx`, `input.ctx.request` or
+    /// `input.ctx.request.http` used as a whole).
     pub fn reads_body(&self) -> bool {
         self.reads_body
     }
@@ -175,6 +197,8 @@ impl CompiledCondition {
     /// Whether the condition matches this request. Never fails: an evaluation error
     /// (missing field, type mismatch) or a non-boolean result counts as "not matched",
     /// including inside `not`, which matches only when its expression is exactly `false`.
+    /// For OPA, the decision is `data.<package>.match`: undefined is "not matched", and a
+    /// non-boolean is an error, treated as not matched.
     pub fn evaluate(&self, ctx: &EvalContext) -> bool {
         match &self.node {
             Node::Match(e) => e.eval(ctx) == Some(true),
@@ -183,6 +207,7 @@ impl CompiledCondition {
             Node::Any(v) => v.iter().any(|c| c.evaluate(ctx)),
             Node::None(v) => !v.iter().any(|c| c.evaluate(ctx)),
             Node::MatchAny => true,
+            Node::Opa(r) => r.evaluate(ctx),
         }
     }
 }
@@ -190,6 +215,7 @@ impl CompiledCondition {
 fn compile_list(
     of: &[Condition],
     field: &str,
+    attrs: Option<&serde_json::Value>,
 ) -> Result<Vec<CompiledCondition>, Vec<CompileError>> {
     if of.is_empty() {
         return Err(vec![CompileError::new(
@@ -200,7 +226,7 @@ fn compile_list(
     let mut out = Vec::with_capacity(of.len());
     let mut errors = Vec::new();
     for (i, c) in of.iter().enumerate() {
-        match CompiledCondition::compile(c, &format!("{field}[{i}]")) {
+        match CompiledCondition::compile_with_attrs(c, &format!("{field}[{i}]"), attrs) {
             Ok(c) => out.push(c),
             Err(e) => errors.extend(e),
         }

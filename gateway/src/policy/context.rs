@@ -1,9 +1,13 @@
-//! The CEL evaluation context of one request: `ctx.user`, `ctx.session`, `ctx.groups`,
+//! The evaluation context of one request: `ctx.user`, `ctx.session`, `ctx.groups`,
 //! `ctx.service` and `ctx.request`, built in exactly one place.
+//!
+//! CEL sees `ctx` as interpreter values built eagerly; Rego (OPA conditions) sees the same
+//! `ctx` as JSON, built lazily the first time an OPA condition is evaluated for the
+//! request, from JSON copies of the resources and the CEL request value.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use cel_interpreter::objects::{Key, Map};
 use cel_interpreter::{Context, Value};
@@ -13,26 +17,40 @@ use super::functions;
 /// A resource converted once to a CEL value (users, services, sessions are precomputed
 /// when configuration changes, not per request), so building a request context only
 /// clones `Arc`s.
+///
+/// It also keeps its source JSON (shared, not copied), from which the Rego view of `ctx`
+/// is built when an OPA condition needs it.
 #[derive(Clone, Debug, PartialEq)]
-pub struct CelValue(pub cel_interpreter::Value);
+pub struct CelValue(pub cel_interpreter::Value, Arc<serde_json::Value>);
 
 impl CelValue {
     /// Converts a JSON value (typically a serialized resource) to a CEL value: objects
     /// become maps with string keys, integers `Int` (or `UInt` past `i64::MAX`), other
-    /// numbers `Float`.
+    /// numbers `Float`. A copy of `v` is kept for OPA conditions.
     pub fn from_json(v: &serde_json::Value) -> Self {
-        CelValue(json_to_value(v))
+        CelValue(json_to_value(v), Arc::new(v.clone()))
     }
 
     /// An empty map, for an absent resource (e.g. no session yet): any field lookup on it
     /// is a missing field, hence "not matched".
     pub fn empty_map() -> Self {
-        CelValue(map_value(HashMap::new()))
+        CelValue(
+            map_value(HashMap::new()),
+            Arc::new(serde_json::Value::Object(serde_json::Map::new())),
+        )
     }
 
     /// An empty list, e.g. for a user without groups.
     pub fn empty_list() -> Self {
-        CelValue(Value::List(Arc::new(Vec::new())))
+        CelValue(
+            Value::List(Arc::new(Vec::new())),
+            Arc::new(serde_json::Value::Array(Vec::new())),
+        )
+    }
+
+    /// The JSON this value was built from (what OPA conditions see).
+    pub fn json(&self) -> &serde_json::Value {
+        &self.1
     }
 }
 
@@ -104,8 +122,24 @@ pub struct RequestFacts<'a> {
 
 /// The evaluation context of one request, built once and shared by every rule and
 /// dynamicConfig condition, so the per-rule cost is only the expression itself.
+///
+/// The JSON (and Rego) view of `ctx` is built at most once, on first use by an OPA
+/// condition; requests evaluated only by CEL never pay for it.
 pub struct EvalContext {
     cel: Context<'static>,
+    /// Sources of the JSON view: the resources' JSON and the CEL `ctx.request` value.
+    parts: JsonParts,
+    json: OnceLock<serde_json::Value>,
+    rego: OnceLock<regorus::Value>,
+}
+
+/// What [`EvalContext::ctx_json`] is built from (cheap `Arc` clones).
+struct JsonParts {
+    user: Arc<serde_json::Value>,
+    session: Arc<serde_json::Value>,
+    groups: Arc<serde_json::Value>,
+    service: Arc<serde_json::Value>,
+    request: Value,
 }
 
 impl EvalContext {
@@ -141,23 +175,93 @@ impl EvalContext {
         if let Some(ip) = request.client_ip {
             req.insert(key("ip"), Value::String(Arc::new(ip.to_string())));
         }
+        let req = map_value(req);
 
         let mut root = HashMap::with_capacity(5);
         root.insert(key("user"), user.0.clone());
         root.insert(key("session"), session.0.clone());
         root.insert(key("groups"), groups.0.clone());
         root.insert(key("service"), service.0.clone());
-        root.insert(key("request"), map_value(req));
+        root.insert(key("request"), req.clone());
 
         let mut cel = Context::default();
         functions::register(&mut cel);
         cel.add_variable_from_value("ctx", map_value(root));
-        EvalContext { cel }
+        EvalContext {
+            cel,
+            parts: JsonParts {
+                user: user.1.clone(),
+                session: session.1.clone(),
+                groups: groups.1.clone(),
+                service: service.1.clone(),
+                request: req,
+            },
+            json: OnceLock::new(),
+            rego: OnceLock::new(),
+        }
     }
 
     /// The underlying CEL context, for evaluating compiled expressions.
     pub(crate) fn cel(&self) -> &Context<'static> {
         &self.cel
+    }
+
+    /// `ctx` as JSON, with the same content as the CEL `ctx` (what OPA conditions see as
+    /// `input.ctx`). Built on first call, then cached for the request.
+    pub fn ctx_json(&self) -> &serde_json::Value {
+        self.json.get_or_init(|| {
+            let p = &self.parts;
+            let mut root = serde_json::Map::with_capacity(5);
+            root.insert("user".into(), (*p.user).clone());
+            root.insert("session".into(), (*p.session).clone());
+            root.insert("groups".into(), (*p.groups).clone());
+            root.insert("service".into(), (*p.service).clone());
+            root.insert("request".into(), value_to_json(&p.request));
+            serde_json::Value::Object(root)
+        })
+    }
+
+    /// `ctx` as a Rego value, built from [`EvalContext::ctx_json`] on first call.
+    pub(crate) fn rego_ctx(&self) -> &regorus::Value {
+        self.rego.get_or_init(|| {
+            use serde::Deserialize;
+            regorus::Value::deserialize(self.ctx_json()).unwrap_or_else(|error| {
+                tracing::debug!(%error, "ctx could not be converted for Rego; OPA sees it undefined");
+                regorus::Value::Undefined
+            })
+        })
+    }
+}
+
+/// The inverse of `json_to_value` for the values a context holds (maps, lists, scalars).
+/// Other CEL types do not occur in a context; they become `null`.
+fn value_to_json(v: &Value) -> serde_json::Value {
+    match v {
+        Value::Null => serde_json::Value::Null,
+        Value::Bool(b) => serde_json::Value::Bool(*b),
+        Value::Int(i) => serde_json::Value::from(*i),
+        Value::UInt(u) => serde_json::Value::from(*u),
+        Value::Float(f) => serde_json::Number::from_f64(*f)
+            .map(serde_json::Value::Number)
+            .unwrap_or(serde_json::Value::Null),
+        Value::String(s) => serde_json::Value::String(s.as_str().to_owned()),
+        Value::List(l) => serde_json::Value::Array(l.iter().map(value_to_json).collect()),
+        Value::Map(m) => serde_json::Value::Object(
+            m.map
+                .iter()
+                .map(|(k, v)| (key_to_string(k), value_to_json(v)))
+                .collect(),
+        ),
+        _ => serde_json::Value::Null,
+    }
+}
+
+fn key_to_string(k: &Key) -> String {
+    match k {
+        Key::String(s) => s.as_str().to_owned(),
+        Key::Int(i) => i.to_string(),
+        Key::Uint(u) => u.to_string(),
+        Key::Bool(b) => b.to_string(),
     }
 }
 

@@ -36,13 +36,15 @@ pub struct CompiledPolicy {
 impl CompiledPolicy {
     /// Compiles every rule of `spec`; `field` is the path prefix of the spec ("spec" for a
     /// Policy resource, "spec.authorization.inlinePolicies[0].spec" for inline); unnamed
-    /// rules get "rule-<index>". All errors of all rules are returned together.
+    /// rules get "rule-<index>". All errors of all rules are returned together. OPA
+    /// conditions see the spec's `attrs` as `input.attrs`.
     pub fn compile(name: &str, spec: &PolicySpec, field: &str) -> Result<Self, Vec<CompileError>> {
         let mut rules = Vec::with_capacity(spec.rules.len());
         let mut errors = Vec::new();
         for (i, rule) in spec.rules.iter().enumerate() {
             let path = format!("{field}.rules[{i}].condition");
-            match CompiledCondition::compile(&rule.condition, &path) {
+            match CompiledCondition::compile_with_attrs(&rule.condition, &path, spec.attrs.as_ref())
+            {
                 Ok(condition) => rules.push(Arc::new(CompiledRule {
                     policy: name.to_owned(),
                     rule: rule.name.clone().unwrap_or_else(|| format!("rule-{i}")),

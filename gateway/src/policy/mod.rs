@@ -1,4 +1,4 @@
-//! Policy evaluation: compiles `Policy` specs (CEL conditions) once, when configuration
+//! Policy evaluation: compiles `Policy` specs (CEL and OPA/Rego conditions) once, when configuration
 //! changes, and decides each request against an [`EvalContext`] built once per request.
 //!
 //! Semantics (deny by default):
@@ -9,7 +9,10 @@
 //! - `not: expr` matches only when `expr` evaluates to exactly `false`: an evaluation error
 //!   inside `not` is also "not matched" (Octelium's choice: an error never grants anything,
 //!   even through negation);
-//! - `all.of` / `any.of` / `none.of` combine sub-conditions; `matchAny: true` always matches.
+//! - `all.of` / `any.of` / `none.of` combine sub-conditions; `matchAny: true` always matches;
+//! - `opa.inline` is a Rego module whose `data.<package>.match` decides, with input
+//!   `{"ctx": ..., "attrs": ...}`: undefined or `false` is "not matched", a non-boolean is an
+//!   error, treated as not matched, and an evaluation error is "not matched" (see `opa`).
 //!
 //! The module is pure: no I/O, no global state. Compiled types are `Send + Sync` so that a
 //! configuration snapshot can be shared across tasks behind an `Arc`.
@@ -18,6 +21,7 @@ mod compile;
 mod context;
 mod decision;
 mod functions;
+mod opa;
 mod reads_body;
 
 #[cfg(test)]
@@ -26,6 +30,7 @@ mod tests;
 pub use compile::CompiledCondition;
 pub use context::{CelValue, EvalContext, RequestFacts};
 pub use decision::{CompiledPolicy, CompiledRule, Decision, Reason, RuleSet};
+pub use opa::{EVAL_TIME_LIMIT, MAX_MODULE_BYTES};
 
 /// A compile problem, named by field path (e.g. `spec.rules[0].condition.all.of[1].match`)
 /// with the CEL position in the message, so that `apply` can point at the exact mistake.

@@ -127,8 +127,8 @@ fn structural_errors() {
                 ..Condition::default()
             },
             CompileError {
-                field: "c.opa".into(),
-                message: "OPA conditions are not supported by the CEL policy engine".into(),
+                field: "c.opa.inline".into(),
+                message: "Rego module has no `match` rule (the decision is data.x.match)".into(),
             },
         ),
     ];

@@ -2,6 +2,7 @@
 
 mod compile_errors;
 mod expressions;
+mod opa;
 mod rules;
 
 use std::net::{IpAddr, Ipv4Addr};
