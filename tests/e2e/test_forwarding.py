@@ -432,3 +432,52 @@ def test_dynamic_config_rules_evaluated_per_request(dyn):
     assert len(dyn.ups["default"].requests) == 1
     configs = [e.get("config") for e in dyn.gw.access_entries() if e.get("service") == "dyn"]
     assert configs[0] == "green" and configs[2] == "green" and configs[1] not in ("green", "blue"), configs
+
+
+# ------------------------------------------------------------------------------- extra edges
+def test_hop_by_hop_headers_not_forwarded(env):
+    """Headers named in the caller's Connection header, and the standard hop-by-hop ones, stay
+    on the caller's connection (HTTP/1.1 to the gateway)."""
+    env.gw.apply_text(svc("hop", env.up.url))
+    with env.gw.http(http2=False) as h:
+        r = h.get(env.gw.url("hop", "/hop"), headers=[
+            ("Authorization", f"Bearer {env.tok}"), ("Connection", "keep-alive, X-Hop-Secret"),
+            ("X-Hop-Secret", "hop-value-1"), ("Keep-Alive", "timeout=5"), ("X-Normal", "n")])
+    assert r.status_code == 200, r.text
+    [req] = env.up.requests
+    assert req.header("x-hop-secret") is None, req.headers
+    assert req.header("keep-alive") is None, req.headers
+    assert req.header("x-normal") == "n"
+
+
+def test_repeated_client_header_replaced_once(env):
+    env.gw.apply_text(svc("rep", env.up.url, """\
+header:
+  addRequestHeaders:
+    - key: X-Team
+      value: blue
+"""))
+    r = env.get("rep", "/r", headers=[("x-team", "red"), ("X-TEAM", "green")])
+    assert r.status_code == 200, r.text
+    [req] = env.up.requests
+    assert [v for k, v in req.headers if k.lower() == "x-team"] == ["blue"]
+
+
+def test_encoded_path_and_query_forwarded_verbatim(env):
+    env.gw.apply_text(svc("enc", env.up.url, """\
+path:
+  removePrefix: /api
+  addPrefix: /v2
+"""))
+    r = env.get("enc", "/api/files/a%20b.txt?q=%2Fetc%2Fpasswd&empty=&flag")
+    assert r.status_code == 200, r.text
+    [req] = env.up.requests
+    assert req.path == "/v2/files/a%20b.txt?q=%2Fetc%2Fpasswd&empty=&flag"
+
+
+def test_cors_preflight_over_http2(cors_env):
+    r = cors_env.gw.curl("-X", "OPTIONS", "--http2", "-H", "Origin: https://app.example.com",
+                         "-H", "Access-Control-Request-Method: GET", cors_env.gw.url("web", "/v1/data"))
+    assert r.status == 204, (r.status, r.body)
+    assert r.headers.get("access-control-allow-origin") == "https://app.example.com"
+    assert cors_env.up.requests == []

@@ -313,3 +313,20 @@ def test_https_upstream_other_ca_is_502(start_gateway, test_ca, tmp_path):
         r = gw.curl("-H", f"Authorization: Bearer {tok}", gw.url("secure", "/v1/models"))
         assert r.status == 502, (r.status, r.body)
         assert up.requests == []
+
+
+def test_http2_over_tls12(env):
+    r = env.gw.curl("-v", "--http2", "--tlsv1.2", "--tls-max", "1.2", *env.auth(), env.gw.url("echo", "/h2-12"))
+    assert r.status == 200, (r.body, r.stderr[-3000:])
+    assert "SSL connection using TLSv1.2" in r.stderr and "< HTTP/2 200" in r.stderr, r.stderr[-3000:]
+    assert [q.path for q in env.up.requests] == ["/h2-12"]
+
+
+def test_non_public_service_same_404_as_unknown(env):
+    env.gw.apply_text(service("hidden", env.up.url).replace("isPublic: true", "isPublic: false"))
+    hidden = env.gw.curl(*env.auth(), env.gw.url("hidden", "/x"))
+    unknown = env.gw.curl(*env.auth(), env.gw.url("unknown-svc", "/x"))
+    assert hidden.status == unknown.status == 404, (hidden.body, unknown.body)
+    strip = lambda b: {k: v for k, v in b["error"].items() if k != "request_id"}
+    assert strip(hidden.json()) == strip(unknown.json())
+    assert env.up.requests == []
