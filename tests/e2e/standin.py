@@ -1,7 +1,9 @@
 """A small OpenAI-compatible upstream that stands in for Gemini, OpenAI, DeepSeek or any
 plain HTTP API in the end-to-end tests.
 
-Plain HTTP/1.1 on 127.0.0.1, an ephemeral port, one thread per connection. Every request is
+Plain HTTP/1.1 on 127.0.0.1, an ephemeral port, one thread per connection (or HTTP/1.1 over
+TLS when ``ssl_context`` is given: a server-side ``ssl.SSLContext`` with its certificate loaded;
+``url`` is then ``https://<tls_host>:<port>``). Every request is
 recorded (method, path, headers, body) before it is answered so tests can assert what the
 gateway forwarded (and what it did NOT forward, such as the caller's access token).
 
@@ -58,6 +60,8 @@ class StandIn:
         chunk_delay: float = 0.05,
         mode: str = "normal",
         hang_seconds: float = 30.0,
+        ssl_context: Any = None,
+        tls_host: str = "127.0.0.1",
     ):
         self.name = name
         self.api_key = api_key
@@ -65,6 +69,8 @@ class StandIn:
         self.chunk_delay = chunk_delay
         self.mode = mode
         self.hang_seconds = hang_seconds
+        self.ssl_context = ssl_context
+        self.tls_host = tls_host
         self._lock = threading.Lock()
         self._requests: list[Recorded] = []
         self._stopping = threading.Event()
@@ -78,7 +84,22 @@ class StandIn:
         class Handler(_Handler):
             owner = standin
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        server_cls = ThreadingHTTPServer
+        if self.ssl_context is not None:
+            ctx = self.ssl_context
+
+            class _TLSServer(ThreadingHTTPServer):
+                def get_request(self):
+                    sock, addr = self.socket.accept()
+                    # handshake lazily, in the connection's thread (a failed handshake then
+                    # never blocks or breaks the accept loop)
+                    return ctx.wrap_socket(sock, server_side=True, do_handshake_on_connect=False), addr
+
+                def handle_error(self, request, client_address):
+                    pass  # failed handshakes (a client rejecting our certificate) are expected
+
+            server_cls = _TLSServer
+        self._server = server_cls(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
@@ -106,6 +127,8 @@ class StandIn:
 
     @property
     def url(self) -> str:
+        if self.ssl_context is not None:
+            return f"https://{self.tls_host}:{self.port}"
         return f"http://127.0.0.1:{self.port}"
 
     # -- recording -------------------------------------------------------------------------
