@@ -305,13 +305,17 @@ class Gateway:
     def token_endpoint(self) -> str:
         return self.url(None, "/oauth2/token")
 
+    def tls(self) -> ssl.SSLContext:
+        """A client TLS context trusting only the gateway's CA."""
+        return ssl.create_default_context(cafile=self.ca)
+
     def http(self, **kw) -> httpx.Client:
         kw.setdefault("timeout", 15)
-        return httpx.Client(verify=self.ca, **kw)
+        return httpx.Client(verify=self.tls(), **kw)
 
     def fetch_token(self, client_id: str, client_secret: str, method: str = "client_secret_post") -> dict:
         with OAuth2Client(client_id, client_secret, token_endpoint=self.token_endpoint,
-                          token_endpoint_auth_method=method, verify=self.ca, timeout=15) as c:
+                          token_endpoint_auth_method=method, verify=self.tls(), timeout=15) as c:
             return dict(c.fetch_token(grant_type="client_credentials"))
 
     def token(self, client_id: str, client_secret: str, method: str = "client_secret_post") -> str:
@@ -319,7 +323,7 @@ class Gateway:
 
     def openai(self, service: str, access_token: str, base_path: str = "", **kw) -> openai.OpenAI:
         return openai.OpenAI(api_key=access_token, base_url=self.url(service, base_path),
-                             http_client=httpx.Client(verify=self.ca, timeout=15), max_retries=0, **kw)
+                             http_client=httpx.Client(verify=self.tls(), timeout=15), max_retries=0, **kw)
 
     def curl(self, *args: str, timeout: float = WAIT) -> CurlResult:
         with tempfile.TemporaryDirectory(dir=self.root) as d:

@@ -139,7 +139,7 @@ def test_token_via_curl_basic(ai):
 
 def test_httpx_client_reuse_after_token(ai):
     tok = ai.token("client_secret_basic")
-    with httpx.Client(verify=ai.gw.ca, timeout=10) as h:
+    with httpx.Client(verify=ai.gw.tls(), timeout=10) as h:
         for _ in range(3):
             r = h.post(ai.gw.url("total-ai", "/chat/completions"), json=chat_body("deepseek-chat"),
                        headers={"Authorization": f"Bearer {tok}"})

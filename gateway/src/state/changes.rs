@@ -385,7 +385,9 @@ impl Gateway {
         ttl: std::time::Duration,
     ) -> Result<(String, SessionInfo), ChangeError> {
         let now = now_unix();
-        let exp = now + ttl.as_secs() as i64;
+        // Whole seconds, rounded up: a token never expires before the `expires_in` it was
+        // issued with.
+        let exp = now + ttl.as_secs() as i64 + 1;
         let info = SessionInfo {
             name: secrets::random_id("sess"),
             user: cred.info.user.clone(),
