@@ -4,7 +4,6 @@
 pub mod datadir;
 pub mod frontdoor;
 pub mod identity;
-pub mod policy;
 pub mod proxy;
 pub mod state;
 pub mod store;

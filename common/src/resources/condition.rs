@@ -30,6 +30,9 @@ pub struct PolicySpec {
     pub attrs: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub is_disabled: bool,
+    /// A global Policy's rules apply to every request, whatever the Service or User.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub global: bool,
 }
 
 /// One rule: if `condition` matches, `effect` decides (ordered by `priority`, lower first).

@@ -5,7 +5,6 @@
 use super::buffer::{declared_too_large, read_limited, BufferError};
 use super::{cors, rewrite, BoxBody};
 use crate::frontdoor::respond::{error, full, not_found};
-use crate::policy::{Decision, EvalContext, Reason, RequestFacts, RuleSet};
 use crate::state::{Gateway, Principal, ServiceEntry, Snapshot, UpstreamConfig};
 use crate::telemetry::access_log::AccessRecord;
 use crate::telemetry::body::{BodyOutcome, ObservedBody};
@@ -13,6 +12,7 @@ use crate::telemetry::usage::UsageParser;
 use http::{header, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use postern_common::resources::Effect;
+use postern_policy::{Catalog, Decision, EvalContext, Reason, RequestFacts, RuleSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -123,13 +123,7 @@ pub async fn handle(
     trace.record.user = Some(principal.user.name.clone());
     trace.record.session = Some(principal.session.info.name.clone());
 
-    let rules = RuleSet::new(
-        service
-            .rules
-            .iter()
-            .chain(principal.user.rules.iter())
-            .cloned(),
-    );
+    let rules = Catalog::combine(&service.rules, &principal.user.rules, &snap.global_rules);
     let needs_body = rules.reads_body() || service.dynamic_reads_body;
 
     let (mut parts, body) = req.into_parts();

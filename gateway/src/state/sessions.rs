@@ -3,8 +3,8 @@
 //! working at once.
 
 use super::{now_unix, Gateway, UserEntry};
-use crate::policy::CelValue;
 use postern_common::resources::SessionInfo;
+use postern_policy::CelValue;
 use std::sync::Arc;
 
 /// A Session in memory, with its `ctx.session` value precomputed.

@@ -3,34 +3,13 @@
 //! A [`Snapshot`] is immutable: a change builds a new one (compiling every condition, so a
 //! bad expression is refused before anything is stored) and swaps it in atomically.
 
-use crate::policy::{CelValue, CompileError, CompiledCondition, CompiledPolicy, CompiledRule};
 use crate::store::CredentialRecord;
 use postern_common::resources::validate::validate;
-use postern_common::resources::{
-    Authorization, HttpConfig, Kind, Resource, SecretInfo, ServiceSpec, UserSpec,
-};
+use postern_common::resources::{HttpConfig, Kind, Resource, SecretInfo, ServiceSpec, UserSpec};
+pub use postern_policy::BuildError;
+use postern_policy::{Catalog, CelValue, CompiledCondition, CompiledRule};
 use std::collections::{BTreeMap, HashMap};
-use std::fmt;
 use std::sync::Arc;
-
-/// A problem that keeps a set of resources from being applied, with where it is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BuildError {
-    pub kind: Kind,
-    pub name: String,
-    pub field: String,
-    pub message: String,
-}
-
-impl fmt::Display for BuildError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}/{}: {}: {}",
-            self.kind, self.name, self.field, self.message
-        )
-    }
-}
 
 /// One upstream configuration, ready to forward with.
 #[derive(Debug)]
@@ -80,7 +59,8 @@ pub struct Snapshot {
     pub resources: BTreeMap<(Kind, String), Resource>,
     pub services: HashMap<String, Arc<ServiceEntry>>,
     pub users: HashMap<String, Arc<UserEntry>>,
-    pub policies: HashMap<String, Arc<CompiledPolicy>>,
+    /// Rules of global Policies, part of every request's rule set.
+    pub global_rules: Vec<Arc<CompiledRule>>,
     pub secrets: HashMap<String, Arc<SecretEntry>>,
     pub credentials: HashMap<String, Arc<CredentialRecord>>,
     /// Credential name by lookup id (OAuth2 client id, auth token id).
@@ -110,50 +90,24 @@ impl Snapshot {
                 });
             }
         }
-        let compile_err = |r: &Resource, e: CompileError| BuildError {
-            kind: r.kind(),
-            name: r.name().to_string(),
-            field: e.field,
-            message: e.message,
-        };
+        let (catalog, catalog_errors) = Catalog::build(snap.resources.values());
+        errors.extend(catalog_errors);
+        snap.global_rules = catalog.global_rules().to_vec();
 
-        for r in snap.resources.values() {
-            if let Resource::Policy { metadata, spec } = r {
-                match CompiledPolicy::compile(&metadata.name, spec, "spec") {
-                    Ok(p) => {
-                        snap.policies.insert(metadata.name.clone(), Arc::new(p));
-                    }
-                    Err(es) => errors.extend(es.into_iter().map(|e| compile_err(r, e))),
-                }
-            }
-        }
-
-        // Rules attached to Groups, needed by every member.
-        let mut group_rules: HashMap<&str, Vec<Arc<CompiledRule>>> = HashMap::new();
         let mut group_values: HashMap<&str, serde_json::Value> = HashMap::new();
         for r in snap.resources.values() {
-            if let Resource::Group { metadata, spec } = r {
-                let rules =
-                    attached_rules(r, spec.authorization.as_ref(), &snap.policies, &mut errors);
-                group_rules.insert(&metadata.name, rules);
+            if let Resource::Group { metadata, .. } = r {
                 group_values.insert(&metadata.name, r.to_json());
             }
         }
-
         let mut users = HashMap::new();
         for r in snap.resources.values() {
             if let Resource::User { metadata, spec } = r {
-                let mut rules =
-                    attached_rules(r, spec.authorization.as_ref(), &snap.policies, &mut errors);
-                let mut groups = Vec::new();
-                for g in &spec.groups {
-                    if let Some(gr) = group_rules.get(g.as_str()) {
-                        rules.extend(gr.iter().cloned());
-                    }
-                    if let Some(v) = group_values.get(g.as_str()) {
-                        groups.push(v.clone());
-                    }
-                }
+                let groups = spec
+                    .groups
+                    .iter()
+                    .filter_map(|g| group_values.get(g.as_str()).cloned())
+                    .collect();
                 users.insert(
                     metadata.name.clone(),
                     Arc::new(UserEntry {
@@ -161,7 +115,7 @@ impl Snapshot {
                         spec: spec.clone(),
                         value: CelValue::from_json(&r.to_json()),
                         groups_value: CelValue::from_json(&serde_json::Value::Array(groups)),
-                        rules,
+                        rules: catalog.user_rules(&metadata.name).to_vec(),
                     }),
                 );
             }
@@ -171,9 +125,8 @@ impl Snapshot {
         let mut services = HashMap::new();
         for r in snap.resources.values() {
             if let Resource::Service { metadata, spec } = r {
-                if let Some(entry) =
-                    build_service(r, &metadata.name, spec, &snap.policies, &mut errors)
-                {
+                let rules = catalog.service_rules(&metadata.name).to_vec();
+                if let Some(entry) = build_service(r, &metadata.name, spec, rules, &mut errors) {
                     services.insert(metadata.name.clone(), Arc::new(entry));
                 }
             }
@@ -233,57 +186,13 @@ impl Snapshot {
     }
 }
 
-/// Rules from an `authorization` section: inline policies then referenced Policies.
-fn attached_rules(
-    r: &Resource,
-    auth: Option<&Authorization>,
-    policies: &HashMap<String, Arc<CompiledPolicy>>,
-    errors: &mut Vec<BuildError>,
-) -> Vec<Arc<CompiledRule>> {
-    let mut rules = Vec::new();
-    let Some(auth) = auth else { return rules };
-    for (i, inline) in auth.inline_policies.iter().enumerate() {
-        let name = match &inline.name {
-            Some(n) => format!("{}/{}", r.name(), n),
-            None => format!("{}/inline-{i}", r.name()),
-        };
-        let field = format!("spec.authorization.inlinePolicies[{i}].spec");
-        match CompiledPolicy::compile(&name, &inline.spec, &field) {
-            Ok(p) if !p.disabled => rules.extend(p.rules.iter().cloned()),
-            Ok(_) => {}
-            Err(es) => errors.extend(es.into_iter().map(|e| BuildError {
-                kind: r.kind(),
-                name: r.name().to_string(),
-                field: e.field,
-                message: e.message,
-            })),
-        }
-    }
-    for (i, name) in auth.policies.iter().enumerate() {
-        match policies.get(name) {
-            Some(p) if !p.disabled => rules.extend(p.rules.iter().cloned()),
-            Some(_) => {}
-            None => errors.push(BuildError {
-                kind: r.kind(),
-                name: r.name().to_string(),
-                field: format!("spec.authorization.policies[{i}]"),
-                message: format!(
-                    "Policy {name:?} does not exist; apply it first or in the same file"
-                ),
-            }),
-        }
-    }
-    rules
-}
-
 fn build_service(
     r: &Resource,
     name: &str,
     spec: &ServiceSpec,
-    policies: &HashMap<String, Arc<CompiledPolicy>>,
+    rules: Vec<Arc<CompiledRule>>,
     errors: &mut Vec<BuildError>,
 ) -> Option<ServiceEntry> {
-    let rules = attached_rules(r, spec.authorization.as_ref(), policies, errors);
     let err = |field: String, message: String| BuildError {
         kind: Kind::Service,
         name: name.to_string(),

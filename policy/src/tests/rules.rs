@@ -6,7 +6,7 @@ use postern_common::resources::{Condition, ConditionList, Effect, PolicySpec, Ru
 use serde_json::json;
 
 use super::{alice, bob, chat_body, ctx_for, m, not, robot};
-use crate::policy::{CompiledPolicy, CompiledRule, Decision, Reason, RuleSet};
+use crate::{CompiledPolicy, CompiledRule, Decision, Reason, RuleSet};
 
 fn rule(name: Option<&str>, effect: Effect, priority: i32, condition: Condition) -> Rule {
     Rule {
@@ -278,10 +278,10 @@ fn example_my_api_rule_and_reads_body() {
 #[test]
 fn compiled_types_are_send_and_sync() {
     fn assert_send_sync<T: Send + Sync>() {}
-    assert_send_sync::<crate::policy::CompiledCondition>();
+    assert_send_sync::<crate::CompiledCondition>();
     assert_send_sync::<CompiledRule>();
     assert_send_sync::<CompiledPolicy>();
     assert_send_sync::<RuleSet>();
     assert_send_sync::<Arc<CompiledRule>>();
-    assert_send_sync::<crate::policy::CelValue>();
+    assert_send_sync::<crate::CelValue>();
 }

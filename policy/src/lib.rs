@@ -1,4 +1,4 @@
-//! Policy evaluation: compiles `Policy` specs (CEL and OPA/Rego conditions) once, when configuration
+//! Postern's policy engine: compiles `Policy` specs (CEL and OPA/Rego conditions) once, when configuration
 //! changes, and decides each request against an [`EvalContext`] built once per request.
 //!
 //! Semantics (deny by default):
@@ -17,6 +17,7 @@
 //! The module is pure: no I/O, no global state. Compiled types are `Send + Sync` so that a
 //! configuration snapshot can be shared across tasks behind an `Arc`.
 
+mod catalog;
 mod compile;
 mod context;
 mod decision;
@@ -27,6 +28,7 @@ mod reads_body;
 #[cfg(test)]
 mod tests;
 
+pub use catalog::{BuildError, Catalog};
 pub use compile::CompiledCondition;
 pub use context::{CelValue, EvalContext, RequestFacts};
 pub use decision::{CompiledPolicy, CompiledRule, Decision, Reason, RuleSet};

@@ -7,7 +7,7 @@ use postern_common::resources::{Condition, Effect, OpaCondition, PolicySpec, Rul
 use serde_json::{json, Value as Json};
 
 use super::{alice, bob, chat_body, compile, ctx_for, m, robot};
-use crate::policy::{
+use crate::{
     CelValue, CompiledCondition, CompiledPolicy, EvalContext, Reason, RequestFacts, RuleSet,
     MAX_MODULE_BYTES,
 };

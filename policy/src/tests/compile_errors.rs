@@ -3,7 +3,7 @@
 use postern_common::resources::{Condition, ConditionList, Effect, OpaCondition, PolicySpec, Rule};
 
 use super::{m, not};
-use crate::policy::{CompileError, CompiledCondition, CompiledPolicy};
+use crate::{CompileError, CompiledCondition, CompiledPolicy};
 
 fn all(of: Vec<Condition>) -> Condition {
     Condition {
