@@ -8,6 +8,7 @@ use postern_gateway::proxy::upstream::{UpstreamClient, UpstreamOptions};
 use postern_gateway::state::{Gateway, GatewayParts, Settings};
 use postern_gateway::store::Store;
 use postern_gateway::telemetry::access_log::AccessLog;
+use postern_gateway::telemetry::Telemetry;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -197,7 +198,7 @@ async fn serve(a: ServeArgs) -> Result<()> {
         secretbox,
         signer,
         upstream,
-        access_log,
+        telemetry: Telemetry::new(access_log),
     })?;
     let tls = postern_gateway::frontdoor::tls::server_config(&config.tls_cert, &config.tls_key)?;
     let listener = tokio::net::TcpListener::bind(a.https_listen)

@@ -5,6 +5,7 @@
 
 pub mod buffer;
 pub mod cors;
+pub mod forward;
 pub mod pipeline;
 pub mod rewrite;
 pub mod upstream;

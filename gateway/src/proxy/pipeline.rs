@@ -3,6 +3,7 @@
 //! (path, headers, CORS, upstream credentials) -> forward -> stream back, logging once.
 
 use super::buffer::{declared_too_large, read_limited, BufferError};
+use super::forward::{forward, Origin};
 use super::{cors, rewrite, BoxBody};
 use crate::frontdoor::respond::{error, full, not_found};
 use crate::state::{Gateway, Principal, ServiceEntry, Snapshot, UpstreamConfig};
@@ -43,7 +44,7 @@ impl Trace {
         self.record.status = status.as_u16();
         self.record.bytes_out = bytes_out;
         self.record.latency_ms = self.started.elapsed().as_secs_f64() * 1000.0;
-        gw.access_log.log(self.record);
+        gw.telemetry.record(self.record);
     }
 
     /// Ends the request here with an error response.
@@ -222,23 +223,6 @@ pub async fn handle(
         }
     };
     let origin = parts.headers.get(header::ORIGIN).cloned();
-    let secret = |n: &str| snap.secret(n);
-    if let Err(e) = rewrite::upstream_request(
-        &mut parts,
-        &config.url,
-        config.http.as_ref(),
-        &secret,
-        Some(peer.ip()),
-        &host,
-    ) {
-        return trace.fail(
-            &gw,
-            StatusCode::BAD_GATEWAY,
-            "the gateway could not prepare the upstream request",
-            e.to_string(),
-        );
-    }
-    parts.version = http::Version::HTTP_11;
 
     let bytes_in = Arc::new(AtomicU64::new(0));
     let upstream_body: BoxBody = match (buffered, streamed) {
@@ -258,18 +242,15 @@ pub async fn handle(
             .boxed()
         }
     };
-    let upstream_req = Request::from_parts(parts, upstream_body);
-    let resp = match gw.upstream.send(upstream_req).await {
+    let from = Origin {
+        client_ip: Some(peer.ip()),
+        host: &host,
+    };
+    let resp = match forward(&gw, &snap, &config, parts, upstream_body, &from).await {
         Ok(r) => r,
         Err(e) => {
-            let status = e.status();
-            let public = if status == StatusCode::GATEWAY_TIMEOUT {
-                "the upstream did not answer in time"
-            } else {
-                "the upstream could not be reached"
-            };
             trace.record.bytes_in = bytes_in.load(Ordering::Relaxed);
-            return trace.fail(&gw, status, public, e.to_string());
+            return trace.fail(&gw, e.status, e.public, e.detail);
         }
     };
 

@@ -13,7 +13,7 @@ pub use snapshot::{BuildError, ServiceEntry, Snapshot, UpstreamConfig, UserEntry
 use crate::identity::{SecretBox, TokenSigner};
 use crate::proxy::upstream::UpstreamClient;
 use crate::store::Store;
-use crate::telemetry::access_log::AccessLog;
+use crate::telemetry::Telemetry;
 use arc_swap::ArcSwap;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -52,7 +52,7 @@ pub struct Gateway {
     /// Serialises changes so each builds on the one before.
     write_lock: Mutex<()>,
     pub upstream: UpstreamClient,
-    pub access_log: AccessLog,
+    pub telemetry: Telemetry,
 }
 
 /// Everything [`Gateway::open`] needs.
@@ -63,7 +63,7 @@ pub struct GatewayParts {
     pub secretbox: SecretBox,
     pub signer: TokenSigner,
     pub upstream: UpstreamClient,
-    pub access_log: AccessLog,
+    pub telemetry: Telemetry,
 }
 
 impl Gateway {
@@ -79,7 +79,7 @@ impl Gateway {
             signer: parts.signer,
             write_lock: Mutex::new(()),
             upstream: parts.upstream,
-            access_log: parts.access_log,
+            telemetry: parts.telemetry,
         };
         gw.reload()?;
         gw.reload_sessions()?;
