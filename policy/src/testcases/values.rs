@@ -19,7 +19,7 @@ pub fn service_value(service: &Resource) -> CelValue {
 
 /// `ctx.groups`: the full Group resources named in `group_names` that exist in `groups`
 /// (name to resource), in the User's order; missing Groups are skipped.
-pub fn groups_value<'a>(group_names: &[String], groups: &HashMap<&str, &'a Resource>) -> CelValue {
+pub fn groups_value(group_names: &[String], groups: &HashMap<&str, &Resource>) -> CelValue {
     let list = group_names
         .iter()
         .filter_map(|g| groups.get(g.as_str()).map(|r| r.to_json()))
