@@ -86,11 +86,17 @@ pub fn parse_case_file(file: &str, text: &str) -> Result<CaseFile, CaseFileError
         let field = (path != "." && !path.is_empty()).then_some(path);
         let inner = e.into_inner();
         let loc = inner.location();
-        let message = inner.to_string();
-        let message = match message.find(" at line ") {
-            Some(i) => message[..i].to_owned(),
-            None => message,
-        };
+        let mut message = inner.to_string();
+        if let Some(i) = message.find(" at line ") {
+            message.truncate(i);
+        }
+        // serde_yaml prefixes the path (`cases[1].expect: ...`); we print our own.
+        if let Some((_, rest)) = message
+            .split_once(": ")
+            .filter(|(p, _)| !p.contains(' ') && field.as_deref() == Some(*p))
+        {
+            message = rest.to_owned();
+        }
         CaseFileError {
             file: file.to_owned(),
             line: loc.as_ref().map(|l| l.line()),
