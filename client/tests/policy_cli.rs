@@ -295,10 +295,7 @@ fn parse_errors_name_file_line_and_field() {
     assert!(r.stderr.contains("did you mean `config`?"), "{}", r.stderr);
 
     // a resource that parses but does not compile: located too
-    d.write(
-        "my-api.yaml",
-        &SERVICE.replace("bodyMap.model ==", "bodyMap.model =="),
-    );
+    d.write("my-api.yaml", SERVICE);
     let bad = d.write("bad.yaml", "kind: Policy\nmetadata: {name: broken}\nspec:\n  rules:\n    - effect: ALLOW\n      condition:\n        match: nosuchfn(ctx.user)\n");
     let (ids, svc) = (d.path("identities.yaml"), d.path("my-api.yaml"));
     let r = d.ctl(&[
