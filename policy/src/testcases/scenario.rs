@@ -23,6 +23,9 @@ pub enum ScenarioError {
     /// No User of that name.
     #[error("User {0:?} not found in the resources")]
     UnknownUser(String),
+    /// The User is disabled: the gateway refuses its tokens (401) before any policy runs.
+    #[error("User {0:?} is disabled (spec.isDisabled): the gateway refuses its requests with 401 before any policy is evaluated")]
+    DisabledUser(String),
     /// No Service of that name.
     #[error("Service {0:?} not found in the resources")]
     UnknownService(String),
@@ -148,6 +151,9 @@ impl PolicyWorld {
         let Resource::Service { spec: svc_spec, .. } = service else {
             unreachable!("looked up by kind")
         };
+        if user_spec.is_disabled {
+            return Err(ScenarioError::DisabledUser(scenario.user.clone()));
+        }
         let rules = self.catalog.rule_set(&scenario.user, &scenario.service);
 
         let mut dynamic = Vec::new();

@@ -126,6 +126,18 @@ fn unknown_user_or_service_and_bad_resources_are_errors() {
         w.prepare(&s).err().unwrap(),
         ScenarioError::UnknownService("nope".into())
     );
+    let text = RESOURCES.replace(
+        "spec: {groups: [dev]}",
+        "spec: {groups: [dev], isDisabled: true}",
+    );
+    let docs = parse_documents("r.yaml", &text).unwrap();
+    let disabled = PolicyWorld::build(docs.into_iter().map(|d| d.resource)).unwrap();
+    let mut s = good();
+    s.user = "alice".into();
+    assert_eq!(
+        disabled.prepare(&s).err().unwrap(),
+        ScenarioError::DisabledUser("alice".into())
+    );
     let mut s = good();
     s.request.headers.insert("bad header".into(), "v".into());
     assert!(matches!(w.prepare(&s), Err(ScenarioError::Header { .. })));
