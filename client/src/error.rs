@@ -61,6 +61,10 @@ pub enum ClientError {
     #[error("{0}")]
     Invalid(String),
 
+    /// `posternctl policy test`: some cases did not get the expected decision.
+    #[error("{failed} of {total} policy test cases failed")]
+    PolicyTestsFailed { failed: usize, total: usize },
+
     /// Reading or writing a local file failed.
     #[error("{action} {}: {err}", path.display())]
     Io {

@@ -1,5 +1,5 @@
 //! The Postern command-line clients: `postern` (the agent: `login`, `logout`, `whoami`) and
-//! `posternctl` (the admin CLI: `apply`, `get`, `delete`, `create`).
+//! `posternctl` (the admin CLI: `apply`, `get`, `delete`, `create`, `policy explain|test`).
 //!
 //! The binaries only parse arguments and print errors; everything else lives here:
 //! [`config`] keeps the saved session, [`http`] talks to the gateway's control API,

@@ -21,9 +21,11 @@ mod catalog;
 mod compile;
 mod context;
 mod decision;
+mod explain;
 mod functions;
 mod opa;
 mod reads_body;
+pub mod testcases;
 
 #[cfg(test)]
 mod tests;
@@ -32,6 +34,7 @@ pub use catalog::{BuildError, Catalog};
 pub use compile::CompiledCondition;
 pub use context::{CelValue, EvalContext, RequestFacts};
 pub use decision::{CompiledPolicy, CompiledRule, Decision, Reason, RuleSet};
+pub use explain::{DecisionSummary, Explanation, RuleOutcome, NO_MATCH};
 pub use opa::{EVAL_TIME_LIMIT, MAX_MODULE_BYTES};
 
 /// A compile problem, named by field path (e.g. `spec.rules[0].condition.all.of[1].match`)

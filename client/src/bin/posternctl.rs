@@ -1,7 +1,7 @@
 //! `posternctl`: the Postern admin CLI. Uses the session saved by `postern login`.
 
 use clap::{Parser, Subcommand};
-use postern_client::commands::{apply, create, delete, get, Context};
+use postern_client::commands::{apply, create, delete, get, policy, Context};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -33,6 +33,9 @@ enum Command {
     /// Create a secret or a credential.
     #[command(subcommand)]
     Create(create::CreateCommand),
+    /// Explain and test policy decisions for hypothetical requests (offline with -f).
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
 }
 
 fn main() -> ExitCode {
@@ -44,6 +47,7 @@ fn main() -> ExitCode {
             Command::Get(args) => get::run(&ctx, args, out),
             Command::Delete(args) => delete::run(&ctx, args, out),
             Command::Create(cmd) => create::run(&ctx, cmd, out),
+            Command::Policy(cmd) => policy::run(&ctx, cmd, out),
         }
     });
     match result.map_err(anyhow::Error::from) {

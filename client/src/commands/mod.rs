@@ -5,6 +5,7 @@ pub mod apply;
 pub mod create;
 pub mod delete;
 pub mod get;
+pub mod policy;
 pub mod session;
 
 use crate::config::{self, Session};
