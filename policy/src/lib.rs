@@ -26,6 +26,7 @@ mod functions;
 mod opa;
 mod reads_body;
 pub mod testcases;
+pub mod values;
 
 #[cfg(test)]
 mod tests;

@@ -19,10 +19,7 @@ impl SessionEntry {
         let expires_unix = chrono::DateTime::parse_from_rfc3339(&info.expires_at)
             .map(|t| t.timestamp())
             .unwrap_or(0);
-        let value = CelValue::from_json(&serde_json::json!({
-            "metadata": {"name": info.name, "createdAt": info.created_at},
-            "spec": {"type": info.session_type, "user": info.user, "credential": info.credential, "expiresAt": info.expires_at},
-        }));
+        let value = postern_policy::values::session_value(&info);
         SessionEntry {
             info,
             value,

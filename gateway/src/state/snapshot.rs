@@ -7,7 +7,7 @@ use crate::store::CredentialRecord;
 use postern_common::resources::validate::validate;
 use postern_common::resources::{HttpConfig, Kind, Resource, SecretInfo, ServiceSpec, UserSpec};
 pub use postern_policy::BuildError;
-use postern_policy::{Catalog, CelValue, CompiledCondition, CompiledRule};
+use postern_policy::{values, Catalog, CelValue, CompiledCondition, CompiledRule};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
@@ -94,27 +94,22 @@ impl Snapshot {
         errors.extend(catalog_errors);
         snap.global_rules = catalog.global_rules().to_vec();
 
-        let mut group_values: HashMap<&str, serde_json::Value> = HashMap::new();
+        let mut groups_by_name: HashMap<&str, &Resource> = HashMap::new();
         for r in snap.resources.values() {
             if let Resource::Group { metadata, .. } = r {
-                group_values.insert(&metadata.name, r.to_json());
+                groups_by_name.insert(&metadata.name, r);
             }
         }
         let mut users = HashMap::new();
         for r in snap.resources.values() {
             if let Resource::User { metadata, spec } = r {
-                let groups = spec
-                    .groups
-                    .iter()
-                    .filter_map(|g| group_values.get(g.as_str()).cloned())
-                    .collect();
                 users.insert(
                     metadata.name.clone(),
                     Arc::new(UserEntry {
                         name: metadata.name.clone(),
                         spec: spec.clone(),
-                        value: CelValue::from_json(&r.to_json()),
-                        groups_value: CelValue::from_json(&serde_json::Value::Array(groups)),
+                        value: values::user_value(r),
+                        groups_value: values::groups_value(&spec.groups, &groups_by_name),
                         rules: catalog.user_rules(&metadata.name).to_vec(),
                     }),
                 );
@@ -261,7 +256,7 @@ fn build_service(
     Some(ServiceEntry {
         name: name.to_string(),
         spec: spec.clone(),
-        value: CelValue::from_json(&r.to_json()),
+        value: values::service_value(r),
         rules,
         default_config,
         dynamic_rules,

@@ -1,10 +1,9 @@
 //! Hypothetical requests evaluated offline with the gateway's own engine: the shared
-//! construction of `ctx` ([`values`]), a [`Scenario`] against a [`PolicyWorld`] of resources,
+//! construction of `ctx` ([`crate::values`]), a [`Scenario`] against a [`PolicyWorld`] of resources,
 //! and the case files of `posternctl policy test` ([`cases`]).
 
 pub mod cases;
 mod scenario;
-pub mod values;
 
 #[cfg(test)]
 mod tests;

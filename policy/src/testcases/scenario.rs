@@ -8,7 +8,7 @@ use postern_common::resources::validate::validate;
 use postern_common::resources::{Kind, Resource, SessionInfo, SessionType};
 use serde::Deserialize;
 
-use super::values;
+use crate::values;
 use crate::{
     BuildError, Catalog, CelValue, CompiledCondition, EvalContext, Explanation, RequestFacts,
     RuleSet,
