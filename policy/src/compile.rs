@@ -8,7 +8,7 @@ use postern_common::resources::Condition;
 
 use super::opa::RegoCondition;
 use super::reads_body::reads_body;
-use super::{functions, CompileError, EvalContext};
+use super::{functions, limits, CompileError, EvalContext};
 
 /// One parsed CEL expression with its source (kept for debug logs).
 #[derive(Debug, Clone)]
@@ -18,9 +18,13 @@ struct CelExpr {
 }
 
 impl CelExpr {
-    /// Parses `source`; every syntax error and unknown function becomes a [`CompileError`]
-    /// on `field`.
+    /// Parses `source`; every syntax error, unknown function, exceeded size limit (see
+    /// `limits`) and invalid regular expression literal becomes a [`CompileError`] on
+    /// `field`.
     fn compile(source: &str, field: &str) -> Result<Self, Vec<CompileError>> {
+        // Length and nesting first: the parser is recursive, and must not see input deep
+        // enough to exhaust the stack.
+        limits::check_source(source).map_err(|m| vec![CompileError::new(field, m)])?;
         // cel-parser 0.10 panics on some malformed input (e.g. `1 +`): a bad expression in
         // configuration must be a compile error, never a crash of the gateway.
         let parsed = std::panic::catch_unwind(|| Parser::new().parse(source)).map_err(|_| {
@@ -29,7 +33,7 @@ impl CelExpr {
                 "invalid CEL expression: the parser could not handle it (incomplete expression?)",
             )]
         })?;
-        let expr = parsed.map_err(|errs| {
+        let mut expr = parsed.map_err(|errs| {
             errs.errors
                 .iter()
                 .map(|e| {
@@ -43,6 +47,14 @@ impl CelExpr {
                 })
                 .collect::<Vec<_>>()
         })?;
+        let too_big = limits::check_ast(&expr);
+        if !too_big.is_empty() {
+            return Err(too_big
+                .into_iter()
+                .map(|m| CompileError::new(field, m))
+                .collect());
+        }
+        functions::qualify_namespaces(&mut expr);
         let references = expr.references();
         let mut unknown: Vec<&str> = references
             .functions()

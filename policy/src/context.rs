@@ -11,6 +11,7 @@ use std::sync::{Arc, OnceLock};
 
 use cel_interpreter::objects::{Key, Map};
 use cel_interpreter::{Context, Value};
+use chrono::{DateTime, Utc};
 
 use super::functions;
 
@@ -60,7 +61,7 @@ impl Default for CelValue {
     }
 }
 
-fn json_to_value(v: &serde_json::Value) -> Value {
+pub(crate) fn json_to_value(v: &serde_json::Value) -> Value {
     match v {
         serde_json::Value::Null => Value::Null,
         serde_json::Value::Bool(b) => Value::Bool(*b),
@@ -118,6 +119,9 @@ pub struct RequestFacts<'a> {
     pub size: u64,
     /// The client address, when known.
     pub client_ip: Option<IpAddr>,
+    /// The time of the request, which `now()` returns; `None` means the time at which the
+    /// [`EvalContext`] is built (`Utc::now()`). Tests pass a fixed time.
+    pub now: Option<DateTime<Utc>>,
 }
 
 /// The evaluation context of one request, built once and shared by every rule and
@@ -185,7 +189,7 @@ impl EvalContext {
         root.insert(key("request"), req.clone());
 
         let mut cel = Context::default();
-        functions::register(&mut cel);
+        functions::register(&mut cel, request.now.unwrap_or_else(Utc::now));
         cel.add_variable_from_value("ctx", map_value(root));
         EvalContext {
             cel,

@@ -14,6 +14,11 @@
 //!   `{"ctx": ..., "attrs": ...}`: undefined or `false` is "not matched", a non-boolean is an
 //!   error, treated as not matched, and an evaluation error is "not matched" (see `opa`).
 //!
+//! CEL conditions may call the functions listed in `FUNCTIONS.md` (`net.isIPInRange`,
+//! `now().getHours("Europe/Berlin")`, `json.parse`, `matches`, ...) and are held to the
+//! size limits [`MAX_EXPRESSION_BYTES`], [`MAX_NESTING`], [`MAX_AST_NODES`] and
+//! [`MAX_REGEX_BYTES`], checked at compile time.
+//!
 //! The module is pure: no I/O, no global state. Compiled types are `Send + Sync` so that a
 //! configuration snapshot can be shared across tasks behind an `Arc`.
 
@@ -22,6 +27,7 @@ mod compile;
 mod context;
 mod decision;
 mod functions;
+mod limits;
 mod opa;
 mod reads_body;
 
@@ -32,6 +38,7 @@ pub use catalog::{BuildError, Catalog};
 pub use compile::CompiledCondition;
 pub use context::{CelValue, EvalContext, RequestFacts};
 pub use decision::{CompiledPolicy, CompiledRule, Decision, Reason, RuleSet};
+pub use limits::{MAX_AST_NODES, MAX_EXPRESSION_BYTES, MAX_NESTING, MAX_REGEX_BYTES};
 pub use opa::{EVAL_TIME_LIMIT, MAX_MODULE_BYTES};
 
 /// A compile problem, named by field path (e.g. `spec.rules[0].condition.all.of[1].match`)
