@@ -108,8 +108,14 @@ pub(crate) fn qualify_namespaces(e: &mut IdedExpr) {
             }
         }
         Expr::List(l) => l.elements.iter_mut().for_each(qualify_namespaces),
-        Expr::Map(m) => m.entries.iter_mut().for_each(|e| qualify_entry(&mut e.expr)),
-        Expr::Struct(s) => s.entries.iter_mut().for_each(|e| qualify_entry(&mut e.expr)),
+        Expr::Map(m) => m
+            .entries
+            .iter_mut()
+            .for_each(|e| qualify_entry(&mut e.expr)),
+        Expr::Struct(s) => s
+            .entries
+            .iter_mut()
+            .for_each(|e| qualify_entry(&mut e.expr)),
     }
 }
 
@@ -317,9 +323,7 @@ fn split(ftx: &FunctionContext) -> Result<Value, ExecutionError> {
                 .map(|c| to_value(c.encode_utf8(&mut [0; 4])))
                 .collect();
             if n > 0 {
-                out.push(to_value(
-                    &chars[n - 1..].iter().collect::<String>(),
-                ));
+                out.push(to_value(&chars[n - 1..].iter().collect::<String>()));
             }
             out
         }
@@ -441,7 +445,9 @@ fn matches(ftx: &FunctionContext, cache: &RegexCache) -> Result<Value, Execution
         other => return Err(ExecutionError::unsupported_target_type(other)),
     };
     let pattern = string_arg(ftx, args.next().unwrap_or(Value::Null))?;
-    let mut cache = cache.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut cache = cache
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     if let Some(re) = cache.get(pattern.as_str()) {
         return Ok(Value::Bool(re.is_match(&s)));
     }

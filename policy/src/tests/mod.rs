@@ -2,6 +2,7 @@
 
 mod compile_errors;
 mod expressions;
+mod functions;
 mod opa;
 mod rules;
 
