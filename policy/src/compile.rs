@@ -40,6 +40,7 @@ impl CelExpr {
                 .map(|f| CompileError::new(field, format!("unknown function '{f}'")))
                 .collect());
         }
+        limits::instrument_loops(&mut expr);
         Ok(CelExpr {
             source: source.to_owned(),
             expr,
@@ -52,6 +53,7 @@ impl CelExpr {
         // The interpreter has `todo!()`/`unreachable!()` paths; a panic there must not take
         // the request task down. Evaluation only reads `ctx`, so unwinding leaves no broken
         // state behind.
+        ctx.reset_loop_cost();
         let result = std::panic::catch_unwind(AssertUnwindSafe(|| ctx.cel().resolve(&self.expr)));
         let Ok(result) = result else {
             tracing::debug!(expression = %self.source, "policy expression panicked; treated as not matched");

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use cel_interpreter::{Context, ExecutionError, FunctionContext, Value};
@@ -12,7 +13,7 @@ use chrono::{DateTime, Datelike, FixedOffset, TimeZone, Timelike, Utc};
 use regex::{Regex, RegexBuilder};
 
 use super::context::json_to_value;
-use super::limits::{MAX_REGEX_BYTES, REGEX_SIZE_LIMIT};
+use super::limits::{LOOP_STEP_FUNCTION, MAX_LOOP_COST, MAX_REGEX_BYTES, REGEX_SIZE_LIMIT};
 
 /// Functions built into `cel_interpreter::Context::default()` (features `regex`, `chrono`).
 const BUILTIN_FUNCTIONS: &[&str] = &[
@@ -130,8 +131,12 @@ fn qualify_entry(e: &mut EntryExpr) {
 }
 
 /// Registers every custom function on a root context; `now` is the request time that
-/// `now()` returns.
-pub(crate) fn register(ctx: &mut Context<'static>, now: DateTime<Utc>) {
+/// `now()` returns, `loop_cost` the counter of the loop budget (see
+/// [`super::limits::instrument_loops`]).
+pub(crate) fn register(ctx: &mut Context<'static>, now: DateTime<Utc>, loop_cost: Arc<AtomicU64>) {
+    ctx.add_function(LOOP_STEP_FUNCTION, move |ftx: &FunctionContext| {
+        loop_step(ftx, &loop_cost)
+    });
     ctx.add_function("hasAll", has_all);
     ctx.add_function("hasAny", has_any);
     ctx.add_function("lowerAscii", lower_ascii);
@@ -550,4 +555,37 @@ fn time_part(ftx: &FunctionContext, part: TimePart) -> Result<Value, ExecutionEr
         },
         other => Err(ExecutionError::unsupported_target_type(other)),
     }
+}
+
+/// `@postern_loop_step(cond, weight, accumulator)`, inserted around the loop condition of
+/// every list macro: charges `weight` plus 1/16 of the accumulator's length to the budget of
+/// the evaluation, failing past [`MAX_LOOP_COST`], and returns `cond`.
+fn loop_step(ftx: &FunctionContext, loop_cost: &AtomicU64) -> Result<Value, ExecutionError> {
+    let (Some(cond), Some(weight), Some(accu)) =
+        (ftx.args.first(), ftx.args.get(1), ftx.args.get(2))
+    else {
+        return Err(ExecutionError::missing_argument_or_target());
+    };
+    let weight = match ftx.ptx.resolve(weight)? {
+        Value::Int(w) => u64::try_from(w).unwrap_or(u64::MAX),
+        _ => u64::MAX,
+    };
+    let accumulated = match ftx.ptx.resolve(accu)? {
+        Value::String(name) => match ftx.ptx.get_variable(name.as_str()) {
+            Ok(Value::List(l)) => l.len(),
+            Ok(Value::Map(m)) => m.map.len(),
+            _ => 0,
+        },
+        _ => 0,
+    };
+    let charge = weight.saturating_add(u64::try_from(accumulated / 16).unwrap_or(u64::MAX));
+    let spent = loop_cost
+        .fetch_add(charge, Ordering::Relaxed)
+        .saturating_add(charge);
+    if spent > MAX_LOOP_COST {
+        return Err(ftx.error(format!(
+            "list macros exceeded the evaluation budget of {MAX_LOOP_COST}"
+        )));
+    }
+    ftx.ptx.resolve(cond)
 }

@@ -38,7 +38,9 @@ pub use catalog::{BuildError, Catalog};
 pub use compile::CompiledCondition;
 pub use context::{CelValue, EvalContext, RequestFacts};
 pub use decision::{CompiledPolicy, CompiledRule, Decision, Reason, RuleSet};
-pub use limits::{MAX_AST_NODES, MAX_EXPRESSION_BYTES, MAX_NESTING, MAX_REGEX_BYTES};
+pub use limits::{
+    MAX_AST_NODES, MAX_EXPRESSION_BYTES, MAX_LOOP_COST, MAX_NESTING, MAX_REGEX_BYTES,
+};
 pub use opa::{EVAL_TIME_LIMIT, MAX_MODULE_BYTES};
 
 /// A compile problem, named by field path (e.g. `spec.rules[0].condition.all.of[1].match`)

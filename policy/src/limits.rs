@@ -211,3 +211,91 @@ fn walk_entry(e: &EntryExpr, depth: usize, s: &mut Stats) {
         EntryExpr::StructField(sf) => walk(&sf.value, depth, s),
     }
 }
+
+/// Most work one CEL expression may do in list macros (`all`, `exists`, `exists_one`,
+/// `map`, `filter`) in one evaluation: each iteration costs the number of nodes of the
+/// macro body plus 1/16 of the length of the accumulated list or map (which `map` and
+/// `filter` copy on each step, cheaply). Past it, the evaluation fails, so the condition
+/// does not match. About 15 ms of work in a release build at most.
+pub const MAX_LOOP_COST: u64 = 250_000;
+
+/// Name of the function that charges one macro iteration to the loop budget; the `@`
+/// makes it impossible to write in a condition.
+pub(crate) const LOOP_STEP_FUNCTION: &str = "@postern_loop_step";
+
+/// Wraps the loop condition of every comprehension (the expansion of a list macro) in a
+/// call of [`LOOP_STEP_FUNCTION`], which the interpreter evaluates once per iteration:
+/// `@postern_loop_step(cond, weight, accumulator_name)` charges `weight` (the nodes of the
+/// loop condition and step) plus the accumulator's length, then returns `cond`.
+pub(crate) fn instrument_loops(e: &mut IdedExpr) {
+    match &mut e.expr {
+        Expr::Unspecified | Expr::Ident(_) | Expr::Literal(_) => {}
+        Expr::Select(s) => instrument_loops(&mut s.operand),
+        Expr::Call(c) => {
+            if let Some(t) = c.target.as_deref_mut() {
+                instrument_loops(t);
+            }
+            c.args.iter_mut().for_each(instrument_loops);
+        }
+        Expr::Comprehension(c) => {
+            for part in [
+                &mut c.iter_range,
+                &mut c.accu_init,
+                &mut c.loop_cond,
+                &mut c.loop_step,
+                &mut c.result,
+            ] {
+                instrument_loops(part);
+            }
+            let weight = count_nodes(&c.loop_cond) + count_nodes(&c.loop_step);
+            let cond = std::mem::replace(
+                c.loop_cond.as_mut(),
+                IdedExpr {
+                    id: 0,
+                    expr: Expr::Unspecified,
+                },
+            );
+            let literal = |v: Val| IdedExpr {
+                id: 0,
+                expr: Expr::Literal(v),
+            };
+            *c.loop_cond = IdedExpr {
+                id: cond.id,
+                expr: Expr::Call(cel_parser::ast::CallExpr {
+                    func_name: LOOP_STEP_FUNCTION.to_owned(),
+                    target: None,
+                    args: vec![
+                        cond,
+                        literal(Val::Int(i64::try_from(weight).unwrap_or(i64::MAX))),
+                        literal(Val::String(c.accu_var.clone())),
+                    ],
+                }),
+            };
+        }
+        Expr::List(l) => l.elements.iter_mut().for_each(instrument_loops),
+        Expr::Map(m) => m
+            .entries
+            .iter_mut()
+            .for_each(|entry| instrument_entry(&mut entry.expr)),
+        Expr::Struct(s) => s
+            .entries
+            .iter_mut()
+            .for_each(|entry| instrument_entry(&mut entry.expr)),
+    }
+}
+
+fn instrument_entry(e: &mut EntryExpr) {
+    match e {
+        EntryExpr::MapEntry(me) => {
+            instrument_loops(&mut me.key);
+            instrument_loops(&mut me.value);
+        }
+        EntryExpr::StructField(sf) => instrument_loops(&mut sf.value),
+    }
+}
+
+fn count_nodes(e: &IdedExpr) -> usize {
+    let mut stats = Stats::default();
+    walk(e, 1, &mut stats);
+    stats.nodes
+}

@@ -637,3 +637,43 @@ fn size_limits_are_compile_errors() {
         }
     }
 }
+
+#[test]
+fn list_macros_have_an_evaluation_budget() {
+    let items: Vec<i64> = (0..2000).collect();
+    let c = ctx(
+        None,
+        None,
+        "x",
+        Some(json!({"items": items, "few": [1, 2, 3]})),
+    );
+    let start = std::time::Instant::now();
+    check_table(
+        &c,
+        &[
+            ("ctx.request.http.bodyMap.items.all(x, x >= 0)", Some(true)),
+            ("ctx.request.http.bodyMap.items.exists(x, x == 1999)", Some(true)),
+            ("ctx.request.http.bodyMap.items.filter(x, x < 500).size() == 500", Some(true)),
+            ("ctx.request.http.bodyMap.items.map(x, x * 2).size() == 2000", Some(true)),
+            (
+                "ctx.request.http.bodyMap.few.all(x, ctx.request.http.bodyMap.few.exists(y, y == x))",
+                Some(true),
+            ),
+            // Quadratic and worse: stopped by the budget, so not matched.
+            (
+                "ctx.request.http.bodyMap.items.all(x, ctx.request.http.bodyMap.items.all(y, y >= 0))",
+                None,
+            ),
+            (
+                "ctx.request.http.bodyMap.items.all(a, ctx.request.http.bodyMap.items.all(b, ctx.request.http.bodyMap.items.all(c, true)))",
+                None,
+            ),
+        ],
+    );
+    eprintln!("budget table took {:?}", start.elapsed());
+    // The budget is per expression evaluation: the same context evaluates again.
+    assert_eq!(
+        outcome("ctx.request.http.bodyMap.items.all(x, x >= 0)", &c),
+        Some(true)
+    );
+}
