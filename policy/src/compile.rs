@@ -163,8 +163,9 @@ const ALL_FIELDS: &str = "match, matchAny, all, any, none, not, opa";
 impl CompiledCondition {
     /// Compiles `c`, whose path in the resource is `field` (e.g. `spec.rules[0].condition`).
     ///
-    /// Collects every error of the tree rather than stopping at the first. Besides CEL syntax
-    /// and unknown functions, it rejects: a condition with zero or several fields set,
+    /// Collects every error of the tree rather than stopping at the first. Besides CEL syntax,
+    /// unknown functions, CEL expressions over the size limits (length, nesting, node count;
+    /// see `FUNCTIONS.md`) and invalid or oversized regular expression literals, it rejects: a condition with zero or several fields set,
     /// `matchAny: false`, an empty `of` list (an empty `all` would otherwise match
     /// everything), and for `opa.inline`: an unparsable Rego module (line and column in the
     /// message), a module without a `match` rule, or one over 64 KiB.

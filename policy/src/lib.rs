@@ -17,7 +17,8 @@
 //! CEL conditions may call the functions listed in `FUNCTIONS.md` (`net.isIPInRange`,
 //! `now().getHours("Europe/Berlin")`, `json.parse`, `matches`, ...) and are held to the
 //! size limits [`MAX_EXPRESSION_BYTES`], [`MAX_NESTING`], [`MAX_AST_NODES`] and
-//! [`MAX_REGEX_BYTES`], checked at compile time.
+//! [`MAX_REGEX_BYTES`], checked at compile time; list macros draw on the evaluation budget
+//! [`MAX_LOOP_COST`], past which the condition does not match.
 //!
 //! The module is pure: no I/O, no global state. Compiled types are `Send + Sync` so that a
 //! configuration snapshot can be shared across tasks behind an `Arc`.
