@@ -149,6 +149,7 @@ fn bench_rules(c: &mut Criterion, label: &str, policy_yaml: &str) {
                     body: Some(&body),
                     size: 120,
                     client_ip: None,
+                    now: None,
                 };
                 let ctx = EvalContext::new(&user, &session, &groups, &service, &facts);
                 black_box(rules.decide(&ctx))

@@ -8,7 +8,7 @@ use postern_common::resources::Condition;
 
 use super::opa::RegoCondition;
 use super::reads_body::reads_body;
-use super::{functions, CompileError, EvalContext};
+use super::{functions, limits, CompileError, EvalContext};
 
 /// One parsed CEL expression with its source (kept for debug logs).
 #[derive(Debug, Clone)]
@@ -18,31 +18,15 @@ struct CelExpr {
 }
 
 impl CelExpr {
-    /// Parses `source`; every syntax error and unknown function becomes a [`CompileError`]
-    /// on `field`.
+    /// Parses `source`; every syntax error, unknown function, exceeded size limit (see
+    /// `limits`) and invalid regular expression literal becomes a [`CompileError`] on
+    /// `field`.
     fn compile(source: &str, field: &str) -> Result<Self, Vec<CompileError>> {
-        // cel-parser 0.10 panics on some malformed input (e.g. `1 +`): a bad expression in
-        // configuration must be a compile error, never a crash of the gateway.
-        let parsed = std::panic::catch_unwind(|| Parser::new().parse(source)).map_err(|_| {
-            vec![CompileError::new(
-                field,
-                "invalid CEL expression: the parser could not handle it (incomplete expression?)",
-            )]
-        })?;
-        let expr = parsed.map_err(|errs| {
-            errs.errors
-                .iter()
-                .map(|e| {
-                    CompileError::new(
-                        field,
-                        format!(
-                            "invalid CEL expression at line {} column {}: {}",
-                            e.pos.0, e.pos.1, e.msg
-                        ),
-                    )
-                })
-                .collect::<Vec<_>>()
-        })?;
+        // Length and nesting first: the parser is recursive, and must not see input deep
+        // enough to exhaust the stack.
+        limits::check_source(source).map_err(|m| vec![CompileError::new(field, m)])?;
+        let mut expr = parse_bounded(source, field)?;
+        functions::qualify_namespaces(&mut expr);
         let references = expr.references();
         let mut unknown: Vec<&str> = references
             .functions()
@@ -56,6 +40,7 @@ impl CelExpr {
                 .map(|f| CompileError::new(field, format!("unknown function '{f}'")))
                 .collect());
         }
+        limits::instrument_loops(&mut expr);
         Ok(CelExpr {
             source: source.to_owned(),
             expr,
@@ -68,6 +53,7 @@ impl CelExpr {
         // The interpreter has `todo!()`/`unreachable!()` paths; a panic there must not take
         // the request task down. Evaluation only reads `ctx`, so unwinding leaves no broken
         // state behind.
+        ctx.reset_loop_cost();
         let result = std::panic::catch_unwind(AssertUnwindSafe(|| ctx.cel().resolve(&self.expr)));
         let Ok(result) = result else {
             tracing::debug!(expression = %self.source, "policy expression panicked; treated as not matched");
@@ -95,6 +81,64 @@ impl CelExpr {
     }
 }
 
+/// Stack of the thread that parses one expression. The parser recurses once or more per
+/// operator: an expression within [`limits::MAX_EXPRESSION_BYTES`] can still be a chain of
+/// ~2000 operators, too deep for a 2 MiB task stack before the depth limit can reject it.
+/// Only the pages used are touched.
+const PARSE_STACK_BYTES: usize = 64 << 20;
+
+/// Parses `source` and checks the size of its tree, on a thread with a large stack, so that
+/// a deep expression is a compile error rather than a stack overflow (which would abort the
+/// process). A panic of the parser (cel-parser 0.10 panics on some malformed input, e.g.
+/// `1 +`) is a compile error too.
+fn parse_bounded(source: &str, field: &str) -> Result<IdedExpr, Vec<CompileError>> {
+    let owned_source = source.to_owned();
+    let owned_field = field.to_owned();
+    let parse = move || -> Result<IdedExpr, Vec<CompileError>> {
+        let field = owned_field.as_str();
+        let expr = Parser::new().parse(&owned_source).map_err(|errs| {
+            errs.errors
+                .iter()
+                .map(|e| {
+                    CompileError::new(
+                        field,
+                        format!(
+                            "invalid CEL expression at line {} column {}: {}",
+                            e.pos.0, e.pos.1, e.msg
+                        ),
+                    )
+                })
+                .collect::<Vec<_>>()
+        })?;
+        let too_big = limits::check_ast(&expr);
+        if !too_big.is_empty() {
+            // Dropping the tree recurses as deep as it is: still on this thread.
+            drop(expr);
+            return Err(too_big
+                .into_iter()
+                .map(|m| CompileError::new(field, m))
+                .collect());
+        }
+        Ok(expr)
+    };
+    let handle = std::thread::Builder::new()
+        .name("cel-parse".into())
+        .stack_size(PARSE_STACK_BYTES)
+        .spawn(parse)
+        .map_err(|e| {
+            vec![CompileError::new(
+                field,
+                format!("could not start the CEL parser: {e}"),
+            )]
+        })?;
+    handle.join().unwrap_or_else(|_| {
+        Err(vec![CompileError::new(
+            field,
+            "invalid CEL expression: the parser could not handle it (incomplete expression?)",
+        )])
+    })
+}
+
 #[derive(Debug, Clone)]
 enum Node {
     Match(CelExpr),
@@ -119,8 +163,9 @@ const ALL_FIELDS: &str = "match, matchAny, all, any, none, not, opa";
 impl CompiledCondition {
     /// Compiles `c`, whose path in the resource is `field` (e.g. `spec.rules[0].condition`).
     ///
-    /// Collects every error of the tree rather than stopping at the first. Besides CEL syntax
-    /// and unknown functions, it rejects: a condition with zero or several fields set,
+    /// Collects every error of the tree rather than stopping at the first. Besides CEL syntax,
+    /// unknown functions, CEL expressions over the size limits (length, nesting, node count;
+    /// see `FUNCTIONS.md`) and invalid or oversized regular expression literals, it rejects: a condition with zero or several fields set,
     /// `matchAny: false`, an empty `of` list (an empty `all` would otherwise match
     /// everything), and for `opa.inline`: an unparsable Rego module (line and column in the
     /// message), a module without a `match` rule, or one over 64 KiB.

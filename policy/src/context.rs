@@ -7,10 +7,12 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use cel_interpreter::objects::{Key, Map};
 use cel_interpreter::{Context, Value};
+use chrono::{DateTime, Utc};
 
 use super::functions;
 
@@ -60,7 +62,7 @@ impl Default for CelValue {
     }
 }
 
-fn json_to_value(v: &serde_json::Value) -> Value {
+pub(crate) fn json_to_value(v: &serde_json::Value) -> Value {
     match v {
         serde_json::Value::Null => Value::Null,
         serde_json::Value::Bool(b) => Value::Bool(*b),
@@ -118,6 +120,9 @@ pub struct RequestFacts<'a> {
     pub size: u64,
     /// The client address, when known.
     pub client_ip: Option<IpAddr>,
+    /// The time of the request, which `now()` returns; `None` means the time at which the
+    /// [`EvalContext`] is built (`Utc::now()`). Tests pass a fixed time.
+    pub now: Option<DateTime<Utc>>,
 }
 
 /// The evaluation context of one request, built once and shared by every rule and
@@ -127,6 +132,8 @@ pub struct RequestFacts<'a> {
 /// condition; requests evaluated only by CEL never pay for it.
 pub struct EvalContext {
     cel: Context<'static>,
+    /// Work done in list macros by the expression being evaluated (see `limits`).
+    loop_cost: Arc<AtomicU64>,
     /// Sources of the JSON view: the resources' JSON and the CEL `ctx.request` value.
     parts: JsonParts,
     json: OnceLock<serde_json::Value>,
@@ -185,10 +192,16 @@ impl EvalContext {
         root.insert(key("request"), req.clone());
 
         let mut cel = Context::default();
-        functions::register(&mut cel);
+        let loop_cost = Arc::new(AtomicU64::new(0));
+        functions::register(
+            &mut cel,
+            request.now.unwrap_or_else(Utc::now),
+            loop_cost.clone(),
+        );
         cel.add_variable_from_value("ctx", map_value(root));
         EvalContext {
             cel,
+            loop_cost,
             parts: JsonParts {
                 user: user.1.clone(),
                 session: session.1.clone(),
@@ -204,6 +217,13 @@ impl EvalContext {
     /// The underlying CEL context, for evaluating compiled expressions.
     pub(crate) fn cel(&self) -> &Context<'static> {
         &self.cel
+    }
+
+    /// Starts a new loop budget, before evaluating one expression. (Expressions evaluated
+    /// concurrently on the same context would share one budget: more conservative, never
+    /// less.)
+    pub(crate) fn reset_loop_cost(&self) {
+        self.loop_cost.store(0, Ordering::Relaxed);
     }
 
     /// `ctx` as JSON, with the same content as the CEL `ctx` (what OPA conditions see as

@@ -191,6 +191,7 @@ mod tests {
             body: None,
             size: 0,
             client_ip: None,
+            now: None,
         };
         let empty = crate::CelValue::empty_map();
         EvalContext::new(

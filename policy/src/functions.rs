@@ -1,9 +1,19 @@
 //! Custom CEL functions promised by the policy docs and not built into cel-interpreter,
 //! plus the list of every function name a condition may call (checked at compile time).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use cel_interpreter::{Context, ExecutionError, FunctionContext, Value};
+use cel_parser::ast::{EntryExpr, Expr, IdedExpr};
+use chrono::{DateTime, Datelike, FixedOffset, TimeZone, Timelike, Utc};
+use regex::{Regex, RegexBuilder};
+
+use super::context::json_to_value;
+use super::limits::{LOOP_STEP_FUNCTION, MAX_LOOP_COST, MAX_REGEX_BYTES, REGEX_SIZE_LIMIT};
 
 /// Functions built into `cel_interpreter::Context::default()` (features `regex`, `chrono`).
 const BUILTIN_FUNCTIONS: &[&str] = &[
@@ -33,22 +43,191 @@ const BUILTIN_FUNCTIONS: &[&str] = &[
     "getMilliseconds",
 ];
 
-/// Functions this module registers on every [`super::EvalContext`].
-const CUSTOM_FUNCTIONS: &[&str] = &["hasAll", "hasAny", "lowerAscii", "lower"];
+/// Functions this module registers on every [`super::EvalContext`] (namespaced ones are
+/// written `net.isIPInRange(...)` in conditions; see [`qualify_namespaces`]).
+const CUSTOM_FUNCTIONS: &[&str] = &[
+    "hasAll",
+    "hasAny",
+    "lowerAscii",
+    "lower",
+    "upperAscii",
+    "upper",
+    "trim",
+    "split",
+    "now",
+    "isIPInRange",
+    "isPrivateIP",
+    "net.isIPInRange",
+    "net.isPrivateIP",
+    "json.parse",
+];
+
+/// Namespaces whose functions are called as `ns.function(...)`.
+const NAMESPACES: &[&str] = &["net", "json"];
 
 /// True when `name` can be called from a condition: a built-in, one of ours, or an operator
-/// (`_<_`, `@in`, `!_`, ...), which the parser names with punctuation.
+/// (`_<_`, `@in`, `!_`, `-_`, ...), which the parser names with punctuation.
 pub(crate) fn is_known_function(name: &str) -> bool {
-    let is_operator = !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    let is_operator = name.starts_with(['_', '@', '!', '-']);
     is_operator || BUILTIN_FUNCTIONS.contains(&name) || CUSTOM_FUNCTIONS.contains(&name)
 }
 
-/// Registers `hasAll`, `hasAny`, `lowerAscii` and `lower` on a root context.
-pub(crate) fn register(ctx: &mut Context<'static>) {
+/// Rewrites calls on a namespace identifier, `net.isIPInRange(a, b)` (parsed as the method
+/// `isIPInRange` called on a variable `net`), into calls of the global function
+/// `net.isIPInRange(a, b)`, so that no `net` or `json` variable is needed and an unknown
+/// `net.foo()` is reported as such at compile time.
+pub(crate) fn qualify_namespaces(e: &mut IdedExpr) {
+    match &mut e.expr {
+        Expr::Unspecified | Expr::Ident(_) | Expr::Literal(_) => {}
+        Expr::Select(s) => qualify_namespaces(&mut s.operand),
+        Expr::Call(c) => {
+            let namespace = match c.target.as_deref() {
+                Some(IdedExpr {
+                    expr: Expr::Ident(ns),
+                    ..
+                }) if NAMESPACES.contains(&ns.as_str()) => Some(ns.clone()),
+                _ => None,
+            };
+            if let Some(ns) = namespace {
+                c.target = None;
+                c.func_name = format!("{ns}.{}", c.func_name);
+            }
+            if let Some(t) = c.target.as_deref_mut() {
+                qualify_namespaces(t);
+            }
+            c.args.iter_mut().for_each(qualify_namespaces);
+        }
+        Expr::Comprehension(c) => {
+            for part in [
+                &mut c.iter_range,
+                &mut c.accu_init,
+                &mut c.loop_cond,
+                &mut c.loop_step,
+                &mut c.result,
+            ] {
+                qualify_namespaces(part);
+            }
+        }
+        Expr::List(l) => l.elements.iter_mut().for_each(qualify_namespaces),
+        Expr::Map(m) => m
+            .entries
+            .iter_mut()
+            .for_each(|e| qualify_entry(&mut e.expr)),
+        Expr::Struct(s) => s
+            .entries
+            .iter_mut()
+            .for_each(|e| qualify_entry(&mut e.expr)),
+    }
+}
+
+fn qualify_entry(e: &mut EntryExpr) {
+    match e {
+        EntryExpr::MapEntry(me) => {
+            qualify_namespaces(&mut me.key);
+            qualify_namespaces(&mut me.value);
+        }
+        EntryExpr::StructField(sf) => qualify_namespaces(&mut sf.value),
+    }
+}
+
+/// Registers every custom function on a root context; `now` is the request time that
+/// `now()` returns, `loop_cost` the counter of the loop budget (see
+/// [`super::limits::instrument_loops`]).
+pub(crate) fn register(ctx: &mut Context<'static>, now: DateTime<Utc>, loop_cost: Arc<AtomicU64>) {
+    ctx.add_function(LOOP_STEP_FUNCTION, move |ftx: &FunctionContext| {
+        loop_step(ftx, &loop_cost)
+    });
     ctx.add_function("hasAll", has_all);
     ctx.add_function("hasAny", has_any);
     ctx.add_function("lowerAscii", lower_ascii);
     ctx.add_function("lower", lower_ascii);
+    ctx.add_function("upperAscii", upper_ascii);
+    ctx.add_function("upper", upper_ascii);
+    ctx.add_function("trim", trim);
+    ctx.add_function("split", split);
+    ctx.add_function("isIPInRange", is_ip_in_range);
+    ctx.add_function("net.isIPInRange", is_ip_in_range);
+    ctx.add_function("isPrivateIP", is_private_ip);
+    ctx.add_function("net.isPrivateIP", is_private_ip);
+    ctx.add_function("json.parse", json_parse);
+    let now = Value::Timestamp(now.fixed_offset());
+    ctx.add_function("now", move |ftx: &FunctionContext| {
+        if ftx.this.is_some() || !ftx.args.is_empty() {
+            return Err(ftx.error("takes no arguments"));
+        }
+        Ok(now.clone())
+    });
+    // Replace the built-in `matches`, which compiles its pattern on every call without
+    // limits, by one with length and size limits and a per-request cache.
+    let cache: RegexCache = Mutex::new(HashMap::new());
+    ctx.add_function("matches", move |ftx: &FunctionContext| matches(ftx, &cache));
+    // Replace the built-in timestamp accessors, which ignore a time zone argument.
+    for (name, part) in [
+        ("getFullYear", TimePart::FullYear),
+        ("getMonth", TimePart::Month),
+        ("getDayOfYear", TimePart::DayOfYear),
+        ("getDayOfMonth", TimePart::DayOfMonth),
+        ("getDate", TimePart::Date),
+        ("getDayOfWeek", TimePart::DayOfWeek),
+        ("getHours", TimePart::Hours),
+        ("getMinutes", TimePart::Minutes),
+        ("getSeconds", TimePart::Seconds),
+        ("getMilliseconds", TimePart::Milliseconds),
+    ] {
+        ctx.add_function(name, move |ftx: &FunctionContext| time_part(ftx, part));
+    }
+}
+
+/// The receiver of a function usable both as a method and as a function (`s.f(x)` or
+/// `f(s, x)`), with the index of the first remaining argument.
+fn receiver(ftx: &FunctionContext) -> Result<(Value, usize), ExecutionError> {
+    match &ftx.this {
+        Some(v) => Ok((v.clone(), 0)),
+        None => match ftx.args.first() {
+            Some(e) => Ok((ftx.ptx.resolve(e)?, 1)),
+            None => Err(ExecutionError::missing_argument_or_target()),
+        },
+    }
+}
+
+/// The arguments from index `from`, resolved, checking that there are between `min` and
+/// `max` of them.
+fn rest_args(
+    ftx: &FunctionContext,
+    from: usize,
+    min: usize,
+    max: usize,
+) -> Result<Vec<Value>, ExecutionError> {
+    let rest = ftx.args.get(from..).unwrap_or_default();
+    if rest.len() < min || rest.len() > max {
+        return Err(ftx.error(format!(
+            "expects {} argument(s), got {}",
+            if min == max {
+                min.to_string()
+            } else {
+                format!("{min} to {max}")
+            },
+            rest.len()
+        )));
+    }
+    rest.iter().map(|e| ftx.ptx.resolve(e)).collect()
+}
+
+fn string_arg(ftx: &FunctionContext, v: Value) -> Result<Arc<String>, ExecutionError> {
+    match v {
+        Value::String(s) => Ok(s),
+        other => Err(ftx.error(format!("expects a string, got {other:?}"))),
+    }
+}
+
+/// A string receiver and no other argument.
+fn string_receiver(ftx: &FunctionContext) -> Result<Arc<String>, ExecutionError> {
+    let (this, from) = receiver(ftx)?;
+    rest_args(ftx, from, 0, 0)?;
+    match this {
+        Value::String(s) => Ok(s),
+        other => Err(ExecutionError::unsupported_target_type(other)),
+    }
 }
 
 /// The receiver list and the wanted values of `list.hasAll(...)` / `list.hasAny(...)`.
@@ -101,17 +280,312 @@ fn has_any(ftx: &FunctionContext) -> Result<Value, ExecutionError> {
 }
 
 /// `s.lowerAscii()` (and its alias `s.lower()`): ASCII lower-casing, as in CEL's strings
-/// extension.
+/// extension; other characters are unchanged.
 fn lower_ascii(ftx: &FunctionContext) -> Result<Value, ExecutionError> {
-    let this = match &ftx.this {
-        Some(v) => v.clone(),
-        None => match ftx.args.first() {
-            Some(e) => ftx.ptx.resolve(e)?,
-            None => return Err(ExecutionError::missing_argument_or_target()),
-        },
+    let s = string_receiver(ftx)?;
+    Ok(Value::String(Arc::new(s.to_ascii_lowercase())))
+}
+
+/// `s.upperAscii()` (and its alias `s.upper()`): ASCII upper-casing; other characters are
+/// unchanged.
+fn upper_ascii(ftx: &FunctionContext) -> Result<Value, ExecutionError> {
+    let s = string_receiver(ftx)?;
+    Ok(Value::String(Arc::new(s.to_ascii_uppercase())))
+}
+
+/// `s.trim()`: `s` without leading and trailing Unicode white space.
+fn trim(ftx: &FunctionContext) -> Result<Value, ExecutionError> {
+    let s = string_receiver(ftx)?;
+    Ok(Value::String(Arc::new(s.trim().to_owned())))
+}
+
+/// `s.split(sep)` / `s.split(sep, n)`: the list of substrings between occurrences of `sep`
+/// (CEL strings extension): `n < 0` (default) splits everywhere, `n == 0` gives `[]`,
+/// `n > 0` gives at most `n` substrings, the last one holding the rest. An empty `sep`
+/// splits into characters.
+fn split(ftx: &FunctionContext) -> Result<Value, ExecutionError> {
+    let (this, from) = receiver(ftx)?;
+    let s = match this {
+        Value::String(s) => s,
+        other => return Err(ExecutionError::unsupported_target_type(other)),
     };
+    let mut args = rest_args(ftx, from, 1, 2)?.into_iter();
+    let sep = string_arg(ftx, args.next().unwrap_or(Value::Null))?;
+    let limit = match args.next() {
+        None => -1,
+        Some(Value::Int(n)) => n,
+        Some(other) => return Err(ftx.error(format!("expects an int limit, got {other:?}"))),
+    };
+    let to_value = |p: &str| Value::String(Arc::new(p.to_owned()));
+    let parts: Vec<Value> = match (limit, sep.is_empty()) {
+        (0, _) => Vec::new(),
+        (n, true) => {
+            let chars: Vec<char> = s.chars().collect();
+            let n = usize::try_from(n).unwrap_or(usize::MAX).min(chars.len());
+            let mut out: Vec<Value> = chars
+                .iter()
+                .take(n.saturating_sub(1))
+                .map(|c| to_value(c.encode_utf8(&mut [0; 4])))
+                .collect();
+            if n > 0 {
+                out.push(to_value(&chars[n - 1..].iter().collect::<String>()));
+            }
+            out
+        }
+        (n, false) if n < 0 => s.split(sep.as_str()).map(to_value).collect(),
+        (n, false) => s
+            .splitn(usize::try_from(n).unwrap_or(usize::MAX), sep.as_str())
+            .map(to_value)
+            .collect(),
+    };
+    Ok(Value::List(Arc::new(parts)))
+}
+
+/// An IP address argument; an IPv4-mapped IPv6 address (`::ffff:10.0.0.1`) is read as the
+/// IPv4 address.
+fn ip_arg(ftx: &FunctionContext, v: Value) -> Result<IpAddr, ExecutionError> {
+    let s = string_arg(ftx, v)?;
+    IpAddr::from_str(&s)
+        .map(|ip| ip.to_canonical())
+        .map_err(|_| ftx.error(format!("'{s}' is not an IP address")))
+}
+
+/// `address/prefix`, with a prefix of at most 32 (IPv4) or 128 (IPv6) bits.
+fn parse_cidr(s: &str) -> Option<(IpAddr, u32)> {
+    let (addr, prefix) = s.split_once('/')?;
+    if prefix.is_empty() || prefix.len() > 3 || !prefix.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let prefix: u32 = prefix.parse().ok()?;
+    let addr = IpAddr::from_str(addr).ok()?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    (prefix <= max).then_some((addr, prefix))
+}
+
+/// `net.isIPInRange(ip, cidr)` (also `isIPInRange(ip, cidr)`): whether `ip` is inside the
+/// network `cidr` (`10.0.0.0/8`, `2001:db8::/32`; host bits of `cidr` are ignored). An IP
+/// of the other family is not in range (false); an invalid IP or CIDR is an error, so the
+/// condition does not match.
+fn is_ip_in_range(ftx: &FunctionContext) -> Result<Value, ExecutionError> {
+    let (this, from) = receiver(ftx)?;
+    let mut args = rest_args(ftx, from, 1, 1)?.into_iter();
+    let ip = ip_arg(ftx, this)?;
+    let cidr = string_arg(ftx, args.next().unwrap_or(Value::Null))?;
+    let (net, prefix) =
+        parse_cidr(&cidr).ok_or_else(|| ftx.error(format!("'{cidr}' is not a CIDR range")))?;
+    let inside = match (ip, net) {
+        (IpAddr::V4(ip), IpAddr::V4(net)) => {
+            let mask = u32::MAX.checked_shl(32 - prefix).unwrap_or(0);
+            u32::from(ip) & mask == u32::from(net) & mask
+        }
+        (IpAddr::V6(ip), IpAddr::V6(net)) => {
+            let mask = u128::MAX.checked_shl(128 - prefix).unwrap_or(0);
+            u128::from(ip) & mask == u128::from(net) & mask
+        }
+        _ => false,
+    };
+    Ok(Value::Bool(inside))
+}
+
+/// `net.isPrivateIP(ip)` (also `isPrivateIP(ip)`): whether `ip` is in one of
+/// `10.0.0.0/8`, `172.16.0.0/12`, `192.168.0.0/16` (RFC 1918), `127.0.0.0/8` (loopback),
+/// `169.254.0.0/16` (link-local), `::1/128` (loopback), `fe80::/10` (link-local) or
+/// `fc00::/7` (unique local); IPv4-mapped IPv6 addresses are checked as IPv4. An invalid IP
+/// is an error, so the condition does not match.
+fn is_private_ip(ftx: &FunctionContext) -> Result<Value, ExecutionError> {
+    let (this, from) = receiver(ftx)?;
+    rest_args(ftx, from, 0, 0)?;
+    let private = match ip_arg(ftx, this)? {
+        IpAddr::V4(ip) => ip.is_private() || ip.is_loopback() || ip.is_link_local(),
+        IpAddr::V6(ip) => {
+            let first = ip.segments()[0];
+            ip.is_loopback() || first & 0xfe00 == 0xfc00 || first & 0xffc0 == 0xfe80
+        }
+    };
+    Ok(Value::Bool(private))
+}
+
+/// `json.parse(s)`: the JSON text `s` as a CEL value, converted like `bodyMap` (objects
+/// are maps with string keys, integers `int` or `uint`, other numbers `double`). Invalid
+/// JSON is an error, so the condition does not match.
+fn json_parse(ftx: &FunctionContext) -> Result<Value, ExecutionError> {
+    let (this, from) = receiver(ftx)?;
+    rest_args(ftx, from, 0, 0)?;
+    let s = string_arg(ftx, this)?;
+    let parsed: serde_json::Value =
+        serde_json::from_str(&s).map_err(|e| ftx.error(format!("invalid JSON: {e}")))?;
+    Ok(json_to_value(&parsed))
+}
+
+/// Compiled regular expressions of one request, by pattern.
+type RegexCache = Mutex<HashMap<String, Regex>>;
+
+/// Most patterns kept by one request's cache (computed patterns beyond are compiled on
+/// each call).
+const REGEX_CACHE_ENTRIES: usize = 32;
+
+/// Compiles `pattern` with the limits of `matches`: at most [`MAX_REGEX_BYTES`] long and at
+/// most [`REGEX_SIZE_LIMIT`] bytes once compiled. `Err` holds a message for the user.
+pub(crate) fn compile_regex(pattern: &str) -> Result<Regex, String> {
+    if pattern.len() > MAX_REGEX_BYTES {
+        return Err(format!(
+            "regular expression is {} bytes long, over the limit of {MAX_REGEX_BYTES} bytes",
+            pattern.len()
+        ));
+    }
+    RegexBuilder::new(pattern)
+        .size_limit(REGEX_SIZE_LIMIT)
+        .build()
+        .map_err(|e| format!("invalid regular expression '{pattern}': {e}"))
+}
+
+/// `s.matches(re)` / `matches(s, re)`: whether `re` (RE2 syntax, the `regex` crate) matches
+/// anywhere in `s` (anchor with `^...$` for a full match). Matching takes linear time. A
+/// pattern is compiled once per request; an invalid or oversized pattern is an error.
+fn matches(ftx: &FunctionContext, cache: &RegexCache) -> Result<Value, ExecutionError> {
+    let (this, from) = receiver(ftx)?;
+    let mut args = rest_args(ftx, from, 1, 1)?.into_iter();
+    let s = match this {
+        Value::String(s) => s,
+        other => return Err(ExecutionError::unsupported_target_type(other)),
+    };
+    let pattern = string_arg(ftx, args.next().unwrap_or(Value::Null))?;
+    let mut cache = cache
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some(re) = cache.get(pattern.as_str()) {
+        return Ok(Value::Bool(re.is_match(&s)));
+    }
+    let re = compile_regex(&pattern).map_err(|e| ftx.error(e))?;
+    let found = re.is_match(&s);
+    if cache.len() < REGEX_CACHE_ENTRIES {
+        cache.insert(pattern.as_str().to_owned(), re);
+    }
+    Ok(Value::Bool(found))
+}
+
+/// A field of a timestamp (or, for the time units, of a duration).
+#[derive(Debug, Clone, Copy)]
+enum TimePart {
+    FullYear,
+    Month,
+    DayOfYear,
+    DayOfMonth,
+    Date,
+    DayOfWeek,
+    Hours,
+    Minutes,
+    Seconds,
+    Milliseconds,
+}
+
+/// A time zone argument: an IANA name (`Europe/Berlin`, `UTC`) or a fixed offset
+/// (`+02:00`, `-05:30`).
+enum Zone {
+    Named(chrono_tz::Tz),
+    Fixed(FixedOffset),
+}
+
+fn parse_zone(name: &str) -> Option<Zone> {
+    if let Ok(tz) = chrono_tz::Tz::from_str(name) {
+        return Some(Zone::Named(tz));
+    }
+    let (sign, rest) = match name.as_bytes().first()? {
+        b'+' => (1, &name[1..]),
+        b'-' => (-1, &name[1..]),
+        _ => return None,
+    };
+    let (h, m) = rest.split_once(':')?;
+    if h.len() != 2 || m.len() != 2 || !(h.bytes().chain(m.bytes())).all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let (h, m): (i32, i32) = (h.parse().ok()?, m.parse().ok()?);
+    if h > 23 || m > 59 {
+        return None;
+    }
+    FixedOffset::east_opt(sign * (h * 3600 + m * 60)).map(Zone::Fixed)
+}
+
+fn part_of<Tz: TimeZone>(t: &DateTime<Tz>, part: TimePart) -> i64 {
+    i64::from(match part {
+        TimePart::FullYear => t.year(),
+        TimePart::Month => t.month0() as i32,
+        TimePart::DayOfYear => t.ordinal0() as i32,
+        TimePart::DayOfMonth => t.day0() as i32,
+        TimePart::Date => t.day() as i32,
+        TimePart::DayOfWeek => t.weekday().num_days_from_sunday() as i32,
+        TimePart::Hours => t.hour() as i32,
+        TimePart::Minutes => t.minute() as i32,
+        TimePart::Seconds => t.second() as i32,
+        TimePart::Milliseconds => (t.timestamp_subsec_millis() % 1000) as i32,
+    })
+}
+
+/// `t.getHours()`, `t.getHours("Europe/Berlin")`, ... (standard CEL accessors): the field
+/// of timestamp `t` in the given time zone, UTC by default. Months, days of the month and
+/// days of the year count from 0, `getDate` from 1, `getDayOfWeek` is 0 for Sunday. On a
+/// duration, `getHours`, `getMinutes`, `getSeconds` and `getMilliseconds` give the whole
+/// duration in that unit. An unknown time zone is an error, so the condition does not
+/// match.
+fn time_part(ftx: &FunctionContext, part: TimePart) -> Result<Value, ExecutionError> {
+    let (this, from) = receiver(ftx)?;
+    let args = rest_args(ftx, from, 0, 1)?;
     match this {
-        Value::String(s) => Ok(Value::String(Arc::new(s.to_ascii_lowercase()))),
+        Value::Timestamp(t) => {
+            let utc = t.with_timezone(&Utc);
+            let value = match args.into_iter().next() {
+                None => part_of(&utc, part),
+                Some(zone) => {
+                    let name = string_arg(ftx, zone)?;
+                    match parse_zone(&name) {
+                        Some(Zone::Named(tz)) => part_of(&utc.with_timezone(&tz), part),
+                        Some(Zone::Fixed(offset)) => part_of(&utc.with_timezone(&offset), part),
+                        None => return Err(ftx.error(format!("unknown time zone '{name}'"))),
+                    }
+                }
+            };
+            Ok(Value::Int(value))
+        }
+        Value::Duration(d) if args.is_empty() => match part {
+            TimePart::Hours => Ok(Value::Int(d.num_hours())),
+            TimePart::Minutes => Ok(Value::Int(d.num_minutes())),
+            TimePart::Seconds => Ok(Value::Int(d.num_seconds())),
+            TimePart::Milliseconds => Ok(Value::Int(d.num_milliseconds())),
+            _ => Err(ExecutionError::unsupported_target_type(Value::Duration(d))),
+        },
         other => Err(ExecutionError::unsupported_target_type(other)),
     }
+}
+
+/// `@postern_loop_step(cond, weight, accumulator)`, inserted around the loop condition of
+/// every list macro: charges `weight` plus 1/16 of the accumulator's length to the budget of
+/// the evaluation, failing past [`MAX_LOOP_COST`], and returns `cond`.
+fn loop_step(ftx: &FunctionContext, loop_cost: &AtomicU64) -> Result<Value, ExecutionError> {
+    let (Some(cond), Some(weight), Some(accu)) =
+        (ftx.args.first(), ftx.args.get(1), ftx.args.get(2))
+    else {
+        return Err(ExecutionError::missing_argument_or_target());
+    };
+    let weight = match ftx.ptx.resolve(weight)? {
+        Value::Int(w) => u64::try_from(w).unwrap_or(u64::MAX),
+        _ => u64::MAX,
+    };
+    let accumulated = match ftx.ptx.resolve(accu)? {
+        Value::String(name) => match ftx.ptx.get_variable(name.as_str()) {
+            Ok(Value::List(l)) => l.len(),
+            Ok(Value::Map(m)) => m.map.len(),
+            _ => 0,
+        },
+        _ => 0,
+    };
+    let charge = weight.saturating_add(u64::try_from(accumulated / 16).unwrap_or(u64::MAX));
+    let spent = loop_cost
+        .fetch_add(charge, Ordering::Relaxed)
+        .saturating_add(charge);
+    if spent > MAX_LOOP_COST {
+        return Err(ftx.error(format!(
+            "list macros exceeded the evaluation budget of {MAX_LOOP_COST}"
+        )));
+    }
+    ftx.ptx.resolve(cond)
 }

@@ -14,6 +14,12 @@
 //!   `{"ctx": ..., "attrs": ...}`: undefined or `false` is "not matched", a non-boolean is an
 //!   error, treated as not matched, and an evaluation error is "not matched" (see `opa`).
 //!
+//! CEL conditions may call the functions listed in `FUNCTIONS.md` (`net.isIPInRange`,
+//! `now().getHours("Europe/Berlin")`, `json.parse`, `matches`, ...) and are held to the
+//! size limits [`MAX_EXPRESSION_BYTES`], [`MAX_NESTING`], [`MAX_AST_NODES`] and
+//! [`MAX_REGEX_BYTES`], checked at compile time; list macros draw on the evaluation budget
+//! [`MAX_LOOP_COST`], past which the condition does not match.
+//!
 //! The module is pure: no I/O, no global state. Compiled types are `Send + Sync` so that a
 //! configuration snapshot can be shared across tasks behind an `Arc`.
 
@@ -23,6 +29,7 @@ mod context;
 mod decision;
 mod explain;
 mod functions;
+mod limits;
 mod opa;
 mod reads_body;
 pub mod testcases;
@@ -36,6 +43,9 @@ pub use compile::CompiledCondition;
 pub use context::{CelValue, EvalContext, RequestFacts};
 pub use decision::{CompiledPolicy, CompiledRule, Decision, Reason, RuleSet};
 pub use explain::{DecisionSummary, Explanation, RuleOutcome, NO_MATCH};
+pub use limits::{
+    MAX_AST_NODES, MAX_EXPRESSION_BYTES, MAX_LOOP_COST, MAX_NESTING, MAX_REGEX_BYTES,
+};
 pub use opa::{EVAL_TIME_LIMIT, MAX_MODULE_BYTES};
 
 /// A compile problem, named by field path (e.g. `spec.rules[0].condition.all.of[1].match`)

@@ -2,7 +2,8 @@
 basic/custom credential injection, a missing Secret, headers the gateway always strips or
 sets, CORS, and dynamicConfig rules on non-body attributes (with the access log's ``config``)."""
 
-from __future__ import annotations
+from __future__ import time
+import annotations
 
 import base64
 import json
@@ -430,7 +431,14 @@ def test_dynamic_config_rules_evaluated_per_request(dyn):
         assert r.status_code == 200 and r.json()["standin"] == chosen, r.text
     assert len(dyn.ups["green"].requests) == 2
     assert len(dyn.ups["default"].requests) == 1
-    configs = [e.get("config") for e in dyn.gw.access_entries() if e.get("service") == "dyn"]
+    # lines are written when each response ends, off the request path: wait for all three
+    deadline = time.monotonic() + 5
+    while True:
+        configs = [e.get("config") for e in dyn.gw.access_entries() if e.get("service") == "dyn"]
+        if len(configs) >= 3 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert len(configs) == 3, configs
     assert configs[0] == "green" and configs[2] == "green" and configs[1] not in ("green", "blue"), configs
 
 

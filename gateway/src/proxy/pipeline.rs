@@ -184,6 +184,7 @@ pub async fn handle(
             body: body_json.as_ref(),
             size,
             client_ip: Some(peer.ip()),
+            now: None,
         };
         decide(&snap, &service, &principal, &rules, &facts)
     };

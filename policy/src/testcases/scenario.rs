@@ -68,6 +68,9 @@ pub struct RequestSpec {
     /// `<service>.<domain>`).
     #[serde(default)]
     pub host: Option<String>,
+    /// When the request is made (RFC 3339), for `now()`; the current time by default.
+    #[serde(default)]
+    pub time: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// Who calls which Service with what request.
@@ -260,6 +263,7 @@ fn build_ctx(
         body,
         size,
         client_ip: req.ip,
+        now: req.time,
     };
     Ok(EvalContext::new(user, session, groups, service, &facts))
 }

@@ -2,6 +2,7 @@
 
 mod compile_errors;
 mod expressions;
+mod functions;
 mod opa;
 mod rules;
 
@@ -61,6 +62,7 @@ fn ctx_for(user: Json, body: Option<Json>) -> EvalContext {
         body: body.as_ref(),
         size: 123,
         client_ip: Some(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 7))),
+        now: None,
     };
     let groups = CelValue::from_json(&json!([
         {"kind": "Group", "metadata": {"name": "dev"}, "spec": {"attrs": {"tier": "gold"}}}

@@ -48,6 +48,7 @@ fn ctx_with(user: Json, method: &str, body: Option<Json>) -> EvalContext {
         body: body.as_ref(),
         size: 10,
         client_ip: None,
+        now: None,
     };
     EvalContext::new(
         &CelValue::from_json(&user),

@@ -50,6 +50,10 @@ pub struct ExplainArgs {
     /// The client IP address.
     #[arg(long)]
     pub ip: Option<IpAddr>,
+    /// When the request is made (RFC 3339, e.g. 2026-11-28T09:30:00Z), for policies using
+    /// `now()`; the current time by default.
+    #[arg(long, value_name = "TIME")]
+    pub time: Option<chrono::DateTime<chrono::Utc>>,
     /// Evaluate against exactly these resource files instead of the gateway's resources.
     #[arg(short = 'f', long = "filename", value_name = "FILE")]
     pub files: Vec<PathBuf>,
@@ -95,6 +99,7 @@ impl ExplainArgs {
                 size,
                 ip: self.ip,
                 host: domain.map(|d| format!("{}.{d}", self.service)),
+                time: self.time,
             },
         })
     }
