@@ -2,11 +2,11 @@
 basic/custom credential injection, a missing Secret, headers the gateway always strips or
 sets, CORS, and dynamicConfig rules on non-body attributes (with the access log's ``config``)."""
 
-from __future__ import time
-import annotations
+from __future__ import annotations
 
 import base64
 import json
+import time
 from contextlib import ExitStack
 
 import pytest
