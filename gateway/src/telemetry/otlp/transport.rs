@@ -100,7 +100,7 @@ impl HttpTransport {
                 .client
                 .request(req)
                 .await
-                .map_err(|e| OtlpError::Request(e.to_string()))?;
+                .map_err(|e| OtlpError::Request(with_sources(&e)))?;
             let status = resp.status();
             // Read the (small) answer so the connection can be reused.
             let _ = resp.into_body().collect().await;
@@ -120,4 +120,16 @@ impl Transport for HttpTransport {
     fn post(&self, signal: Signal, body: Vec<u8>) -> PostFuture<'_> {
         Box::pin(self.send(signal, body))
     }
+}
+
+/// `e` and its causes, `: `-separated (hyper's own message is terse: "client error (Connect)").
+fn with_sources(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        next = cause.source();
+    }
+    out
 }
