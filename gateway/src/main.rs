@@ -8,6 +8,7 @@ use postern_gateway::proxy::upstream::{UpstreamClient, UpstreamOptions};
 use postern_gateway::state::{Gateway, GatewayParts, Settings};
 use postern_gateway::store::Store;
 use postern_gateway::telemetry::access_log::AccessLog;
+use postern_gateway::telemetry::otlp::{self, OtlpExporter, OtlpOptions};
 use postern_gateway::telemetry::Telemetry;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -80,6 +81,16 @@ struct ServeArgs {
     /// Time for an upstream to send its response headers.
     #[arg(long, default_value = "300s", value_parser = parse_duration)]
     upstream_timeout: Duration,
+    /// Export access records as OpenTelemetry logs and traces (OTLP/HTTP, protobuf) to this
+    /// collector, e.g. http://collector:4318 (POSTs to /v1/logs and /v1/traces).
+    #[arg(long, env = "POSTERN_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
+    /// Header sent with every OTLP export, as name=value (repeatable), e.g. for collector auth.
+    #[arg(long, requires = "otlp_endpoint", value_parser = otlp::parse_header)]
+    otlp_header: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// The `service.name` resource attribute of exported telemetry.
+    #[arg(long, default_value = "posternd", requires = "otlp_endpoint")]
+    otlp_service_name: String,
 }
 
 /// `30s`, `15m`, `1h`, `7d`, or plain seconds.
@@ -187,6 +198,22 @@ async fn serve(a: ServeArgs) -> Result<()> {
         "off" => AccessLog::disabled(),
         path => AccessLog::file(path).with_context(|| format!("opening --access-log {path}"))?,
     };
+    let mut telemetry = Telemetry::new(access_log);
+    let exporter = match &a.otlp_endpoint {
+        Some(endpoint) => {
+            let exporter = OtlpExporter::start(OtlpOptions {
+                headers: a.otlp_header.clone(),
+                service_name: a.otlp_service_name.clone(),
+                domain: Some(config.domain.clone()),
+                ..OtlpOptions::new(endpoint)
+            })
+            .context("--otlp-endpoint")?;
+            tracing::info!("exporting OpenTelemetry logs and traces to {endpoint}");
+            telemetry = telemetry.with_otlp(exporter.clone());
+            Some(exporter)
+        }
+        None => None,
+    };
     let gw = Gateway::open(GatewayParts {
         domain: config.domain.clone(),
         settings: Settings {
@@ -198,7 +225,7 @@ async fn serve(a: ServeArgs) -> Result<()> {
         secretbox,
         signer,
         upstream,
-        telemetry: Telemetry::new(access_log),
+        telemetry,
     })?;
     let tls = postern_gateway::frontdoor::tls::server_config(&config.tls_cert, &config.tls_key)?;
     let listener = tokio::net::TcpListener::bind(a.https_listen)
@@ -229,6 +256,11 @@ async fn serve(a: ServeArgs) -> Result<()> {
         Duration::from_secs(30),
     )
     .await;
+    if let Some(exporter) = exporter {
+        if !exporter.flush(Duration::from_secs(3)).await {
+            tracing::warn!("OTLP export not flushed within 3s at shutdown");
+        }
+    }
     tracing::info!("stopped");
     Ok(())
 }
