@@ -7,6 +7,7 @@
 mod records;
 mod schema;
 mod sqlite;
+pub mod usage;
 #[cfg(test)]
 mod tests;
 

@@ -3,25 +3,62 @@
 
 pub mod access_log;
 pub mod body;
+pub mod metrics;
+pub mod recent;
 pub mod usage;
+pub mod usage_store;
 
 use access_log::{AccessLog, AccessRecord};
+use metrics::Metrics;
+use recent::RecentLog;
+use std::sync::Arc;
+use std::time::Duration;
+use usage_store::UsageRecorder;
 
 /// Where every finished request is reported: one call from the pipeline fans out to each
 /// sink (the access log now; usage accounting, metrics and exporters plug in here), so the
 /// request path never knows how many there are.
 pub struct Telemetry {
     pub access_log: AccessLog,
+    /// Token usage into the store; `None` when usage accounting is off.
+    pub usage: Option<UsageRecorder>,
+    /// Prometheus counters and histograms.
+    pub metrics: Metrics,
+    /// The last records in memory, and the live feed, for `posternctl logs`.
+    pub recent: RecentLog,
 }
 
 impl Telemetry {
     /// Telemetry writing only the access log.
     pub fn new(access_log: AccessLog) -> Self {
-        Telemetry { access_log }
+        Telemetry {
+            access_log,
+            usage: None,
+            metrics: Metrics::new(),
+            recent: RecentLog::new(recent::DEFAULT_CAPACITY),
+        }
+    }
+
+    /// Also records token usage with `recorder`.
+    pub fn with_usage(mut self, recorder: UsageRecorder) -> Self {
+        self.usage = Some(recorder);
+        self
     }
 
     /// Reports one finished request to every sink. Never blocks.
     pub fn record(&self, record: AccessRecord) {
+        self.metrics.observe(&record);
+        if let Some(u) = &self.usage {
+            u.record(&record);
+        }
+        self.recent.push(Arc::new(record.clone()));
         self.access_log.log(record);
+    }
+
+    /// Writes out what the background sinks hold (for shutdown); blocking, up to `timeout`
+    /// per sink. Returns whether all finished in time.
+    pub fn flush(&self, timeout: Duration) -> bool {
+        let usage = self.usage.as_ref().is_none_or(|u| u.flush(timeout));
+        self.access_log.flush(timeout) && usage
     }
 }
