@@ -8,9 +8,11 @@ use postern_gateway::proxy::upstream::{UpstreamClient, UpstreamOptions};
 use postern_gateway::state::{Gateway, GatewayParts, Settings};
 use postern_gateway::store::Store;
 use postern_gateway::telemetry::access_log::AccessLog;
+use postern_gateway::telemetry::usage_store::UsageRecorder;
 use postern_gateway::telemetry::Telemetry;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Parser)]
@@ -80,6 +82,10 @@ struct ServeArgs {
     /// Time for an upstream to send its response headers.
     #[arg(long, default_value = "300s", value_parser = parse_duration)]
     upstream_timeout: Duration,
+    /// Serve Prometheus metrics over plain HTTP at http://ADDR/metrics (off unless given;
+    /// keep it on a private address).
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
 }
 
 /// `30s`, `15m`, `1h`, `7d`, or plain seconds.
@@ -187,6 +193,9 @@ async fn serve(a: ServeArgs) -> Result<()> {
         "off" => AccessLog::disabled(),
         path => AccessLog::file(path).with_context(|| format!("opening --access-log {path}"))?,
     };
+    // Usage rows get their own connection so batches never hold up the gateway's store.
+    let usage = UsageRecorder::start(Arc::new(Store::open(&dd.database())?))
+        .context("starting the usage recorder")?;
     let gw = Gateway::open(GatewayParts {
         domain: config.domain.clone(),
         settings: Settings {
@@ -198,7 +207,7 @@ async fn serve(a: ServeArgs) -> Result<()> {
         secretbox,
         signer,
         upstream,
-        telemetry: Telemetry::new(access_log),
+        telemetry: Telemetry::new(access_log).with_usage(usage),
     })?;
     let tls = postern_gateway::frontdoor::tls::server_config(&config.tls_cert, &config.tls_key)?;
     let listener = tokio::net::TcpListener::bind(a.https_listen)
@@ -209,6 +218,17 @@ async fn serve(a: ServeArgs) -> Result<()> {
         "listening on {local}: control plane https://{d}, services https://<name>.{d}",
         d = config.domain
     );
+
+    if let Some(addr) = a.metrics_listen {
+        let metrics = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding --metrics-listen {addr}"))?;
+        tracing::info!("metrics at http://{}/metrics", metrics.local_addr()?);
+        tokio::spawn(postern_gateway::frontdoor::metrics::serve(
+            gw.clone(),
+            metrics,
+        ));
+    }
 
     let expiry_gw = gw.clone();
     tokio::spawn(async move {
@@ -221,14 +241,22 @@ async fn serve(a: ServeArgs) -> Result<()> {
         }
     });
 
-    postern_gateway::frontdoor::serve(
-        gw,
-        listener,
-        tls,
-        shutdown_signal(),
-        Duration::from_secs(30),
-    )
-    .await;
+    let closing_gw = gw.clone();
+    let shutdown = async move {
+        shutdown_signal().await;
+        // End `posternctl logs -f` streams so they do not hold up the graceful shutdown.
+        closing_gw.telemetry.recent.close();
+    };
+    postern_gateway::frontdoor::serve(gw.clone(), listener, tls, shutdown, Duration::from_secs(30))
+        .await;
+    let flushed_gw = gw.clone();
+    let flushed =
+        tokio::task::spawn_blocking(move || flushed_gw.telemetry.flush(Duration::from_secs(5)))
+            .await
+            .unwrap_or(false);
+    if !flushed {
+        tracing::warn!("some access log lines or usage rows may not have been written");
+    }
     tracing::info!("stopped");
     Ok(())
 }

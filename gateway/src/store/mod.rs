@@ -7,9 +7,9 @@
 mod records;
 mod schema;
 mod sqlite;
-pub mod usage;
 #[cfg(test)]
 mod tests;
+pub mod usage;
 
 use postern_common::resources::{CredentialInfo, Kind};
 use std::path::PathBuf;

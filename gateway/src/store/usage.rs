@@ -145,7 +145,15 @@ fn clamp(n: u64) -> i64 {
 mod tests {
     use super::*;
 
-    fn row(time: &str, user: &str, groups: &[&str], model: &str, p: u64, c: u64, est: bool) -> UsageRow {
+    fn row(
+        time: &str,
+        user: &str,
+        groups: &[&str],
+        model: &str,
+        p: u64,
+        c: u64,
+        est: bool,
+    ) -> UsageRow {
         UsageRow {
             time: time.into(),
             user: Some(user.into()),
@@ -165,8 +173,24 @@ mod tests {
         let store = Store::open_in_memory().unwrap();
         store
             .insert_usage(&[
-                row("2026-01-01T00:00:00.000Z", "alice", &["dev", "ops"], "m1", 11, 7, false),
-                row("2026-01-02T00:00:00.000Z", "alice", &["dev", "ops"], "m2", 11, 7, false),
+                row(
+                    "2026-01-01T00:00:00.000Z",
+                    "alice",
+                    &["dev", "ops"],
+                    "m1",
+                    11,
+                    7,
+                    false,
+                ),
+                row(
+                    "2026-01-02T00:00:00.000Z",
+                    "alice",
+                    &["dev", "ops"],
+                    "m2",
+                    11,
+                    7,
+                    false,
+                ),
                 row("2026-01-02T00:00:01.000Z", "bob", &[], "m1", 1, 2, true),
             ])
             .unwrap();
@@ -186,17 +210,26 @@ mod tests {
         assert_eq!((users[1].key.as_str(), users[1].estimated), ("bob", 1));
 
         let groups = store.usage_totals(UsageKey::Group, "2000").unwrap();
-        let keys: Vec<_> = groups.iter().map(|g| (g.key.as_str(), g.requests, g.total_tokens)).collect();
+        let keys: Vec<_> = groups
+            .iter()
+            .map(|g| (g.key.as_str(), g.requests, g.total_tokens))
+            .collect();
         assert_eq!(keys, vec![("dev", 2, 36), ("ops", 2, 36), ("-", 1, 3)]);
 
         let recent = store
             .usage_totals(UsageKey::Model, "2026-01-02T00:00:00.000Z")
             .unwrap();
-        let keys: Vec<_> = recent.iter().map(|g| (g.key.as_str(), g.requests)).collect();
+        let keys: Vec<_> = recent
+            .iter()
+            .map(|g| (g.key.as_str(), g.requests))
+            .collect();
         assert_eq!(keys, vec![("m2", 1), ("m1", 1)]);
         let none = store.usage_totals(UsageKey::Config, "2000").unwrap();
         assert_eq!(none[0].key, "-");
-        assert!(store.usage_totals(UsageKey::Service, "2027").unwrap().is_empty());
+        assert!(store
+            .usage_totals(UsageKey::Service, "2027")
+            .unwrap()
+            .is_empty());
     }
 
     #[test]

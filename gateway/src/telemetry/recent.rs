@@ -25,7 +25,8 @@ impl LogFilter {
     /// Whether `r` passes the filter.
     pub fn matches(&self, r: &AccessRecord) -> bool {
         let eq = |want: &Option<String>, have: &Option<String>| {
-            want.as_ref().is_none_or(|w| have.as_deref() == Some(w.as_str()))
+            want.as_ref()
+                .is_none_or(|w| have.as_deref() == Some(w.as_str()))
         };
         eq(&self.service, &r.service) && eq(&self.user, &r.user)
     }

@@ -234,7 +234,10 @@ pub fn estimate_tokens(chars: u64) -> u64 {
 impl Usage {
     /// Usage estimated from the characters sent and received.
     pub fn estimate(prompt_chars: u64, completion_chars: u64) -> Usage {
-        let (p, c) = (estimate_tokens(prompt_chars), estimate_tokens(completion_chars));
+        let (p, c) = (
+            estimate_tokens(prompt_chars),
+            estimate_tokens(completion_chars),
+        );
         Usage {
             prompt_tokens: p,
             completion_tokens: c,
@@ -349,7 +352,9 @@ mod tests {
         let mut p = UsageParser::new(Some("text/event-stream"));
         p.feed(b"data: {\"model\":\"m\",\"choices\":[{\"delta\":{\"role\":\"assistant\"}}]}\n\n");
         p.feed(b"data: {\"choices\":[{\"delta\":{\"content\":\"Hello \"}}]}\n\n");
-        p.feed(b"data: {\"choices\":[{\"delta\":{\"content\":\"w\xc3\xb6rld\"}}]}\n\ndata: [DONE]\n\n");
+        p.feed(
+            b"data: {\"choices\":[{\"delta\":{\"content\":\"w\xc3\xb6rld\"}}]}\n\ndata: [DONE]\n\n",
+        );
         assert_eq!(p.finish_with_chars(), (Some("m".into()), None, 11));
 
         let mut p = UsageParser::new(Some("application/json"));
@@ -365,9 +370,19 @@ mod tests {
         assert_eq!(estimate_tokens(18), 5);
         let body = serde_json::json!({"messages":[{"role":"user","content":"message 0"},{"role":"user","content":[{"type":"text","text":"abc"}]}]});
         assert_eq!(prompt_chars(&body), 12);
-        assert_eq!(Usage::estimate(12, 18), Usage { prompt_tokens: 3, completion_tokens: 5, total_tokens: 8 });
+        assert_eq!(
+            Usage::estimate(12, 18),
+            Usage {
+                prompt_tokens: 3,
+                completion_tokens: 5,
+                total_tokens: 8
+            }
+        );
         assert_eq!(prompt_chars(&serde_json::json!({"input":"x"})), 0);
-        assert_eq!(account(usage(1, 2, 3), true, 99, 99), (usage(1, 2, 3), false));
+        assert_eq!(
+            account(usage(1, 2, 3), true, 99, 99),
+            (usage(1, 2, 3), false)
+        );
         assert_eq!(account(None, true, 18, 9), (usage(3, 5, 8), true));
         assert_eq!(account(None, false, 0, 9), (None, false));
     }

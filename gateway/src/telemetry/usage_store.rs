@@ -168,7 +168,10 @@ mod tests {
         assert!(rec.flush(Duration::from_secs(5)));
         let t = rec.totals(UsageKey::User, "2000").unwrap();
         assert_eq!(t.len(), 2);
-        assert_eq!((t[0].key.as_str(), t[0].requests, t[0].total_tokens), ("alice", 150, 2700));
+        assert_eq!(
+            (t[0].key.as_str(), t[0].requests, t[0].total_tokens),
+            ("alice", 150, 2700)
+        );
         assert_eq!((t[1].key.as_str(), t[1].estimated), ("bob", 1));
         let g = store.usage_totals(UsageKey::Group, "2000").unwrap();
         assert_eq!((g[0].key.as_str(), g[0].requests), ("dev", 151));

@@ -211,7 +211,10 @@ mod tests {
             "# TYPE postern_request_duration_seconds histogram",
             "# TYPE postern_active_sessions gauge",
         ] {
-            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
         }
         // Every sample line belongs to a family announced by a TYPE line before it.
         let mut typed = Vec::new();

@@ -25,12 +25,7 @@ impl<T> Series<T> {
     /// The series for `values`, made with `make` the first time.
     fn get(&self, values: &[&str], make: impl FnOnce() -> T) -> Arc<T> {
         let key = values.join(&SEP.to_string());
-        if let Some(s) = self
-            .map
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&key)
-        {
+        if let Some(s) = self.map.read().unwrap_or_else(|e| e.into_inner()).get(&key) {
             return s.clone();
         }
         self.map
