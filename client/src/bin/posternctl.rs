@@ -1,7 +1,7 @@
 //! `posternctl`: the Postern admin CLI. Uses the session saved by `postern login`.
 
 use clap::{Parser, Subcommand};
-use postern_client::commands::{apply, create, delete, get, Context};
+use postern_client::commands::{apply, create, delete, get, logs, usage, Context};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -33,6 +33,10 @@ enum Command {
     /// Create a secret or a credential.
     #[command(subcommand)]
     Create(create::CreateCommand),
+    /// Token usage summed by user, group, model, service or config.
+    Usage(usage::UsageArgs),
+    /// Recent requests; -f follows new ones.
+    Logs(logs::LogsArgs),
 }
 
 fn main() -> ExitCode {
@@ -44,6 +48,8 @@ fn main() -> ExitCode {
             Command::Get(args) => get::run(&ctx, args, out),
             Command::Delete(args) => delete::run(&ctx, args, out),
             Command::Create(cmd) => create::run(&ctx, cmd, out),
+            Command::Usage(args) => usage::run(&ctx, args, out),
+            Command::Logs(args) => logs::run(&ctx, args, out),
         }
     });
     match result.map_err(anyhow::Error::from) {

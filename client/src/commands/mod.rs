@@ -5,7 +5,9 @@ pub mod apply;
 pub mod create;
 pub mod delete;
 pub mod get;
+pub mod logs;
 pub mod session;
+pub mod usage;
 
 use crate::config::{self, Session};
 use crate::domain::Domain;
