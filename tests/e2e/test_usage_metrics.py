@@ -205,6 +205,7 @@ def test_prometheus_metrics(metered):
     assert samples["postern_active_sessions"] >= 2
     assert samples["postern_tunnel_peers"] == 0
     assert samples["postern_access_log_dropped_total"] == 0
+    assert samples["postern_usage_dropped_total"] == 0
     assert httpx.get(m.metrics_url.replace("/metrics", "/other"), timeout=5).status_code == 404
 
 
@@ -250,6 +251,11 @@ def test_logs_tail_filters_and_follow(metered):
         assert time.monotonic() - done < 1.0, "followed line arrived late"
         assert "gemini-1.5-pro" in line and " meter gemini POST " in line
         assert proc.poll() is None
+        # a follower does not hold up a graceful shutdown: the stream ends and the CLI exits
+        started = time.monotonic()
+        m.gw.stop()
+        assert time.monotonic() - started < 5
+        assert proc.wait(timeout=5) == 0
     finally:
         proc.kill()
         proc.wait(timeout=5)

@@ -49,6 +49,7 @@ fn respond<B>(gw: &Gateway, req: &Request<B>) -> Response<Full<Bytes>> {
                 active_sessions: gw.session_count() as u64,
                 tunnel_peers: 0,
                 access_log_dropped: gw.telemetry.access_log.dropped(),
+                usage_dropped: gw.telemetry.usage.as_ref().map_or(0, |u| u.dropped()),
             };
             (
                 StatusCode::OK,

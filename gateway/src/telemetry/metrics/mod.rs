@@ -16,6 +16,8 @@ pub struct Gauges {
     pub tunnel_peers: u64,
     /// Access log lines dropped because the writer could not keep up.
     pub access_log_dropped: u64,
+    /// Usage rows dropped because the store writer could not keep up.
+    pub usage_dropped: u64,
 }
 
 /// The gateway's metric families.
@@ -124,6 +126,13 @@ impl Metrics {
             "counter",
             gauges.access_log_dropped,
         );
+        single(
+            &mut out,
+            "postern_usage_dropped_total",
+            "Token usage rows dropped because the store writer could not keep up.",
+            "counter",
+            gauges.usage_dropped,
+        );
         out
     }
 }
@@ -194,6 +203,7 @@ mod tests {
             active_sessions: 3,
             tunnel_peers: 0,
             access_log_dropped: 1,
+            usage_dropped: 0,
         });
         for line in [
             "postern_requests_total{service=\"ai\",status=\"200\",decision=\"allow\"} 2",
@@ -208,6 +218,7 @@ mod tests {
             "postern_active_sessions 3",
             "postern_tunnel_peers 0",
             "postern_access_log_dropped_total 1",
+            "postern_usage_dropped_total 0",
             "# TYPE postern_request_duration_seconds histogram",
             "# TYPE postern_active_sessions gauge",
         ] {
