@@ -21,6 +21,8 @@ const OVERALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// A client for one gateway's `/api/v1`.
 pub struct ApiClient {
     agent: ureq::Agent,
+    /// Like `agent` but without the overall timeout, for responses that stream.
+    stream_agent: ureq::Agent,
     domain: Domain,
     /// Where TCP actually goes, for error messages.
     address: String,
@@ -31,15 +33,9 @@ impl ApiClient {
     /// Builds a client for `domain`, trusting the webpki roots plus `ca_file` if given, and
     /// honouring [`GATEWAY_ADDRESS_ENV`].
     pub fn new(domain: Domain, ca_file: Option<&Path>, token: Option<String>) -> Result<Self> {
-        let tls = tls_config(ca_file)?;
-        let mut builder = ureq::AgentBuilder::new()
-            .tls_config(Arc::new(tls))
-            .https_only(true)
-            .redirects(0)
-            .timeout_connect(CONNECT_TIMEOUT)
-            .timeout(OVERALL_TIMEOUT)
-            .user_agent(concat!("postern/", env!("CARGO_PKG_VERSION")));
+        let tls = Arc::new(tls_config(ca_file)?);
         let mut address = format!("{}:{}", domain.host(), domain.port());
+        let mut resolve_to = None;
         if let Some(raw) = std::env::var_os(GATEWAY_ADDRESS_ENV) {
             let raw = raw.to_string_lossy().into_owned();
             let addr: SocketAddr = raw
@@ -47,10 +43,11 @@ impl ApiClient {
                 .parse()
                 .map_err(|_| ClientError::InvalidGatewayAddress { input: raw.clone() })?;
             address = format!("{addr} (from {GATEWAY_ADDRESS_ENV}, for {domain})");
-            builder = builder.resolver(move |_: &str| Ok(vec![addr]));
+            resolve_to = Some(addr);
         }
         Ok(ApiClient {
-            agent: builder.build(),
+            agent: agent(tls.clone(), resolve_to, Some(OVERALL_TIMEOUT)),
+            stream_agent: agent(tls, resolve_to, None),
             domain,
             address,
             token,
@@ -81,6 +78,50 @@ impl ApiClient {
         self.send("DELETE", segments, None::<&()>)
     }
 
+    /// `GET /api/v1/<segments...>?<query>`.
+    pub fn get_query<R: DeserializeOwned>(
+        &self,
+        segments: &[&str],
+        query: &[(&str, String)],
+    ) -> Result<R> {
+        self.send_url("GET", self.url_with_query(segments, query), None::<&()>)
+    }
+
+    /// `GET /api/v1/<segments...>?<query>` read as it arrives, line by line, with no overall
+    /// time limit (for `posternctl logs -f`).
+    pub fn get_lines(
+        &self,
+        segments: &[&str],
+        query: &[(&str, String)],
+    ) -> Result<Box<dyn std::io::BufRead + Send>> {
+        let url = self.url_with_query(segments, query);
+        let mut req = self
+            .stream_agent
+            .get(&url)
+            .set("Accept", "application/x-ndjson");
+        if let Some(token) = &self.token {
+            req = req.set("Authorization", &format!("Bearer {token}"));
+        }
+        match req.call() {
+            Ok(r) => Ok(Box::new(std::io::BufReader::new(r.into_reader()))),
+            Err(ureq::Error::Status(status, r)) => Err(self.status_error(status, r)),
+            Err(ureq::Error::Transport(t)) => Err(self.transport_error(&t)),
+        }
+    }
+
+    /// [`ApiClient::url`] with `query` appended (empty values are left out).
+    pub fn url_with_query(&self, segments: &[&str], query: &[(&str, String)]) -> String {
+        let mut url = url::Url::parse(&self.url(segments)).expect("url() builds valid URLs");
+        let pairs: Vec<_> = query.iter().filter(|(_, v)| !v.is_empty()).collect();
+        if !pairs.is_empty() {
+            let mut q = url.query_pairs_mut();
+            for (k, v) in pairs {
+                q.append_pair(k, v);
+            }
+        }
+        url.to_string()
+    }
+
     /// The URL of an API path; each segment is percent-encoded.
     pub fn url(&self, segments: &[&str]) -> String {
         let mut url =
@@ -100,7 +141,15 @@ impl ApiClient {
         segments: &[&str],
         body: Option<&B>,
     ) -> Result<R> {
-        let url = self.url(segments);
+        self.send_url(method, self.url(segments), body)
+    }
+
+    fn send_url<B: Serialize, R: DeserializeOwned>(
+        &self,
+        method: &str,
+        url: String,
+        body: Option<&B>,
+    ) -> Result<R> {
         let mut req = self
             .agent
             .request(method, &url)
@@ -187,6 +236,30 @@ impl ApiClient {
     }
 }
 
+/// An agent for the gateway: HTTPS only, no redirects, connecting to `resolve_to` when
+/// set, and giving up after `overall` when set (reads still time out after
+/// [`OVERALL_TIMEOUT`] of silence).
+fn agent(
+    tls: Arc<rustls::ClientConfig>,
+    resolve_to: Option<SocketAddr>,
+    overall: Option<Duration>,
+) -> ureq::Agent {
+    let mut builder = ureq::AgentBuilder::new()
+        .tls_config(tls)
+        .https_only(true)
+        .redirects(0)
+        .timeout_connect(CONNECT_TIMEOUT)
+        .user_agent(concat!("postern/", env!("CARGO_PKG_VERSION")));
+    builder = match overall {
+        Some(t) => builder.timeout(t),
+        None => builder.timeout_read(OVERALL_TIMEOUT),
+    };
+    if let Some(addr) = resolve_to {
+        builder = builder.resolver(move |_: &str| Ok(vec![addr]));
+    }
+    builder.build()
+}
+
 /// The rustls client configuration: webpki roots plus the certificates in `ca_file`.
 /// Verification is never turned off.
 pub fn tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig> {
@@ -230,6 +303,13 @@ mod tests {
         assert_eq!(
             c.url(&["services", "a b/c"]),
             "https://gw.example.com:8443/api/v1/services/a%20b%2Fc"
+        );
+        assert_eq!(
+            c.url_with_query(
+                &["usage"],
+                &[("by", "user".into()), ("since", String::new())]
+            ),
+            "https://gw.example.com:8443/api/v1/usage?by=user"
         );
         assert_eq!(
             c.url(&["login"]),

@@ -9,9 +9,11 @@ use postern_gateway::state::{Gateway, GatewayParts, Settings};
 use postern_gateway::store::Store;
 use postern_gateway::telemetry::access_log::AccessLog;
 use postern_gateway::telemetry::otlp::{self, OtlpExporter, OtlpOptions};
+use postern_gateway::telemetry::usage_store::UsageRecorder;
 use postern_gateway::telemetry::Telemetry;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Parser)]
@@ -91,6 +93,10 @@ struct ServeArgs {
     /// The `service.name` resource attribute of exported telemetry.
     #[arg(long, default_value = "posternd", requires = "otlp_endpoint")]
     otlp_service_name: String,
+    /// Serve Prometheus metrics over plain HTTP at http://ADDR/metrics (off unless given;
+    /// keep it on a private address).
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
 }
 
 /// `30s`, `15m`, `1h`, `7d`, or plain seconds.
@@ -198,7 +204,10 @@ async fn serve(a: ServeArgs) -> Result<()> {
         "off" => AccessLog::disabled(),
         path => AccessLog::file(path).with_context(|| format!("opening --access-log {path}"))?,
     };
-    let mut telemetry = Telemetry::new(access_log);
+    // Usage rows get their own connection so batches never hold up the gateway's store.
+    let usage = UsageRecorder::start(Arc::new(Store::open(&dd.database())?))
+        .context("starting the usage recorder")?;
+    let mut telemetry = Telemetry::new(access_log).with_usage(usage);
     let exporter = match &a.otlp_endpoint {
         Some(endpoint) => {
             let exporter = OtlpExporter::start(OtlpOptions {
@@ -237,6 +246,17 @@ async fn serve(a: ServeArgs) -> Result<()> {
         d = config.domain
     );
 
+    if let Some(addr) = a.metrics_listen {
+        let metrics = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding --metrics-listen {addr}"))?;
+        tracing::info!("metrics at http://{}/metrics", metrics.local_addr()?);
+        tokio::spawn(postern_gateway::frontdoor::metrics::serve(
+            gw.clone(),
+            metrics,
+        ));
+    }
+
     let expiry_gw = gw.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(30));
@@ -248,14 +268,22 @@ async fn serve(a: ServeArgs) -> Result<()> {
         }
     });
 
-    postern_gateway::frontdoor::serve(
-        gw,
-        listener,
-        tls,
-        shutdown_signal(),
-        Duration::from_secs(30),
-    )
-    .await;
+    let closing_gw = gw.clone();
+    let shutdown = async move {
+        shutdown_signal().await;
+        // End `posternctl logs -f` streams so they do not hold up the graceful shutdown.
+        closing_gw.telemetry.recent.close();
+    };
+    postern_gateway::frontdoor::serve(gw.clone(), listener, tls, shutdown, Duration::from_secs(30))
+        .await;
+    let flushed_gw = gw.clone();
+    let flushed =
+        tokio::task::spawn_blocking(move || flushed_gw.telemetry.flush(Duration::from_secs(5)))
+            .await
+            .unwrap_or(false);
+    if !flushed {
+        tracing::warn!("some access log lines or usage rows may not have been written");
+    }
     if let Some(exporter) = exporter {
         if !exporter.flush(Duration::from_secs(3)).await {
             tracing::warn!("OTLP export not flushed within 3s at shutdown");

@@ -1,7 +1,8 @@
 //! `posternctl`: the Postern admin CLI. Uses the session saved by `postern login`.
 
 use clap::{Parser, Subcommand};
-use postern_client::commands::{apply, create, delete, get, policy, Context};
+
+use postern_client::commands::{apply, create, delete, get, logs, policy, usage, Context};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -36,6 +37,10 @@ enum Command {
     /// Explain and test policy decisions for hypothetical requests (offline with -f).
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
+    /// Token usage summed by user, group, model, service or config.
+    Usage(usage::UsageArgs),
+    /// Recent requests; -f follows new ones.
+    Logs(logs::LogsArgs),
 }
 
 fn main() -> ExitCode {
@@ -48,6 +53,8 @@ fn main() -> ExitCode {
             Command::Delete(args) => delete::run(&ctx, args, out),
             Command::Create(cmd) => create::run(&ctx, cmd, out),
             Command::Policy(cmd) => policy::run(&ctx, cmd, out),
+            Command::Usage(args) => usage::run(&ctx, args, out),
+            Command::Logs(args) => logs::run(&ctx, args, out),
         }
     });
     match result.map_err(anyhow::Error::from) {

@@ -5,8 +5,10 @@ pub mod apply;
 pub mod create;
 pub mod delete;
 pub mod get;
+pub mod logs;
 pub mod policy;
 pub mod session;
+pub mod usage;
 
 use crate::config::{self, Session};
 use crate::domain::Domain;

@@ -115,6 +115,8 @@ pub async fn handle(gw: &Gateway, req: Request<Incoming>) -> Response<BoxBody> {
         );
     }
     match (method, segments.as_slice()) {
+        (Method::GET, ["usage"]) => super::observe::usage(gw, &req).await,
+        (Method::GET, ["logs"]) => super::observe::logs(gw, &req),
         (Method::POST, ["apply"]) => {
             let body: ApplyRequest = match body_json(req).await {
                 Ok(b) => b,

@@ -3,7 +3,9 @@
 //! the request pipeline.
 
 pub mod control;
+pub mod metrics;
 pub mod oauth2;
+pub mod observe;
 pub mod respond;
 pub mod tls;
 

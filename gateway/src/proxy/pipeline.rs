@@ -9,7 +9,7 @@ use crate::frontdoor::respond::{error, full, not_found};
 use crate::state::{Gateway, Principal, ServiceEntry, Snapshot, UpstreamConfig};
 use crate::telemetry::access_log::AccessRecord;
 use crate::telemetry::body::{BodyOutcome, ObservedBody};
-use crate::telemetry::usage::UsageParser;
+use crate::telemetry::usage::{self, UsageParser};
 use http::{header, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use postern_common::resources::Effect;
@@ -123,6 +123,8 @@ pub async fn handle(
     };
     trace.record.user = Some(principal.user.name.clone());
     trace.record.session = Some(principal.session.info.name.clone());
+    trace.record.groups = principal.user.spec.groups.clone();
+    trace.record.credential = Some(principal.session.info.credential.clone());
 
     let rules = Catalog::combine(&service.rules, &principal.user.rules, &snap.global_rules);
     let needs_body = rules.reads_body() || service.dynamic_reads_body;
@@ -160,6 +162,7 @@ pub async fn handle(
         .and_then(|b| b.get("model"))
         .and_then(|m| m.as_str())
         .map(str::to_string);
+    let prompt_chars = body_json.as_ref().map(usage::prompt_chars).unwrap_or(0);
     let host = format!("{name}.{}", gw.domain);
     let size = buffered
         .as_ref()
@@ -251,6 +254,7 @@ pub async fn handle(
         Ok(r) => r,
         Err(e) => {
             trace.record.bytes_in = bytes_in.load(Ordering::Relaxed);
+            trace.record.upstream_error = Some(usage::failure_kind(e.status));
             return trace.fail(&gw, e.status, e.public, e.detail);
         }
     };
@@ -278,11 +282,14 @@ pub async fn handle(
         parser,
         Box::new(move |o: BodyOutcome| {
             trace.record.bytes_in = bytes_in.load(Ordering::Relaxed);
-            if o.model.is_some() {
+            let model_seen = o.model.is_some();
+            if model_seen {
                 trace.record.model = o.model;
             }
-            trace.record.usage = o.usage;
+            (trace.record.usage, trace.record.usage_estimated) =
+                usage::account(o.usage, model_seen, o.completion_chars, prompt_chars);
             if !o.completed {
+                trace.record.upstream_error = Some("incomplete");
                 trace.record.error = Some("response body did not complete".into());
             }
             trace.finish(&gw2, status, o.bytes);

@@ -9,6 +9,7 @@ mod schema;
 mod sqlite;
 #[cfg(test)]
 mod tests;
+pub mod usage;
 
 use postern_common::resources::{CredentialInfo, Kind};
 use std::path::PathBuf;

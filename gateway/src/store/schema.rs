@@ -48,4 +48,20 @@ pub(super) const MIGRATIONS: &[&str] = &[
     CREATE INDEX sessions_credential ON sessions (credential);
     CREATE INDEX sessions_expires_unix ON sessions (expires_unix);
     ",
+    // 1 -> 2: LLM token usage, one row per accounted request.
+    "
+    CREATE TABLE usage (
+        time       TEXT NOT NULL,
+        user       TEXT,
+        groups     TEXT NOT NULL DEFAULT '[]',
+        service    TEXT,
+        config     TEXT,
+        model      TEXT,
+        prompt     INTEGER NOT NULL,
+        completion INTEGER NOT NULL,
+        total      INTEGER NOT NULL,
+        estimated  INTEGER NOT NULL DEFAULT 0
+    ) STRICT;
+    CREATE INDEX usage_time ON usage (time);
+    ",
 ];

@@ -27,6 +27,12 @@ pub struct AccessRecord {
     pub user: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub session: Option<String>,
+    /// The caller's groups (as declared on the User), for usage by group.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
+    /// The Credential the caller's session was made from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub service: Option<String>,
     /// The `dynamicConfig` entry used, if any.
@@ -47,8 +53,16 @@ pub struct AccessRecord {
     pub model: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub usage: Option<Usage>,
+    /// `true` when the provider reported no usage and `usage` was estimated from the
+    /// characters sent and received (about four per token).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub usage_estimated: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// What kind of upstream failure ended the request (`connect`, `timeout`, `stream`,
+    /// ...), for metrics; not written to the log.
+    #[serde(skip)]
+    pub upstream_error: Option<&'static str>,
 }
 
 impl AccessRecord {
@@ -64,6 +78,8 @@ impl AccessRecord {
             via: "public".into(),
             user: None,
             session: None,
+            groups: Vec::new(),
+            credential: None,
             service: None,
             config: None,
             decision: None,
@@ -76,7 +92,9 @@ impl AccessRecord {
             latency_ms: 0.0,
             model: None,
             usage: None,
+            usage_estimated: false,
             error: None,
+            upstream_error: None,
         }
     }
 }

@@ -17,6 +17,9 @@ pub struct BodyOutcome {
     pub model: Option<String>,
     /// Token usage the response reported, when a [`UsageParser`] was attached.
     pub usage: Option<Usage>,
+    /// Characters of generated text the response carried (see
+    /// [`UsageParser::completion_chars`]), for estimating usage the provider left out.
+    pub completion_chars: u64,
     /// `true` when the body reached its end; `false` when it errored or was dropped early
     /// (typically the client went away mid-stream).
     pub completed: bool,
@@ -34,14 +37,15 @@ struct Observer {
 impl Observer {
     fn finish(&mut self, completed: bool) {
         if let Some(cb) = self.on_end.take() {
-            let (model, usage) = match self.parser.take() {
-                Some(p) => p.finish(),
-                None => (None, None),
+            let (model, usage, completion_chars) = match self.parser.take() {
+                Some(p) => p.finish_with_chars(),
+                None => (None, None, 0),
             };
             cb(BodyOutcome {
                 bytes: self.bytes,
                 model,
                 usage,
+                completion_chars,
                 completed,
             });
         }

@@ -36,6 +36,9 @@ pub struct UsageParser {
     mode: Mode,
     model: Option<String>,
     usage: Option<Usage>,
+    /// Characters of generated text seen (`choices[].delta.content` / `message.content`),
+    /// for estimating usage when the provider reports none.
+    completion_chars: u64,
 }
 
 impl UsageParser {
@@ -60,7 +63,20 @@ impl UsageParser {
             mode,
             model: None,
             usage: None,
+            completion_chars: 0,
         }
+    }
+
+    /// Characters of generated content seen so far (valid once the body has been fed; the
+    /// last unterminated SSE line is only counted by [`UsageParser::finish`]).
+    pub fn completion_chars(&self) -> u64 {
+        self.completion_chars
+    }
+
+    /// Like [`UsageParser::finish`], also returning the generated characters counted.
+    pub fn finish_with_chars(mut self) -> (Option<String>, Option<Usage>, u64) {
+        self.finish_mode();
+        (self.model, self.usage, self.completion_chars)
     }
 
     /// Feeds the next chunk of the response body, in order.
@@ -104,6 +120,11 @@ impl UsageParser {
 
     /// Ends the body and returns the model and the usage seen, if any.
     pub fn finish(mut self) -> (Option<String>, Option<Usage>) {
+        self.finish_mode();
+        (self.model, self.usage)
+    }
+
+    fn finish_mode(&mut self) {
         match std::mem::replace(&mut self.mode, Mode::Ignore) {
             Mode::Json {
                 buf,
@@ -119,7 +140,6 @@ impl UsageParser {
             } if !line.is_empty() => self.sse_line(&line),
             _ => {}
         }
-        (self.model, self.usage)
     }
 
     fn sse_line(&mut self, line: &[u8]) {
@@ -146,6 +166,82 @@ impl UsageParser {
         }
         if let Some(u) = v.get("usage").and_then(parse_usage) {
             self.usage = Some(u);
+        }
+        if let Some(choices) = v.get("choices").and_then(Value::as_array) {
+            for c in choices {
+                let text = c
+                    .pointer("/delta/content")
+                    .or_else(|| c.pointer("/message/content"));
+                self.completion_chars += content_chars(text);
+            }
+        }
+    }
+}
+
+/// Characters of an OpenAI `content`: a string, or an array of parts with `text`.
+pub fn content_chars(content: Option<&Value>) -> u64 {
+    match content {
+        Some(Value::String(s)) => s.chars().count() as u64,
+        Some(Value::Array(parts)) => parts
+            .iter()
+            .filter_map(|p| p.get("text").and_then(Value::as_str))
+            .map(|t| t.chars().count() as u64)
+            .sum(),
+        _ => 0,
+    }
+}
+
+/// Characters of the `messages[].content` of a chat request body.
+pub fn prompt_chars(body: &Value) -> u64 {
+    body.get("messages")
+        .and_then(Value::as_array)
+        .map(|msgs| msgs.iter().map(|m| content_chars(m.get("content"))).sum())
+        .unwrap_or(0)
+}
+
+/// The usage to record for a response: what the provider reported, else (for a response
+/// that named a model or carried generated text) an estimate, flagged by the `bool`.
+pub fn account(
+    reported: Option<Usage>,
+    model_seen: bool,
+    completion_chars: u64,
+    prompt_chars: u64,
+) -> (Option<Usage>, bool) {
+    match reported {
+        Some(u) => (Some(u), false),
+        None if model_seen || completion_chars > 0 => {
+            (Some(Usage::estimate(prompt_chars, completion_chars)), true)
+        }
+        None => (None, false),
+    }
+}
+
+/// The metrics label for an upstream failure answered with `status`.
+pub fn failure_kind(status: http::StatusCode) -> &'static str {
+    match status.as_u16() {
+        504 => "timeout",
+        502 => "connect",
+        503 => "unavailable",
+        _ => "other",
+    }
+}
+
+/// Tokens for `chars` characters by the common rule of thumb (about four per token).
+pub fn estimate_tokens(chars: u64) -> u64 {
+    chars.div_ceil(4)
+}
+
+impl Usage {
+    /// Usage estimated from the characters sent and received.
+    pub fn estimate(prompt_chars: u64, completion_chars: u64) -> Usage {
+        let (p, c) = (
+            estimate_tokens(prompt_chars),
+            estimate_tokens(completion_chars),
+        );
+        Usage {
+            prompt_tokens: p,
+            completion_tokens: c,
+            total_tokens: p + c,
         }
     }
 }
@@ -249,5 +345,45 @@ mod tests {
         p.feed(&vec![b'x'; MAX_KEEP + 10]);
         p.feed(b"\"}\ndata: {\"model\":\"ok\",\"usage\":{\"total_tokens\":9}}\n");
         assert_eq!(p.finish(), (Some("ok".into()), usage(0, 0, 9)));
+    }
+
+    #[test]
+    fn counts_generated_characters_for_estimates() {
+        let mut p = UsageParser::new(Some("text/event-stream"));
+        p.feed(b"data: {\"model\":\"m\",\"choices\":[{\"delta\":{\"role\":\"assistant\"}}]}\n\n");
+        p.feed(b"data: {\"choices\":[{\"delta\":{\"content\":\"Hello \"}}]}\n\n");
+        p.feed(
+            b"data: {\"choices\":[{\"delta\":{\"content\":\"w\xc3\xb6rld\"}}]}\n\ndata: [DONE]\n\n",
+        );
+        assert_eq!(p.finish_with_chars(), (Some("m".into()), None, 11));
+
+        let mut p = UsageParser::new(Some("application/json"));
+        p.feed(br#"{"model":"m","choices":[{"message":{"content":"abcde"}},{"message":{"content":[{"type":"text","text":"xy"}]}}]}"#);
+        assert_eq!(p.finish_with_chars(), (Some("m".into()), None, 7));
+    }
+
+    #[test]
+    fn estimates_round_up_per_four_characters() {
+        assert_eq!(estimate_tokens(0), 0);
+        assert_eq!(estimate_tokens(1), 1);
+        assert_eq!(estimate_tokens(4), 1);
+        assert_eq!(estimate_tokens(18), 5);
+        let body = serde_json::json!({"messages":[{"role":"user","content":"message 0"},{"role":"user","content":[{"type":"text","text":"abc"}]}]});
+        assert_eq!(prompt_chars(&body), 12);
+        assert_eq!(
+            Usage::estimate(12, 18),
+            Usage {
+                prompt_tokens: 3,
+                completion_tokens: 5,
+                total_tokens: 8
+            }
+        );
+        assert_eq!(prompt_chars(&serde_json::json!({"input":"x"})), 0);
+        assert_eq!(
+            account(usage(1, 2, 3), true, 99, 99),
+            (usage(1, 2, 3), false)
+        );
+        assert_eq!(account(None, true, 18, 9), (usage(3, 5, 8), true));
+        assert_eq!(account(None, false, 0, 9), (None, false));
     }
 }
