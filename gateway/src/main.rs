@@ -80,6 +80,10 @@ struct ServeArgs {
     /// Time for an upstream to send its response headers.
     #[arg(long, default_value = "300s", value_parser = parse_duration)]
     upstream_timeout: Duration,
+    /// Tokens a token limit or budget reserves for the completion of a request that sets no
+    /// max_tokens (the prompt's estimate is added).
+    #[arg(long, default_value_t = postern_gateway::limits::DEFAULT_COMPLETION_TOKENS)]
+    limit_default_completion_tokens: u64,
 }
 
 /// `30s`, `15m`, `1h`, `7d`, or plain seconds.
@@ -193,6 +197,7 @@ async fn serve(a: ServeArgs) -> Result<()> {
             token_ttl: a.token_ttl,
             login_ttl: a.login_ttl,
             max_body_bytes: a.max_body_bytes,
+            limit_default_completion_tokens: a.limit_default_completion_tokens,
         },
         store,
         secretbox,
@@ -221,14 +226,31 @@ async fn serve(a: ServeArgs) -> Result<()> {
         }
     });
 
+    let limits_gw = gw.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            let g = limits_gw.clone();
+            match tokio::task::spawn_blocking(move || g.flush_limits()).await {
+                Ok(Err(e)) => tracing::warn!(error = %e, "saving limit counters failed"),
+                Err(e) => tracing::warn!(error = %e, "saving limit counters panicked"),
+                Ok(Ok(_)) => {}
+            }
+        }
+    });
+
     postern_gateway::frontdoor::serve(
-        gw,
+        gw.clone(),
         listener,
         tls,
         shutdown_signal(),
         Duration::from_secs(30),
     )
     .await;
+    if let Err(e) = gw.flush_limits() {
+        tracing::warn!(error = %e, "saving limit counters at shutdown failed");
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -48,4 +48,15 @@ pub(super) const MIGRATIONS: &[&str] = &[
     CREATE INDEX sessions_credential ON sessions (credential);
     CREATE INDEX sessions_expires_unix ON sessions (expires_unix);
     ",
+    // limits: rate-limit and budget counters (gateway::limits), flushed every second.
+    // `used` includes tokens reserved by requests in flight at the flush.
+    "
+    CREATE TABLE IF NOT EXISTS limit_counters (
+        key          TEXT PRIMARY KEY NOT NULL,
+        window_start INTEGER NOT NULL,
+        window_end   INTEGER NOT NULL,
+        used         INTEGER NOT NULL
+    ) STRICT;
+    CREATE INDEX IF NOT EXISTS limit_counters_window_end ON limit_counters (window_end);
+    ",
 ];
