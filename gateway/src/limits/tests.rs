@@ -159,14 +159,14 @@ fn request_limit_refuses_exactly_the_next_one() {
 #[test]
 fn token_reservation_and_settle() {
     let lim = Arc::new(Limiter::new(1000));
-    let limits = [tokens("t", 50, "1h", LimitBy::User)];
+    let limits = [tokens("t", 60, "1h", LimitBy::User)];
     let plan = || plan_for(Owner::User("a"), &limits, "a", &[]);
     let key = "User/a/t|user:a";
     let body = json!({"max_tokens": 10, "messages": [{"role": "user", "content": "message 0"}]});
-    // reserve 13, settle 18: three fit (54 used), the fourth (54 + 13 > 50) is refused
+    // reserve 20, settle 18: three fit (54 used), the fourth (54 + 20 > 60) is refused
     for want_used in [18, 36, 54] {
         let a = lim.admit(plan(), Some(&body), T0).unwrap();
-        assert_eq!(lim.counters().get(key, T0), (want_used - 18, 13));
+        assert_eq!(lim.counters().get(key, T0), (want_used - 18, 20));
         a.settle(Some(18));
         assert_eq!(lim.counters().get(key, T0), (want_used, 0));
     }
@@ -176,9 +176,9 @@ fn token_reservation_and_settle() {
     // no usage reported: the reservation is kept; dropped unsettled: it is given back
     let lim = Arc::new(Limiter::new(1000));
     lim.admit(plan(), Some(&body), T0).unwrap().settle(None);
-    assert_eq!(lim.counters().get(key, T0), (13, 0));
+    assert_eq!(lim.counters().get(key, T0), (20, 0));
     drop(lim.admit(plan(), Some(&body), T0).unwrap());
-    assert_eq!(lim.counters().get(key, T0), (13, 0));
+    assert_eq!(lim.counters().get(key, T0), (20, 0));
     // no body: the default completion estimate alone exceeds the limit
     assert!(lim.admit(plan(), None, T0).is_err());
 }
