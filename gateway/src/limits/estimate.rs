@@ -75,13 +75,13 @@ mod tests {
                 Some(
                     json!({"max_tokens": 10, "messages": [{"role": "user", "content": "message 0"}]}),
                 ),
-                13,
+                20, // 10 + ceil(9/4) + 4 per message + 3
             ),
             (
                 Some(
                     json!({"max_tokens": 0, "messages": [{"content": [{"type": "text", "text": "abcdefgh"}]}]}),
                 ),
-                2,
+                9,
             ),
             (Some(json!({"max_tokens": 1, "prompt": "abcde"})), 3),
             (
