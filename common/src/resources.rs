@@ -6,6 +6,7 @@
 
 mod condition;
 mod identity;
+pub mod limits;
 pub mod locate;
 pub mod parse;
 mod service;
@@ -16,6 +17,7 @@ pub use identity::{
     CredentialInfo, CredentialType, GroupSpec, SecretInfo, SessionInfo, SessionType, UserSpec,
     UserType,
 };
+pub use limits::{LimitBy, LimitSpec, Period};
 pub use parse::{parse_documents, ParseError, SourceDocument};
 pub use service::{
     Authorization, BasicAuth, CorsConfig, CustomAuth, DynamicConfig, DynamicRule, FromSecret,

@@ -4,6 +4,7 @@
 pub mod datadir;
 pub mod frontdoor;
 pub mod identity;
+pub mod limits;
 pub mod proxy;
 pub mod state;
 pub mod store;

@@ -97,6 +97,10 @@ struct ServeArgs {
     /// keep it on a private address).
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<SocketAddr>,
+    /// Tokens a token limit or budget reserves for the completion of a request that sets no
+    /// max_tokens (the prompt's estimate is added).
+    #[arg(long, default_value_t = postern_gateway::limits::DEFAULT_COMPLETION_TOKENS)]
+    limit_default_completion_tokens: u64,
 }
 
 /// `30s`, `15m`, `1h`, `7d`, or plain seconds.
@@ -229,6 +233,7 @@ async fn serve(a: ServeArgs) -> Result<()> {
             token_ttl: a.token_ttl,
             login_ttl: a.login_ttl,
             max_body_bytes: a.max_body_bytes,
+            limit_default_completion_tokens: a.limit_default_completion_tokens,
         },
         store,
         secretbox,
@@ -268,6 +273,20 @@ async fn serve(a: ServeArgs) -> Result<()> {
         }
     });
 
+    let limits_gw = gw.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            let g = limits_gw.clone();
+            match tokio::task::spawn_blocking(move || g.flush_limits()).await {
+                Ok(Err(e)) => tracing::warn!(error = %e, "saving limit counters failed"),
+                Err(e) => tracing::warn!(error = %e, "saving limit counters panicked"),
+                Ok(Ok(_)) => {}
+            }
+        }
+    });
+
     let closing_gw = gw.clone();
     let shutdown = async move {
         shutdown_signal().await;
@@ -288,6 +307,9 @@ async fn serve(a: ServeArgs) -> Result<()> {
         if !exporter.flush(Duration::from_secs(3)).await {
             tracing::warn!("OTLP export not flushed within 3s at shutdown");
         }
+    }
+    if let Err(e) = gw.flush_limits() {
+        tracing::warn!(error = %e, "saving limit counters at shutdown failed");
     }
     tracing::info!("stopped");
     Ok(())

@@ -25,6 +25,9 @@ pub struct UserSpec {
     pub authorization: Option<Authorization>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub is_disabled: bool,
+    /// Rate limits and budgets of this User, on every Service.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub limits: Vec<super::limits::LimitSpec>,
 }
 
 /// `spec` of a Group.
@@ -33,6 +36,9 @@ pub struct UserSpec {
 pub struct GroupSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authorization: Option<Authorization>,
+    /// Rate limits and budgets of the Group's members, on every Service.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub limits: Vec<super::limits::LimitSpec>,
 }
 
 /// A Secret as listed: never its value.

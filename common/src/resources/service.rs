@@ -30,6 +30,9 @@ pub struct ServiceSpec {
     pub dynamic_config: Option<DynamicConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authorization: Option<Authorization>,
+    /// Rate limits and budgets every caller of this Service is held to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub limits: Vec<super::limits::LimitSpec>,
 }
 
 /// Where and how requests are forwarded.

@@ -1,6 +1,7 @@
 //! Checks a resource can pass without gateway state: names, exactly-one conditions,
 //! priorities, upstream URLs, config references. Each problem names its field path.
 
+use super::limits::check_limits;
 use super::{Authorization, Condition, PolicySpec, Resource, ServiceConfig, ServiceMode};
 use std::fmt;
 
@@ -90,6 +91,7 @@ pub fn validate(r: &Resource) -> Vec<FieldError> {
             if let Some(a) = &spec.authorization {
                 check_authorization("spec.authorization", a, &mut push);
             }
+            check_limits("spec.limits", &spec.limits, &mut push);
         }
         Resource::User { spec, .. } => {
             for (i, g) in spec.groups.iter().enumerate() {
@@ -100,11 +102,13 @@ pub fn validate(r: &Resource) -> Vec<FieldError> {
             if let Some(a) = &spec.authorization {
                 check_authorization("spec.authorization", a, &mut push);
             }
+            check_limits("spec.limits", &spec.limits, &mut push);
         }
         Resource::Group { spec, .. } => {
             if let Some(a) = &spec.authorization {
                 check_authorization("spec.authorization", a, &mut push);
             }
+            check_limits("spec.limits", &spec.limits, &mut push);
         }
         Resource::Policy { spec, .. } => check_policy("spec", spec, &mut push),
     }

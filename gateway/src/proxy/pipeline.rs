@@ -127,7 +127,8 @@ pub async fn handle(
     trace.record.credential = Some(principal.session.info.credential.clone());
 
     let rules = Catalog::combine(&service.rules, &principal.user.rules, &snap.global_rules);
-    let needs_body = rules.reads_body() || service.dynamic_reads_body;
+    let limit_plan = gw.limits.plan(&snap, &service, &principal);
+    let needs_body = rules.reads_body() || service.dynamic_reads_body || limit_plan.needs_body();
 
     let (mut parts, body) = req.into_parts();
     let limit = gw.settings.max_body_bytes;
@@ -210,6 +211,13 @@ pub async fn handle(
         );
     };
     trace.record.config = config.name.clone();
+    let admission = match gw
+        .limits
+        .admit(limit_plan, body_json.as_ref(), crate::state::now_unix())
+    {
+        Ok(a) => a,
+        Err(refused) => return refuse(trace, &gw, &refused),
+    };
 
     let original_path_query = match parts.uri.query() {
         Some(q) => format!("{path}?{q}"),
@@ -286,6 +294,7 @@ pub async fn handle(
             if model_seen {
                 trace.record.model = o.model;
             }
+            admission.settle(o.usage.as_ref().map(|u| u.total_tokens));
             (trace.record.usage, trace.record.usage_estimated) =
                 usage::account(o.usage, model_seen, o.completion_chars, prompt_chars);
             if !o.completed {
@@ -296,6 +305,16 @@ pub async fn handle(
         }),
     );
     Response::from_parts(rparts, body.boxed())
+}
+
+/// Ends the request with a limit's 429; the access log names the limit.
+fn refuse(mut trace: Trace, gw: &Gateway, refused: &crate::limits::Refusal) -> Response<BoxBody> {
+    let resp = refused.response(&trace.record.request_id);
+    trace.record.decision = Some(Effect::Deny);
+    trace.record.reason = Some(refused.reason());
+    trace.record.error = Some(refused.to_string());
+    trace.finish(gw, resp.status(), 0);
+    resp
 }
 
 /// Answers a CORS preflight for a Service whose default config declares CORS.

@@ -11,6 +11,7 @@ pub use sessions::{AuthError, Principal, SessionEntry};
 pub use snapshot::{BuildError, ServiceEntry, Snapshot, UpstreamConfig, UserEntry};
 
 use crate::identity::{SecretBox, TokenSigner};
+use crate::limits::Limiter;
 use crate::proxy::upstream::UpstreamClient;
 use crate::store::Store;
 use crate::telemetry::Telemetry;
@@ -28,6 +29,8 @@ pub struct Settings {
     pub login_ttl: Duration,
     /// Largest request body buffered for a policy that reads `bodyMap`.
     pub max_body_bytes: usize,
+    /// Tokens a token limit reserves for a request that sets no `max_tokens`.
+    pub limit_default_completion_tokens: u64,
 }
 
 impl Default for Settings {
@@ -36,6 +39,7 @@ impl Default for Settings {
             token_ttl: Duration::from_secs(3600),
             login_ttl: Duration::from_secs(24 * 3600),
             max_body_bytes: 8 << 20,
+            limit_default_completion_tokens: crate::limits::DEFAULT_COMPLETION_TOKENS,
         }
     }
 }
@@ -53,6 +57,8 @@ pub struct Gateway {
     write_lock: Mutex<()>,
     pub upstream: UpstreamClient,
     pub telemetry: Telemetry,
+    /// Rate-limit and budget counters (in memory; see [`Gateway::flush_limits`]).
+    pub limits: Arc<Limiter>,
 }
 
 /// Everything [`Gateway::open`] needs.
@@ -71,7 +77,7 @@ impl Gateway {
     pub fn open(parts: GatewayParts) -> Result<Arc<Gateway>, ChangeError> {
         let gw = Gateway {
             domain: parts.domain,
-            settings: parts.settings,
+            settings: parts.settings.clone(),
             snapshot: ArcSwap::from_pointee(Snapshot::default()),
             sessions: RwLock::new(HashMap::new()),
             store: parts.store,
@@ -80,7 +86,9 @@ impl Gateway {
             write_lock: Mutex::new(()),
             upstream: parts.upstream,
             telemetry: parts.telemetry,
+            limits: Arc::new(Limiter::new(parts.settings.limit_default_completion_tokens)),
         };
+        gw.limits.load(&gw.store, now_unix())?;
         gw.reload()?;
         gw.reload_sessions()?;
         Ok(Arc::new(gw))
@@ -89,6 +97,12 @@ impl Gateway {
     /// The current compiled view; hold it for the whole request.
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.snapshot.load_full()
+    }
+
+    /// Persists the limit counters changed since the last call (every second and at
+    /// shutdown); returns how many were written.
+    pub fn flush_limits(&self) -> Result<usize, crate::store::StoreError> {
+        self.limits.flush(&self.store, now_unix())
     }
 }
 

@@ -4,6 +4,7 @@
 //! The API is synchronous. Callers on tokio use `spawn_blocking` (or call directly for rare
 //! admin writes); the request hot path never reads the store, it reads the in-memory state.
 
+mod limits;
 mod records;
 mod schema;
 mod sqlite;

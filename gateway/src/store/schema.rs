@@ -64,4 +64,15 @@ pub(super) const MIGRATIONS: &[&str] = &[
     ) STRICT;
     CREATE INDEX usage_time ON usage (time);
     ",
+    // 2 -> 3: limits: rate-limit and budget counters (gateway::limits), flushed every second.
+    // `used` includes tokens reserved by requests in flight at the flush.
+    "
+    CREATE TABLE IF NOT EXISTS limit_counters (
+        key          TEXT PRIMARY KEY NOT NULL,
+        window_start INTEGER NOT NULL,
+        window_end   INTEGER NOT NULL,
+        used         INTEGER NOT NULL
+    ) STRICT;
+    CREATE INDEX IF NOT EXISTS limit_counters_window_end ON limit_counters (window_end);
+    ",
 ];
