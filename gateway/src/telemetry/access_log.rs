@@ -49,6 +49,10 @@ pub struct AccessRecord {
     pub usage: Option<Usage>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Upstream tries when there was more than one (retry or fallback), as `config:outcome`,
+    /// e.g. `["openai:502", "gemini:200"]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attempts: Vec<String>,
 }
 
 impl AccessRecord {
@@ -77,6 +81,7 @@ impl AccessRecord {
             model: None,
             usage: None,
             error: None,
+            attempts: Vec::new(),
         }
     }
 }
