@@ -340,3 +340,7 @@ fn compile_upstream(
         timeouts,
     })
 }
+
+#[cfg(test)]
+#[path = "snapshot_upstream_tests.rs"]
+mod upstream_tests;
