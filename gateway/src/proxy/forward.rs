@@ -30,6 +30,8 @@ pub struct ForwardError {
     pub detail: String,
     /// Every try, as `config:outcome` (`openai:502`, `gemini:connect`).
     pub attempts: Vec<String>,
+    /// The dynamicConfig name of the last config tried (`None` for `spec.config`).
+    pub config: Option<String>,
 }
 
 /// The response that is sent back, and how it was obtained.
@@ -85,6 +87,7 @@ fn error(status: StatusCode, public: &'static str, detail: String) -> ForwardErr
         public,
         detail,
         attempts: Vec::new(),
+        config: None,
     }
 }
 
@@ -115,8 +118,10 @@ pub async fn forward(
     };
     let mut attempts = Vec::new();
     let mut last: Option<ForwardError> = None;
+    let mut last_config = None;
     for (ci, config) in configs.iter().enumerate() {
         let more_configs = ci + 1 < configs.len();
+        last_config = config.name.clone();
         config.retry.note_request();
         let mut tried: Vec<usize> = Vec::new();
         for n in 0..config.retry.attempts {
@@ -192,6 +197,7 @@ pub async fn forward(
         e.detail = format!("{} (tries: {})", e.detail, attempts.join(", "));
     }
     e.attempts = attempts;
+    e.config = last_config;
     Err(e)
 }
 

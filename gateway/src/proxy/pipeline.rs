@@ -258,7 +258,7 @@ pub async fn handle(
         }
         Err(e) => {
             trace.record.bytes_in = bytes_in.load(Ordering::Relaxed);
-            trace.record.config = config.last().and_then(|c| c.name.clone());
+            trace.record.config = e.config;
             if e.attempts.len() > 1 {
                 trace.record.attempts = e.attempts;
             }
