@@ -292,3 +292,31 @@ def test_upstream_oauth2_token_failure_is_502(env):
     assert up.requests == []
     e = entry_for(gw, "oa")[0]
     assert "token endpoint" in e["error"] and "401" in e["error"], e
+
+
+# ------------------------------------------------------------------------------ body replay
+@pytest.mark.parametrize("size,expect", [(200, 200), (5000, 500)])
+def test_bodies_over_max_body_are_not_retried(start_gateway, size, expect):
+    gw = start_gateway(max_body=2000)
+    gw.apply_text(APP_USER, "app-user.yaml")
+    tok = gw.token(*gw.create_oauth2("app", "app-oauth2"))
+    with StandIn("flaky", fail_first=1) as flaky:
+        gw.apply_text(service("big", {"config": {"upstream": {
+            "url": flaky.url, "retry": {"attempts": 2, "backoff": "10ms"}}}}))
+        body = chat_body()
+        body["messages"][0]["content"] = "x" * size
+        r = post(gw, "big", tok, body)
+        assert r.status_code == expect, r.text
+        assert len(flaky.requests) == (2 if expect == 200 else 1)
+        assert flaky.requests[-1].json() == body, "the body arrived intact"
+
+
+def test_spent_retry_budget_returns_the_upstream_answer(env):
+    gw, tok, stack = env
+    flaky = stack.enter_context(StandIn("flaky", fail_first=1, fail_status=503))
+    gw.apply_text(service("nobudget", {"config": {"upstream": {
+        "url": flaky.url,
+        "retry": {"attempts": 3, "backoff": "10ms", "budget": {"percent": 0, "minRetries": 0}}}}}))
+    r = post(gw, "nobudget", tok)
+    assert r.status_code == 503, "the upstream's own answer, not a gateway 502"
+    assert len(flaky.requests) == 1

@@ -9,6 +9,7 @@
 //! * bodies are buffered for replay when a second try is possible ([`replay`](super::replay)).
 
 use super::balance::InFlight;
+use super::buffer::declared_too_large;
 use super::replay::{Replay, RequestBody};
 use super::retry::Failure;
 use super::upstream::UpstreamError;
@@ -101,16 +102,17 @@ pub async fn forward(
     body: RequestBody,
     origin: &Origin<'_>,
 ) -> Result<Forwarded, ForwardError> {
-    let may_retry = configs.len() > 1 || configs.iter().any(|c| c.retry.attempts > 1);
-    let mut body = Replay::prepare(body, may_retry, gw.settings.max_body_bytes)
-        .await
-        .map_err(|e| {
-            error(
-                StatusCode::BAD_REQUEST,
-                "could not read the request body",
-                e.to_string(),
-            )
-        })?;
+    let limit = gw.settings.max_body_bytes;
+    // A body declared larger than the limit is not read into memory at all: it streams once.
+    let may_retry = (configs.len() > 1 || configs.iter().any(|c| c.retry.attempts > 1))
+        && !declared_too_large(&parts.headers, limit);
+    let mut body = Replay::prepare(body, may_retry, limit).await.map_err(|e| {
+        error(
+            StatusCode::BAD_REQUEST,
+            "could not read the request body",
+            e.to_string(),
+        )
+    })?;
     let template = Template {
         method: parts.method,
         uri: parts.uri,
@@ -126,10 +128,6 @@ pub async fn forward(
         let mut tried: Vec<usize> = Vec::new();
         for n in 0..config.retry.attempts {
             if n > 0 {
-                if !config.retry.allow_retry() {
-                    tracing::debug!(config = config.label(), "retry budget spent");
-                    break;
-                }
                 tokio::time::sleep(config.retry.backoff(n, rand::random::<f64>())).await;
             }
             let Some(b) = body.take() else { break };
@@ -142,30 +140,38 @@ pub async fn forward(
             };
             let can_retry = body.replayable() && n + 1 < config.retry.attempts;
             let can_fall_back = body.replayable() && more_configs;
+            // Takes from the budget only when a retry would otherwise happen.
+            let retry_on = |f: Failure| {
+                let ok = can_retry && config.retry.retryable(f);
+                if ok && !config.retry.allow_retry() {
+                    tracing::debug!(config = config.label(), "retry budget spent");
+                    return false;
+                }
+                ok
+            };
             match try_once(gw, snap, config, ep, &template, b, origin).await {
                 TryOutcome::Answered(resp) => {
                     let status = resp.status();
                     attempts.push(format!("{label}:{}", status.as_u16()));
-                    match Failure::from_status(status) {
-                        Some(f) if can_fall_back || (can_retry && config.retry.retryable(f)) => {
-                            last = Some(error(
-                                StatusCode::BAD_GATEWAY,
-                                "the upstream could not be reached",
-                                format!("{label} answered {status}"),
-                            ));
-                            if can_retry && config.retry.retryable(f) {
-                                continue;
-                            }
-                            break;
+                    let failure = Failure::from_status(status);
+                    let retry = failure.is_some_and(retry_on);
+                    if retry || (failure.is_some() && can_fall_back) {
+                        // Nothing was sent to the client yet: this answer is dropped.
+                        last = Some(error(
+                            StatusCode::BAD_GATEWAY,
+                            "the upstream could not be reached",
+                            format!("{label} answered {status}"),
+                        ));
+                        if retry {
+                            continue;
                         }
-                        _ => {
-                            return Ok(Forwarded {
-                                response: resp,
-                                config: config.clone(),
-                                attempts,
-                            })
-                        }
+                        break;
                     }
+                    return Ok(Forwarded {
+                        response: resp,
+                        config: config.clone(),
+                        attempts,
+                    });
                 }
                 TryOutcome::Failed(t) => {
                     let what = match t.failure {
@@ -174,7 +180,7 @@ pub async fn forward(
                         _ => "error",
                     };
                     attempts.push(format!("{label}:{what}"));
-                    let retry = can_retry && config.retry.retryable(t.failure);
+                    let retry = retry_on(t.failure);
                     last = Some(t.error);
                     if !retry {
                         break;
