@@ -25,6 +25,11 @@ pub use service::{
     ServiceConfig, ServiceMode, ServiceSpec, StringMatch, Upstream,
 };
 
+pub use service::{
+    check_upstream, parse_duration, LbEndpoint, LbPolicy, LoadBalance, OAuth2ClientCredentials,
+    Retry, RetryBudget, RetryOn, TokenAuthMethod, UpstreamTimeout, MAX_RETRY_ATTEMPTS,
+};
+
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;

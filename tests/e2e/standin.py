@@ -14,7 +14,12 @@ Routes (all below ``prefix``; a path outside the prefix gets 404):
 
 When ``api_key`` is set, a request whose ``Authorization`` is not ``Bearer <api_key>`` gets
 401 (as the real providers do). Modes: "normal", "hang" (accept, read the request, never
-answer until stopped or ``hang_seconds`` pass) for 504 tests.
+answer until stopped or ``hang_seconds`` pass) for 504 tests, and for resilience tests:
+"500" (always 500), "429" (always 429), "close" (read the request, close the connection
+without answering), "slow" (wait ``slow_seconds`` before the response headers, then answer
+normally). ``fail_first`` makes the first N requests fail with ``fail_status`` (default 500)
+before the mode applies. ``request_delay`` holds every answer that long (to keep requests in
+flight for least-busy tests).
 """
 
 from __future__ import annotations
@@ -62,6 +67,10 @@ class StandIn:
         hang_seconds: float = 30.0,
         ssl_context: Any = None,
         tls_host: str = "127.0.0.1",
+        fail_first: int = 0,
+        fail_status: int = 500,
+        slow_seconds: float = 2.0,
+        request_delay: float = 0.0,
     ):
         self.name = name
         self.api_key = api_key
@@ -71,6 +80,11 @@ class StandIn:
         self.hang_seconds = hang_seconds
         self.ssl_context = ssl_context
         self.tls_host = tls_host
+        self.fail_first = fail_first
+        self.fail_status = fail_status
+        self.slow_seconds = slow_seconds
+        self.request_delay = request_delay
+        self._failed = 0
         self._lock = threading.Lock()
         self._requests: list[Recorded] = []
         self._stopping = threading.Event()
@@ -204,6 +218,23 @@ class _Handler(BaseHTTPRequestHandler):
             owner._stopping.wait(owner.hang_seconds)
             self.close_connection = True
             return
+        with owner._lock:
+            fail_now = owner._failed < owner.fail_first
+            if fail_now:
+                owner._failed += 1
+        if fail_now:
+            return self._error(owner.fail_status, f"{owner.name}: failing on purpose", "standin_failure")
+        if owner.mode == "500":
+            return self._error(500, f"{owner.name}: internal error on purpose", "standin_failure")
+        if owner.mode == "429":
+            return self._error(429, f"{owner.name}: rate limited on purpose", "rate_limit_exceeded")
+        if owner.mode == "close":
+            self.close_connection = True
+            return
+        if owner.mode == "slow":
+            owner._stopping.wait(owner.slow_seconds)
+        if owner.request_delay:
+            owner._stopping.wait(owner.request_delay)
 
         path = self.path.split("?", 1)[0]
         if owner.prefix and not (path == owner.prefix or path.startswith(owner.prefix + "/")):

@@ -65,12 +65,26 @@ impl NamedConfig {
     }
 }
 
+/// Where a config sends requests, and how hard it tries (see `upstream_resilience`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Upstream {
-    /// `http://` or `https://` base URL of the upstream.
+    /// `http://` or `https://` base URL of the upstream; empty when `loadBalance` is set.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub url: String,
+    /// Several endpoints instead of one `url` (mutually exclusive with `url`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_balance: Option<LoadBalance>,
+    /// Retrying a failed attempt (off unless `attempts` > 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<Retry>,
+    /// Per-config timeouts overriding the gateway's serve flags.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<UpstreamTimeout>,
 }
+
+mod resilience;
+pub use resilience::*;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -125,6 +139,9 @@ pub struct HttpAuth {
     pub basic: Option<BasicAuth>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub custom: Option<CustomAuth>,
+    /// A token fetched by the gateway from an OAuth2 token endpoint (client credentials grant).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oauth2_client_credentials: Option<OAuth2ClientCredentials>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -200,7 +217,24 @@ pub struct DynamicConfig {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DynamicRule {
     pub condition: Condition,
+    /// The one config this rule picks (or use `configNames`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub config_name: String,
+    /// An ordered fallback list: the next config is tried when one fails before answering.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub config_names: Vec<String>,
+}
+
+impl DynamicRule {
+    /// The configs this rule picks, in the order they are tried.
+    pub fn names(&self) -> Vec<&str> {
+        let mut v: Vec<&str> = Vec::new();
+        if !self.config_name.is_empty() {
+            v.push(&self.config_name);
+        }
+        v.extend(self.config_names.iter().map(String::as_str));
+        v
+    }
 }
 
 /// Policies attached to a Service, User or Group.

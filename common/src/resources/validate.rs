@@ -71,15 +71,7 @@ pub fn validate(r: &Resource) -> Vec<FieldError> {
                 for (i, rule) in dc.rules.iter().enumerate() {
                     let at = format!("spec.dynamicConfig.rules[{i}]");
                     check_condition(&format!("{at}.condition"), &rule.condition, &mut push);
-                    if !names.contains(rule.config_name.as_str()) {
-                        push(
-                            format!("{at}.configName"),
-                            format!(
-                                "no config named {:?} in spec.dynamicConfig.configs",
-                                rule.config_name
-                            ),
-                        );
-                    }
+                    check_rule_names(&at, rule, &names, &mut push);
                 }
                 if spec.config.is_none() && dc.configs.is_empty() {
                     push(
@@ -123,7 +115,17 @@ fn check_config(
 ) {
     match &c.upstream {
         None => push(format!("{at}.upstream.url"), "is required".into()),
+        Some(u) if u.load_balance.is_some() || u.url.is_empty() => {
+            if u.load_balance.is_none() {
+                push(
+                    format!("{at}.upstream.url"),
+                    "is required (or set upstream.loadBalance)".into(),
+                );
+            }
+            super::service::check_upstream(&format!("{at}.upstream"), u, push);
+        }
         Some(u) => {
+            super::service::check_upstream(&format!("{at}.upstream"), u, push);
             let allowed: &[&str] = match mode {
                 ServiceMode::Http => &["http://", "https://"],
                 ServiceMode::Tcp => &["tcp://"],
@@ -195,20 +197,7 @@ fn check_config(
         }
     }
     if let Some(auth) = &http.auth {
-        let set = [
-            auth.bearer.is_some(),
-            auth.basic.is_some(),
-            auth.custom.is_some(),
-        ]
-        .iter()
-        .filter(|b| **b)
-        .count();
-        if set > 1 {
-            push(
-                format!("{at}.http.auth"),
-                "set only one of bearer, basic, custom".into(),
-            );
-        }
+        super::service::check_auth(&format!("{at}.http.auth"), auth, push);
         if let Some(c) = &auth.custom {
             if !is_header_name(&c.header) {
                 push(
@@ -216,6 +205,45 @@ fn check_config(
                     format!("{:?} is not a valid header name", c.header),
                 );
             }
+        }
+    }
+}
+
+/// `configName` or `configNames` (not both, at least one), each naming a config.
+fn check_rule_names(
+    at: &str,
+    rule: &super::DynamicRule,
+    names: &std::collections::HashSet<&str>,
+    push: &mut impl FnMut(String, String),
+) {
+    match (rule.config_name.is_empty(), rule.config_names.is_empty()) {
+        (true, true) => push(
+            format!("{at}.configName"),
+            "is required (or list configNames)".into(),
+        ),
+        (false, false) => push(
+            format!("{at}.configNames"),
+            "set either configName or configNames, not both".into(),
+        ),
+        _ => {}
+    }
+    let mut seen = std::collections::HashSet::new();
+    for (field, n) in std::iter::once(("configName".to_string(), &rule.config_name))
+        .filter(|(_, n)| !n.is_empty())
+        .chain(
+            rule.config_names
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (format!("configNames[{i}]"), n)),
+        )
+    {
+        if !names.contains(n.as_str()) {
+            push(
+                format!("{at}.{field}"),
+                format!("no config named {n:?} in spec.dynamicConfig.configs"),
+            );
+        } else if !seen.insert(n.as_str()) {
+            push(format!("{at}.{field}"), format!("{n:?} is listed twice"));
         }
     }
 }

@@ -1,14 +1,25 @@
 //! Sending an authorized request to its upstream: rewriting it for the chosen config
 //! (path, headers, injected credentials) and sending it through the pooled client. This is
-//! the one place that talks to upstreams, so resilience (retries, fallback, load balancing)
-//! belongs here.
+//! the one place that talks to upstreams, so resilience lives here:
+//!
+//! * each config picks an endpoint ([`balance`](super::balance)) and retries failed tries
+//!   ([`retry`](super::retry)) on the next endpoint, within the retry budget;
+//! * a dynamicConfig rule's `configNames` are tried in order when a config fails before
+//!   anything reached the client (connect error, timeout, 429 or 5xx; that response is dropped);
+//! * bodies are buffered for replay when a second try is possible ([`replay`](super::replay)).
 
-use super::{rewrite, BoxBody};
+use super::balance::InFlight;
+use super::buffer::declared_too_large;
+use super::replay::{Replay, RequestBody};
+use super::retry::Failure;
+use super::upstream::UpstreamError;
+use super::{rewrite, BoxBody, BoxError};
 use crate::state::Gateway;
 use crate::state::{Snapshot, UpstreamConfig};
-use http::{Request, Response, StatusCode};
-use hyper::body::Incoming;
+use http::{HeaderValue, Request, Response, StatusCode};
+use http_body_util::BodyExt;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 /// Why a request could not be forwarded: what the caller sees and what the log records.
 #[derive(Debug)]
@@ -18,6 +29,21 @@ pub struct ForwardError {
     pub public: &'static str,
     /// For the access log.
     pub detail: String,
+    /// Every try, as `config:outcome` (`openai:502`, `gemini:connect`).
+    pub attempts: Vec<String>,
+    /// The dynamicConfig name of the last config tried (`None` for `spec.config`).
+    pub config: Option<String>,
+}
+
+/// The response that is sent back, and how it was obtained.
+pub struct Forwarded {
+    /// Headers as the upstream sent them; the body holds the endpoint's in-flight count until
+    /// it ends or is dropped.
+    pub response: Response<BoxBody>,
+    /// The config that answered.
+    pub config: Arc<UpstreamConfig>,
+    /// Every try, as `config:outcome` (`openai:502`, `gemini:200`).
+    pub attempts: Vec<String>,
 }
 
 /// Where the request came from, for `X-Forwarded-*`.
@@ -27,43 +53,264 @@ pub struct Origin<'a> {
     pub host: &'a str,
 }
 
-/// Rewrites `parts` for `config` and sends the request upstream.
+/// The parts of the caller's request each try starts from.
+struct Template {
+    method: http::Method,
+    uri: http::Uri,
+    headers: http::HeaderMap,
+}
+
+impl Template {
+    fn parts(&self) -> http::request::Parts {
+        let (mut parts, ()) = Request::new(()).into_parts();
+        parts.method = self.method.clone();
+        parts.uri = self.uri.clone();
+        parts.headers = self.headers.clone();
+        parts
+    }
+}
+
+/// One failed try.
+struct TryFailed {
+    failure: Failure,
+    error: ForwardError,
+}
+
+/// What one try produced: a response (possibly a failing status) or a failure.
+enum TryOutcome {
+    Answered(Response<BoxBody>),
+    Failed(TryFailed),
+}
+
+fn error(status: StatusCode, public: &'static str, detail: String) -> ForwardError {
+    ForwardError {
+        status,
+        public,
+        detail,
+        attempts: Vec::new(),
+        config: None,
+    }
+}
+
+/// Sends the request to `configs[0]`, retrying and falling back to the next configs as each
+/// config's `upstream.retry` and the list allow. `max_body` bounds the buffering for replay.
 pub async fn forward(
     gw: &Gateway,
     snap: &Snapshot,
+    configs: &[Arc<UpstreamConfig>],
+    parts: http::request::Parts,
+    body: RequestBody,
+    origin: &Origin<'_>,
+) -> Result<Forwarded, ForwardError> {
+    let limit = gw.settings.max_body_bytes;
+    // A body declared larger than the limit is not read into memory at all: it streams once.
+    let may_retry = (configs.len() > 1 || configs.iter().any(|c| c.retry.attempts > 1))
+        && !declared_too_large(&parts.headers, limit);
+    let mut body = Replay::prepare(body, may_retry, limit).await.map_err(|e| {
+        error(
+            StatusCode::BAD_REQUEST,
+            "could not read the request body",
+            e.to_string(),
+        )
+    })?;
+    let template = Template {
+        method: parts.method,
+        uri: parts.uri,
+        headers: parts.headers,
+    };
+    let mut attempts = Vec::new();
+    let mut last: Option<ForwardError> = None;
+    let mut last_config = None;
+    for (ci, config) in configs.iter().enumerate() {
+        let more_configs = ci + 1 < configs.len();
+        last_config = config.name.clone();
+        config.retry.note_request();
+        let mut tried: Vec<usize> = Vec::new();
+        for n in 0..config.retry.attempts {
+            if n > 0 {
+                tokio::time::sleep(config.retry.backoff(n, rand::random::<f64>())).await;
+            }
+            let Some(b) = body.take() else { break };
+            let ep = config.balancer.pick(&tried);
+            tried.push(ep);
+            let label = if config.balancer.len() > 1 {
+                format!("{}[{ep}]", config.label())
+            } else {
+                config.label().to_string()
+            };
+            let can_retry = body.replayable() && n + 1 < config.retry.attempts;
+            let can_fall_back = body.replayable() && more_configs;
+            // Takes from the budget only when a retry would otherwise happen.
+            let retry_on = |f: Failure| {
+                let ok = can_retry && config.retry.retryable(f);
+                if ok && !config.retry.allow_retry() {
+                    tracing::debug!(config = config.label(), "retry budget spent");
+                    return false;
+                }
+                ok
+            };
+            match try_once(gw, snap, config, ep, &template, b, origin).await {
+                TryOutcome::Answered(resp) => {
+                    let status = resp.status();
+                    attempts.push(format!("{label}:{}", status.as_u16()));
+                    let failure = Failure::from_status(status);
+                    let retry = failure.is_some_and(retry_on);
+                    if retry || (failure.is_some() && can_fall_back) {
+                        // Nothing was sent to the client yet: this answer is dropped.
+                        last = Some(error(
+                            StatusCode::BAD_GATEWAY,
+                            "the upstream could not be reached",
+                            format!("{label} answered {status}"),
+                        ));
+                        if retry {
+                            continue;
+                        }
+                        break;
+                    }
+                    return Ok(Forwarded {
+                        response: resp,
+                        config: config.clone(),
+                        attempts,
+                    });
+                }
+                TryOutcome::Failed(t) => {
+                    let what = match t.failure {
+                        Failure::Connect => "connect",
+                        Failure::Timeout => "timeout",
+                        _ => "error",
+                    };
+                    attempts.push(format!("{label}:{what}"));
+                    let retry = retry_on(t.failure);
+                    last = Some(t.error);
+                    if !retry {
+                        break;
+                    }
+                }
+            }
+        }
+        if !body.replayable() {
+            break;
+        }
+    }
+    let mut e = last.unwrap_or_else(|| {
+        error(
+            StatusCode::BAD_GATEWAY,
+            "the upstream could not be reached",
+            "no upstream try could be made".into(),
+        )
+    });
+    if attempts.len() > 1 {
+        e.detail = format!("{} (tries: {})", e.detail, attempts.join(", "));
+    }
+    e.attempts = attempts;
+    e.config = last_config;
+    Err(e)
+}
+
+/// One try: rewrite for endpoint `ep` of `config`, add an OAuth2 token if configured, send.
+async fn try_once(
+    gw: &Gateway,
+    snap: &Snapshot,
     config: &UpstreamConfig,
-    mut parts: http::request::Parts,
+    ep: usize,
+    template: &Template,
     body: BoxBody,
     origin: &Origin<'_>,
-) -> Result<Response<Incoming>, ForwardError> {
+) -> TryOutcome {
+    let failed = |failure, status, public, detail: String| {
+        TryOutcome::Failed(TryFailed {
+            failure,
+            error: error(status, public, detail),
+        })
+    };
+    let endpoint = config.balancer.get(ep).clone();
     let secret = |n: &str| snap.secret(n);
-    rewrite::upstream_request(
+    let mut parts = template.parts();
+    if let Err(e) = rewrite::upstream_request(
         &mut parts,
-        &config.url,
-        config.http.as_ref(),
+        &endpoint.url,
+        endpoint.http.as_ref(),
         &secret,
         origin.client_ip,
         origin.host,
-    )
-    .map_err(|e| ForwardError {
-        status: StatusCode::BAD_GATEWAY,
-        public: "the gateway could not prepare the upstream request",
-        detail: e.to_string(),
-    })?;
+    ) {
+        return failed(
+            Failure::Other,
+            StatusCode::BAD_GATEWAY,
+            "the gateway could not prepare the upstream request",
+            e.to_string(),
+        );
+    }
+    let oauth = endpoint
+        .http
+        .as_ref()
+        .and_then(|h| h.auth.as_ref())
+        .and_then(|a| a.oauth2_client_credentials.as_ref());
+    if let Some(cc) = oauth {
+        let client_secret = snap.secret(&cc.client_secret.from_secret);
+        match gw
+            .upstream
+            .tokens()
+            .bearer(&gw.upstream, cc, client_secret)
+            .await
+        {
+            Ok(token) => match HeaderValue::from_str(&format!("Bearer {token}")) {
+                Ok(mut v) => {
+                    v.set_sensitive(true);
+                    parts.headers.insert(http::header::AUTHORIZATION, v);
+                }
+                Err(_) => {
+                    return failed(
+                        Failure::Other,
+                        StatusCode::BAD_GATEWAY,
+                        "the gateway could not get a token for the upstream",
+                        "the upstream token is not a valid header value".into(),
+                    )
+                }
+            },
+            Err(e) => {
+                return failed(
+                    Failure::Other,
+                    StatusCode::BAD_GATEWAY,
+                    "the gateway could not get a token for the upstream",
+                    e.to_string(),
+                )
+            }
+        }
+    }
     parts.version = http::Version::HTTP_11;
-    gw.upstream
-        .send(Request::from_parts(parts, body))
+    let guard = InFlight::start(endpoint);
+    match gw
+        .upstream
+        .send_with(Request::from_parts(parts, body), config.timeouts)
         .await
-        .map_err(|e| {
+    {
+        Ok(resp) => TryOutcome::Answered(resp.map(|b| {
+            // The closure owns the guard, so the endpoint counts as busy until the body is
+            // dropped (finished, failed or abandoned by the client).
+            b.map_err(move |e| {
+                let _busy = &guard;
+                BoxError::from(e)
+            })
+            .boxed_unsync()
+        })),
+        Err(e) => {
+            let failure = match e {
+                UpstreamError::Connect(_) | UpstreamError::Protocol(_) => Failure::Connect,
+                UpstreamError::Timeout => Failure::Timeout,
+                UpstreamError::Tls(_) => Failure::Other,
+            };
             let status = e.status();
-            ForwardError {
+            failed(
+                failure,
                 status,
-                public: if status == StatusCode::GATEWAY_TIMEOUT {
+                if status == StatusCode::GATEWAY_TIMEOUT {
                     "the upstream did not answer in time"
                 } else {
                     "the upstream could not be reached"
                 },
-                detail: e.to_string(),
-            }
-        })
+                e.to_string(),
+            )
+        }
+    }
 }

@@ -3,12 +3,16 @@
 //! Pure logic (path and header rewriting, CORS) lives apart from I/O ([`upstream`]) so it can be
 //! unit-tested without sockets.
 
+pub mod balance;
 pub mod buffer;
 pub mod cors;
 pub mod forward;
 pub mod pipeline;
+pub mod replay;
+pub mod retry;
 pub mod rewrite;
 pub mod upstream;
+pub mod upstream_oauth;
 
 /// The error type every boxed body in the gateway carries, so bodies from different sources
 /// (hyper, buffered bytes, observed streams) can be mixed behind one type.

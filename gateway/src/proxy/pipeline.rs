@@ -4,6 +4,7 @@
 
 use super::buffer::{declared_too_large, read_limited, BufferError};
 use super::forward::{forward, Origin};
+use super::replay::RequestBody;
 use super::{cors, rewrite, BoxBody};
 use crate::frontdoor::respond::{error, full, not_found};
 use crate::state::{Gateway, Principal, ServiceEntry, Snapshot, UpstreamConfig};
@@ -202,15 +203,15 @@ pub async fn handle(
             "denied".into(),
         );
     }
-    let Some(config) = config else {
+    if config.is_empty() {
         return trace.fail(
             &gw,
             StatusCode::BAD_GATEWAY,
             "no upstream is configured for this request",
             "no dynamicConfig rule matched and the Service has no spec.config".into(),
         );
-    };
-    trace.record.config = config.name.clone();
+    }
+    trace.record.config = config[0].name.clone();
     let admission = match gw
         .limits
         .admit(limit_plan, body_json.as_ref(), crate::state::now_unix())
@@ -237,32 +238,44 @@ pub async fn handle(
     let origin = parts.headers.get(header::ORIGIN).cloned();
 
     let bytes_in = Arc::new(AtomicU64::new(0));
-    let upstream_body: BoxBody = match (buffered, streamed) {
+    let upstream_body = match (buffered, streamed) {
         (Some(b), _) => {
             bytes_in.store(b.len() as u64, Ordering::Relaxed);
-            full(b)
+            RequestBody::Buffered(b)
         }
-        (None, None) => full(bytes::Bytes::new()),
+        (None, None) => RequestBody::Buffered(bytes::Bytes::new()),
         (None, Some(body)) => {
             let counter = bytes_in.clone();
-            ObservedBody::counting(
-                body,
-                Box::new(move |o: BodyOutcome| {
-                    counter.store(o.bytes, Ordering::Relaxed);
-                }),
+            RequestBody::Streamed(
+                ObservedBody::counting(
+                    body,
+                    Box::new(move |o: BodyOutcome| {
+                        counter.store(o.bytes, Ordering::Relaxed);
+                    }),
+                )
+                .boxed(),
             )
-            .boxed()
         }
     };
     let from = Origin {
         client_ip: Some(peer.ip()),
         host: &host,
     };
-    let resp = match forward(&gw, &snap, &config, parts, upstream_body, &from).await {
-        Ok(r) => r,
+    let (resp, config) = match forward(&gw, &snap, &config, parts, upstream_body, &from).await {
+        Ok(f) => {
+            trace.record.config = f.config.name.clone();
+            if f.attempts.len() > 1 {
+                trace.record.attempts = f.attempts;
+            }
+            (f.response, f.config)
+        }
         Err(e) => {
             trace.record.bytes_in = bytes_in.load(Ordering::Relaxed);
             trace.record.upstream_error = Some(usage::failure_kind(e.status));
+            trace.record.config = e.config;
+            if e.attempts.len() > 1 {
+                trace.record.attempts = e.attempts;
+            }
             return trace.fail(&gw, e.status, e.public, e.detail);
         }
     };
@@ -334,21 +347,21 @@ fn preflight(service: &ServiceEntry, req: &Request<Incoming>) -> Option<Response
     Some(Response::from_parts(parts, full(bytes::Bytes::new())))
 }
 
-/// The policy decision and, when allowed, the config to forward with.
+/// The policy decision and, when allowed, the configs to forward with (fallbacks after the first).
 fn decide(
     _snap: &Snapshot,
     service: &ServiceEntry,
     principal: &Principal,
     rules: &RuleSet,
     facts: &RequestFacts<'_>,
-) -> (Decision, Option<Arc<UpstreamConfig>>) {
+) -> (Decision, Vec<Arc<UpstreamConfig>>) {
     if rules.rules().is_empty() {
         return (
             Decision {
                 effect: Effect::Deny,
                 reason: Reason::NoMatch,
             },
-            None,
+            Vec::new(),
         );
     }
     let ctx = EvalContext::new(
@@ -360,14 +373,15 @@ fn decide(
     );
     let decision = rules.decide(&ctx);
     if decision.effect != Effect::Allow {
-        return (decision, None);
+        return (decision, Vec::new());
     }
     let config = service
         .dynamic_rules
         .iter()
         .find(|(cond, _)| cond.evaluate(&ctx))
-        .map(|(_, cfg)| cfg.clone())
-        .or_else(|| service.default_config.clone());
+        .map(|(_, cfgs)| cfgs.clone())
+        .or_else(|| service.default_config.clone().map(|c| vec![c]))
+        .unwrap_or_default();
     (decision, config)
 }
 

@@ -3,9 +3,21 @@
 use super::BoxBody;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use std::collections::HashMap;
 use std::error::Error as StdError;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+type PooledClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, BoxBody>;
+
+/// Per-config overrides of the client's timeouts (`config.upstream.timeout`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Longest wait for a connection; `None` keeps the gateway's flag.
+    pub connect: Option<Duration>,
+    /// Longest wait for the response headers; `None` keeps the gateway's flag.
+    pub response_header: Option<Duration>,
+}
 
 /// How a request to an upstream failed, and so which status the caller answers with.
 #[derive(Debug, thiserror::Error)]
@@ -63,8 +75,13 @@ impl Default for UpstreamOptions {
 /// HTTP/1.1 chosen by ALPN for `https` upstreams, HTTP/1.1 for `http` upstreams. Cheap to clone.
 #[derive(Clone)]
 pub struct UpstreamClient {
-    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, BoxBody>,
+    client: PooledClient,
+    tls: rustls::ClientConfig,
+    connect_timeout: Duration,
     response_header_timeout: Duration,
+    /// Clients for configs with their own connect timeout, built on first use.
+    by_connect_timeout: Arc<Mutex<HashMap<Duration, PooledClient>>>,
+    tokens: Arc<super::upstream_oauth::TokenCache>,
 }
 
 impl UpstreamClient {
@@ -96,27 +113,34 @@ impl UpstreamClient {
             .with_root_certificates(roots)
             .with_no_client_auth();
 
-        let mut tcp = HttpConnector::new();
-        tcp.enforce_http(false);
-        tcp.set_nodelay(true);
-        tcp.set_connect_timeout(Some(opts.connect_timeout));
-        tcp.set_keepalive(Some(Duration::from_secs(60)));
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(tcp);
-        let client = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(64)
-            .build(https);
         Ok(Self {
-            client,
+            client: build_client(tls.clone(), opts.connect_timeout),
+            tls,
+            connect_timeout: opts.connect_timeout,
             response_header_timeout: opts.response_header_timeout,
+            by_connect_timeout: Arc::default(),
+            tokens: Arc::default(),
         })
+    }
+
+    /// The cache of upstream OAuth2 tokens (`http.auth.oauth2ClientCredentials`).
+    pub fn tokens(&self) -> &super::upstream_oauth::TokenCache {
+        &self.tokens
+    }
+
+    fn client_for(&self, connect: Option<Duration>) -> PooledClient {
+        match connect {
+            Some(d) if d != self.connect_timeout => {
+                let mut map = self
+                    .by_connect_timeout
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                map.entry(d)
+                    .or_insert_with(|| build_client(self.tls.clone(), d))
+                    .clone()
+            }
+            _ => self.client.clone(),
+        }
     }
 
     /// Sends a request whose URI is absolute (see `rewrite::upstream_request`) and returns the
@@ -124,17 +148,51 @@ impl UpstreamClient {
     /// HTTP version is ignored: the upstream connection's protocol is chosen by ALPN.
     pub async fn send(
         &self,
+        req: http::Request<BoxBody>,
+    ) -> Result<http::Response<hyper::body::Incoming>, UpstreamError> {
+        self.send_with(req, Timeouts::default()).await
+    }
+
+    /// [`send`](Self::send) with a config's own timeouts.
+    pub async fn send_with(
+        &self,
         mut req: http::Request<BoxBody>,
+        timeouts: Timeouts,
     ) -> Result<http::Response<hyper::body::Incoming>, UpstreamError> {
         // The caller's HTTP version says nothing about the upstream connection: ALPN decides, and
         // hyper refuses an HTTP/2-tagged request on an HTTP/1.1 connection.
         *req.version_mut() = http::Version::HTTP_11;
-        match tokio::time::timeout(self.response_header_timeout, self.client.request(req)).await {
+        let client = self.client_for(timeouts.connect);
+        let wait = timeouts
+            .response_header
+            .unwrap_or(self.response_header_timeout);
+        match tokio::time::timeout(wait, client.request(req)).await {
             Err(_) => Err(UpstreamError::Timeout),
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(e)) => Err(classify(&e)),
         }
     }
+}
+
+/// A pooled client whose connections time out after `connect_timeout`.
+fn build_client(tls: rustls::ClientConfig, connect_timeout: Duration) -> PooledClient {
+    let mut tcp = HttpConnector::new();
+    tcp.enforce_http(false);
+    tcp.set_nodelay(true);
+    tcp.set_connect_timeout(Some(connect_timeout));
+    tcp.set_keepalive(Some(Duration::from_secs(60)));
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(tcp);
+    Client::builder(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(64)
+        .build(https)
 }
 
 /// Sorts a client error into timeout / TLS / connect / protocol by walking its causes.

@@ -3,8 +3,12 @@
 //! A [`Snapshot`] is immutable: a change builds a new one (compiling every condition, so a
 //! bad expression is refused before anything is stored) and swaps it in atomically.
 
+use crate::proxy::balance::{Balancer, Endpoint};
+use crate::proxy::retry::RetryPolicy;
+use crate::proxy::upstream::Timeouts;
 use crate::store::CredentialRecord;
 use postern_common::resources::validate::validate;
+use postern_common::resources::{parse_duration, Upstream};
 use postern_common::resources::{HttpConfig, Kind, Resource, SecretInfo, ServiceSpec, UserSpec};
 pub use postern_policy::BuildError;
 use postern_policy::{values, Catalog, CelValue, CompiledCondition, CompiledRule};
@@ -16,8 +20,22 @@ use std::sync::Arc;
 pub struct UpstreamConfig {
     /// `None` for the Service's default `spec.config`.
     pub name: Option<String>,
+    /// `upstream.url`, or the first `loadBalance` endpoint's.
     pub url: url::Url,
     pub http: Option<HttpConfig>,
+    /// The endpoints (one for a plain `url`) and how one is picked.
+    pub balancer: Balancer,
+    /// `upstream.retry`, with its budget's live counters.
+    pub retry: RetryPolicy,
+    /// `upstream.timeout`.
+    pub timeouts: Timeouts,
+}
+
+impl UpstreamConfig {
+    /// The name the access log uses: the dynamicConfig name or `default`.
+    pub fn label(&self) -> &str {
+        self.name.as_deref().unwrap_or("default")
+    }
 }
 
 /// A Service compiled for the hot path.
@@ -29,8 +47,8 @@ pub struct ServiceEntry {
     /// The Service's own rules (inline policies and referenced Policies).
     pub rules: Vec<Arc<CompiledRule>>,
     pub default_config: Option<Arc<UpstreamConfig>>,
-    /// `dynamicConfig.rules` in order, each with the config it picks.
-    pub dynamic_rules: Vec<(CompiledCondition, Arc<UpstreamConfig>)>,
+    /// `dynamicConfig.rules` in order, each with the configs it picks (fallbacks after the first).
+    pub dynamic_rules: Vec<(CompiledCondition, Vec<Arc<UpstreamConfig>>)>,
     /// Some dynamicConfig condition reads `bodyMap`.
     pub dynamic_reads_body: bool,
 }
@@ -196,22 +214,14 @@ fn build_service(
     };
     let parse = |cfg_name: Option<&str>,
                  field: String,
-                 upstream: Option<&postern_common::resources::Upstream>,
+                 upstream: Option<&Upstream>,
                  http: Option<&HttpConfig>,
                  errors: &mut Vec<BuildError>| {
         let u = upstream?;
-        match url::Url::parse(&u.url) {
-            Ok(url) if url.host_str().is_some() => Some(Arc::new(UpstreamConfig {
-                name: cfg_name.map(str::to_string),
-                url,
-                http: http.cloned(),
-            })),
-            Ok(_) => {
-                errors.push(err(field, format!("{:?} has no host", u.url)));
-                None
-            }
-            Err(e) => {
-                errors.push(err(field, format!("{:?}: {e}", u.url)));
+        match compile_upstream(cfg_name, u, http) {
+            Ok(c) => Some(Arc::new(c)),
+            Err((sub, msg)) => {
+                errors.push(err(format!("{field}{sub}"), msg));
                 None
             }
         }
@@ -219,7 +229,7 @@ fn build_service(
     let default_config = spec.config.as_ref().and_then(|c| {
         parse(
             None,
-            "spec.config.upstream.url".into(),
+            "spec.config.upstream".into(),
             c.upstream.as_ref(),
             c.http.as_ref(),
             errors,
@@ -232,7 +242,7 @@ fn build_service(
         for (i, c) in dc.configs.iter().enumerate() {
             if let Some(u) = parse(
                 Some(&c.name),
-                format!("spec.dynamicConfig.configs[{i}].upstream.url"),
+                format!("spec.dynamicConfig.configs[{i}].upstream"),
                 c.upstream.as_ref(),
                 c.http.as_ref(),
                 errors,
@@ -245,8 +255,13 @@ fn build_service(
             match CompiledCondition::compile(&rule.condition, &field) {
                 Ok(cond) => {
                     dynamic_reads_body |= cond.reads_body();
-                    if let Some(cfg) = named.get(rule.config_name.as_str()) {
-                        dynamic_rules.push((cond, cfg.clone()));
+                    let cfgs: Vec<_> = rule
+                        .names()
+                        .into_iter()
+                        .filter_map(|n| named.get(n).cloned())
+                        .collect();
+                    if !cfgs.is_empty() {
+                        dynamic_rules.push((cond, cfgs));
                     }
                 }
                 Err(es) => errors.extend(es.into_iter().map(|e| err(e.field, e.message))),
@@ -263,3 +278,64 @@ fn build_service(
         dynamic_reads_body,
     })
 }
+
+/// An absolute `http(s)` URL with a host, or the message saying why not.
+fn parse_url(raw: &str) -> Result<url::Url, String> {
+    match url::Url::parse(raw) {
+        Ok(url) if url.host_str().is_some() => Ok(url),
+        Ok(_) => Err(format!("{raw:?} has no host")),
+        Err(e) => Err(format!("{raw:?}: {e}")),
+    }
+}
+
+/// Compiles one config's upstream: endpoints, retry policy, timeouts. Errors carry the field
+/// path below `upstream` (e.g. `.loadBalance.endpoints[1].url`).
+fn compile_upstream(
+    name: Option<&str>,
+    u: &Upstream,
+    http: Option<&HttpConfig>,
+) -> Result<UpstreamConfig, (String, String)> {
+    let (endpoints, policy) = match &u.load_balance {
+        Some(lb) => {
+            let mut eps = Vec::new();
+            for (i, e) in lb.endpoints.iter().enumerate() {
+                let url = parse_url(&e.url)
+                    .map_err(|m| (format!(".loadBalance.endpoints[{i}].url"), m))?;
+                let mut h = http.cloned();
+                if let Some(a) = &e.auth {
+                    h.get_or_insert_with(HttpConfig::default).auth = Some(a.clone());
+                }
+                eps.push(Endpoint::new(url, h));
+            }
+            if eps.is_empty() {
+                return Err((
+                    ".loadBalance.endpoints".into(),
+                    "must list at least one endpoint".into(),
+                ));
+            }
+            (eps, lb.policy)
+        }
+        None => {
+            let url = parse_url(&u.url).map_err(|m| (".url".to_string(), m))?;
+            (vec![Endpoint::new(url, http.cloned())], Default::default())
+        }
+    };
+    let dur = |v: Option<&String>| v.and_then(|s| parse_duration(s).ok());
+    let timeouts = Timeouts {
+        connect: dur(u.timeout.as_ref().and_then(|t| t.connect.as_ref())),
+        response_header: dur(u.timeout.as_ref().and_then(|t| t.response_header.as_ref())),
+    };
+    let balancer = Balancer::new(endpoints, policy);
+    Ok(UpstreamConfig {
+        name: name.map(str::to_string),
+        url: balancer.get(0).url.clone(),
+        http: http.cloned(),
+        balancer,
+        retry: RetryPolicy::from_spec(u.retry.as_ref()),
+        timeouts,
+    })
+}
+
+#[cfg(test)]
+#[path = "snapshot_upstream_tests.rs"]
+mod upstream_tests;

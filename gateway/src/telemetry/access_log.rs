@@ -63,6 +63,10 @@ pub struct AccessRecord {
     /// ...), for metrics; not written to the log.
     #[serde(skip)]
     pub upstream_error: Option<&'static str>,
+    /// Upstream tries when there was more than one (retry or fallback), as `config:outcome`,
+    /// e.g. `["openai:502", "gemini:200"]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attempts: Vec<String>,
 }
 
 impl AccessRecord {
@@ -95,6 +99,7 @@ impl AccessRecord {
             usage_estimated: false,
             error: None,
             upstream_error: None,
+            attempts: Vec::new(),
         }
     }
 }
