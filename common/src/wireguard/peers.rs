@@ -1,0 +1,668 @@
+//! The WireGuard protocol state of many peers behind one UDP socket, without any I/O.
+//!
+//! The table is a pure state machine (in the spirit of `quinn-proto`): callers feed it
+//! datagrams, outgoing IP packets and clock ticks, and it answers with [`Action`]s to
+//! perform. That keeps the cryptokey routing rules (who may use which tunnel address)
+//! testable in memory and lets the gateway and the agent drive it with any I/O.
+//!
+//! Each peer owns a boringtun [`Tunn`]; boringtun encodes our 24-bit peer index in the
+//! upper bits of every session index it hands out (`index << 8`, the low byte rotates per
+//! session), so the receiver index of a response, cookie reply or data packet leads
+//! straight back to the peer. Handshake initiations carry no receiver index: the
+//! initiator's static key is decrypted with [`parse_handshake_anon`] and looked up.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use boringtun::noise::errors::WireGuardError;
+use boringtun::noise::handshake::parse_handshake_anon;
+use boringtun::noise::rate_limiter::RateLimiter;
+use boringtun::noise::{Packet, Tunn, TunnResult};
+
+use super::keys::{KeyPair, PublicKey};
+
+/// Largest datagram we build or accept: an IP packet up to 65535 bytes plus WireGuard's overhead.
+const BUF_SIZE: usize = 65535 + 32;
+/// Peer indices are 24 bits: boringtun keeps the low 8 bits of a session index for itself.
+const MAX_INDEX: u32 = (1 << 24) - 1;
+/// Handshake messages per second, over all peers, before cookie replies are demanded.
+pub const DEFAULT_HANDSHAKE_RATE_LIMIT: u64 = 100;
+
+/// Identifies a peer inside one table; it is also the 24-bit index in its session indices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PeerId(pub u32);
+
+/// An address range a peer may use as inner source and that routes to it (cryptokey routing).
+///
+/// The gateway gives each session a /32 and a /128; the agent gives the gateway whole ranges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct AllowedIp {
+    addr: IpAddr,
+    prefix_len: u8,
+}
+
+impl AllowedIp {
+    /// A range; host bits of `addr` are cleared so equal ranges compare equal.
+    pub fn new(addr: IpAddr, prefix_len: u8) -> Result<Self, PeerError> {
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        if prefix_len > max {
+            return Err(PeerError::PrefixLength { addr, prefix_len });
+        }
+        Ok(AllowedIp {
+            addr: mask(addr, prefix_len),
+            prefix_len,
+        })
+    }
+
+    /// A single address (/32 or /128), the usual allowance for a client session.
+    pub fn host(addr: IpAddr) -> Self {
+        let prefix_len = if addr.is_ipv4() { 32 } else { 128 };
+        AllowedIp { addr, prefix_len }
+    }
+
+    /// Whether `ip` falls in the range.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        ip.is_ipv4() == self.addr.is_ipv4() && mask(ip, self.prefix_len) == self.addr
+    }
+
+    fn is_host(&self) -> bool {
+        self.prefix_len == if self.addr.is_ipv4() { 32 } else { 128 }
+    }
+}
+
+fn mask(addr: IpAddr, prefix_len: u8) -> IpAddr {
+    match addr {
+        IpAddr::V4(a) => {
+            let bits = u32::from(a);
+            let m = if prefix_len == 0 {
+                0
+            } else {
+                u32::MAX << (32 - u32::from(prefix_len))
+            };
+            IpAddr::V4((bits & m).into())
+        }
+        IpAddr::V6(a) => {
+            let bits = u128::from(a);
+            let m = if prefix_len == 0 {
+                0
+            } else {
+                u128::MAX << (128 - u32::from(prefix_len))
+            };
+            IpAddr::V6((bits & m).into())
+        }
+    }
+}
+
+impl From<IpAddr> for AllowedIp {
+    fn from(addr: IpAddr) -> Self {
+        AllowedIp::host(addr)
+    }
+}
+
+impl std::fmt::Display for AllowedIp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix_len)
+    }
+}
+
+/// What the caller must do after feeding the table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Send these bytes as one UDP datagram.
+    SendDatagram {
+        /// The peer's current endpoint (or the source of the datagram being answered).
+        to: SocketAddr,
+        /// A complete WireGuard message.
+        bytes: Vec<u8>,
+    },
+    /// A decrypted IP packet whose inner source belongs to `peer`: hand it to the network stack.
+    DeliverPacket {
+        /// The authenticated sender; identity in the tunnel comes from here.
+        peer: PeerId,
+        /// The IPv4 or IPv6 packet, trimmed to its header's length.
+        packet: Vec<u8>,
+    },
+}
+
+/// Why the table refused an operation.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PeerError {
+    /// Each public key is one peer; replace by removing first.
+    #[error("peer {0} is already configured")]
+    DuplicatePeer(PublicKey),
+    /// Two peers cannot own the same range: routing and source checks would be ambiguous.
+    #[error("allowed address {0} already belongs to another peer")]
+    AddressInUse(AllowedIp),
+    /// A prefix longer than the address family allows.
+    #[error("prefix length {prefix_len} is too long for {addr}")]
+    PrefixLength {
+        /// The address given.
+        addr: IpAddr,
+        /// The prefix length given.
+        prefix_len: u8,
+    },
+    /// All 2^24 - 1 peer indices are in use.
+    #[error("no free peer index")]
+    IndicesExhausted,
+}
+
+/// Why an outgoing IP packet could not be sent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    /// The bytes are not an IPv4 or IPv6 packet with a complete header.
+    #[error("not an IP packet")]
+    NotIp,
+    /// No peer's allowed addresses contain the destination.
+    #[error("no peer routes {0}")]
+    NoRoute(IpAddr),
+    /// The peer exists but has never been heard from and has no configured endpoint.
+    #[error("peer {0:?} has no known endpoint yet")]
+    NoEndpoint(PeerId),
+    /// boringtun refused to encrypt (for example the packet is too large for the buffer).
+    #[error("encryption failed: {0}")]
+    Encrypt(String),
+}
+
+/// Counters and times for one peer, for the control API and idle expiry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeerStats {
+    /// The table's handle for the peer.
+    pub id: PeerId,
+    /// The peer's identity.
+    pub public_key: PublicKey,
+    /// Where its last authenticated datagram came from (or the configured endpoint).
+    pub endpoint: Option<SocketAddr>,
+    /// When the last handshake completed, as far as this table saw.
+    pub last_handshake: Option<Instant>,
+    /// Last authenticated datagram from the peer.
+    pub last_rx: Option<Instant>,
+    /// Last datagram sent to the peer.
+    pub last_tx: Option<Instant>,
+    /// Bytes of authenticated WireGuard datagrams received.
+    pub rx_bytes: u64,
+    /// Bytes of WireGuard datagrams sent.
+    pub tx_bytes: u64,
+    /// Decrypted packets dropped because their inner source was not the peer's.
+    pub spoofed_dropped: u64,
+}
+
+/// Table-wide counters: what was dropped and why, so abuse is visible.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TableCounters {
+    /// Datagrams that failed parsing, MACs or decryption.
+    pub invalid_dropped: u64,
+    /// Handshake initiations from keys not in the table, or indices of no peer.
+    pub unknown_peer_dropped: u64,
+    /// Decrypted packets whose inner source did not belong to the sending peer.
+    pub spoofed_dropped: u64,
+    /// Cookie replies sent because handshakes arrived faster than the rate limit.
+    pub cookie_replies: u64,
+}
+
+/// A snapshot of the table's counters and peers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TableStats {
+    /// Table-wide drop and cookie counters.
+    pub counters: TableCounters,
+    /// One entry per peer, ordered by id.
+    pub peers: Vec<PeerStats>,
+}
+
+struct Peer {
+    public_key: PublicKey,
+    tunn: Tunn,
+    allowed: Vec<AllowedIp>,
+    endpoint: Option<SocketAddr>,
+    added: Instant,
+    last_handshake: Option<Instant>,
+    last_rx: Option<Instant>,
+    last_tx: Option<Instant>,
+    rx_bytes: u64,
+    tx_bytes: u64,
+    spoofed_dropped: u64,
+}
+
+impl Peer {
+    fn source_allowed(&self, src: IpAddr) -> bool {
+        self.allowed.iter().any(|a| a.contains(src))
+    }
+
+    fn stats(&self, id: PeerId) -> PeerStats {
+        PeerStats {
+            id,
+            public_key: self.public_key,
+            endpoint: self.endpoint,
+            last_handshake: self.last_handshake,
+            last_rx: self.last_rx,
+            last_tx: self.last_tx,
+            rx_bytes: self.rx_bytes,
+            tx_bytes: self.tx_bytes,
+            spoofed_dropped: self.spoofed_dropped,
+        }
+    }
+}
+
+/// Every peer of one WireGuard interface, keyed by public key, by index and by address.
+pub struct PeerTable {
+    keys: KeyPair,
+    rate_limiter: Arc<RateLimiter>,
+    peers: HashMap<PeerId, Peer>,
+    by_key: HashMap<PublicKey, PeerId>,
+    /// Single-address allowances (every client session): an exact lookup.
+    hosts: HashMap<IpAddr, PeerId>,
+    /// Wider ranges (the agent's route to the gateway): longest prefix wins.
+    ranges: Vec<(AllowedIp, PeerId)>,
+    next_index: u32,
+    counters: TableCounters,
+    buf: Vec<u8>,
+}
+
+impl std::fmt::Debug for PeerTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerTable")
+            .field("public_key", &self.keys.public)
+            .field("peers", &self.peers.len())
+            .field("counters", &self.counters)
+            .finish()
+    }
+}
+
+impl PeerTable {
+    /// A table for the interface with `keys`, with the default handshake rate limit.
+    pub fn new(keys: KeyPair) -> Self {
+        Self::with_rate_limit(keys, DEFAULT_HANDSHAKE_RATE_LIMIT)
+    }
+
+    /// A table whose peers share one rate limiter: past `handshakes_per_second` handshake
+    /// messages (all peers together), initiators must prove their address with a cookie.
+    pub fn with_rate_limit(keys: KeyPair, handshakes_per_second: u64) -> Self {
+        // A handshake message passes the limiter twice (our pre-check before the costly
+        // Diffie-Hellman, then boringtun's own check inside decapsulate), so count double.
+        let limiter = RateLimiter::new(&keys.public.to_dalek(), handshakes_per_second * 2);
+        PeerTable {
+            keys,
+            rate_limiter: Arc::new(limiter),
+            peers: HashMap::new(),
+            by_key: HashMap::new(),
+            hosts: HashMap::new(),
+            ranges: Vec::new(),
+            next_index: 1 + rand::random::<u32>() % MAX_INDEX,
+            counters: TableCounters::default(),
+            buf: vec![0; BUF_SIZE],
+        }
+    }
+
+    /// This interface's public key, which peers configure.
+    pub fn public_key(&self) -> PublicKey {
+        self.keys.public
+    }
+
+    /// Number of configured peers.
+    pub fn len(&self) -> usize {
+        self.peers.len()
+    }
+
+    /// Whether no peer is configured.
+    pub fn is_empty(&self) -> bool {
+        self.peers.is_empty()
+    }
+
+    /// The peer with this public key, if configured.
+    pub fn peer_id(&self, public_key: &PublicKey) -> Option<PeerId> {
+        self.by_key.get(public_key).copied()
+    }
+
+    /// The public key of a peer, to map a delivered packet to its session.
+    pub fn peer_key(&self, id: PeerId) -> Option<PublicKey> {
+        self.peers.get(&id).map(|p| p.public_key)
+    }
+
+    /// Adds a peer that may use `allowed_ips` as inner source and receives packets for them.
+    ///
+    /// `endpoint` is where to send before the peer has spoken (the agent knows the gateway's
+    /// address; the gateway learns clients' addresses from their handshakes).
+    /// `keepalive` is WireGuard's persistent keepalive in seconds, for peers behind NAT.
+    pub fn add_peer(
+        &mut self,
+        public_key: PublicKey,
+        allowed_ips: &[AllowedIp],
+        endpoint: Option<SocketAddr>,
+        keepalive: Option<u16>,
+        now: Instant,
+    ) -> Result<PeerId, PeerError> {
+        if self.by_key.contains_key(&public_key) {
+            return Err(PeerError::DuplicatePeer(public_key));
+        }
+        for a in allowed_ips {
+            let taken = if a.is_host() {
+                self.hosts.contains_key(&a.addr)
+            } else {
+                self.ranges.iter().any(|(r, _)| r == a)
+            };
+            if taken {
+                return Err(PeerError::AddressInUse(*a));
+            }
+        }
+        let id = self.allocate_index()?;
+        let tunn = Tunn::new(
+            self.keys.private.secret().clone(),
+            public_key.to_dalek(),
+            None,
+            keepalive.filter(|k| *k > 0),
+            id.0,
+            Some(self.rate_limiter.clone()),
+        );
+        for a in allowed_ips {
+            if a.is_host() {
+                self.hosts.insert(a.addr, id);
+            } else {
+                self.ranges.push((*a, id));
+            }
+        }
+        self.ranges
+            .sort_by(|a, b| b.0.prefix_len.cmp(&a.0.prefix_len));
+        self.by_key.insert(public_key, id);
+        self.peers.insert(
+            id,
+            Peer {
+                public_key,
+                tunn,
+                allowed: allowed_ips.to_vec(),
+                endpoint,
+                added: now,
+                last_handshake: None,
+                last_rx: None,
+                last_tx: None,
+                rx_bytes: 0,
+                tx_bytes: 0,
+                spoofed_dropped: 0,
+            },
+        );
+        Ok(id)
+    }
+
+    fn allocate_index(&mut self) -> Result<PeerId, PeerError> {
+        if self.peers.len() >= MAX_INDEX as usize {
+            return Err(PeerError::IndicesExhausted);
+        }
+        // Walk forward from a random start so a removed peer's index is not reused at once
+        // (late datagrams for it would only fail decryption, but this keeps logs clear).
+        loop {
+            let candidate = self.next_index;
+            self.next_index = if candidate >= MAX_INDEX {
+                1
+            } else {
+                candidate + 1
+            };
+            if !self.peers.contains_key(&PeerId(candidate)) {
+                return Ok(PeerId(candidate));
+            }
+        }
+    }
+
+    /// Removes a peer at once: its sessions, routes and source allowances go with it.
+    pub fn remove_peer(&mut self, public_key: &PublicKey) -> Option<PeerId> {
+        let id = self.by_key.remove(public_key)?;
+        self.peers.remove(&id);
+        self.hosts.retain(|_, p| *p != id);
+        self.ranges.retain(|(_, p)| *p != id);
+        Some(id)
+    }
+
+    /// Removes peers with no authenticated datagram for `max_idle` (counting from when they
+    /// were added if never heard from), so abandoned sessions free their addresses.
+    pub fn expire_idle(&mut self, now: Instant, max_idle: Duration) -> Vec<PublicKey> {
+        let idle: Vec<PublicKey> = self
+            .peers
+            .values()
+            .filter(|p| now.saturating_duration_since(p.last_rx.unwrap_or(p.added)) >= max_idle)
+            .map(|p| p.public_key)
+            .collect();
+        for key in &idle {
+            self.remove_peer(key);
+        }
+        idle
+    }
+
+    /// The peer whose allowed addresses contain `dst` (exact host first, then longest prefix).
+    pub fn route(&self, dst: IpAddr) -> Option<PeerId> {
+        if let Some(id) = self.hosts.get(&dst) {
+            return Some(*id);
+        }
+        self.ranges
+            .iter()
+            .find(|(r, _)| r.contains(dst))
+            .map(|(_, id)| *id)
+    }
+
+    /// Processes one UDP datagram received from `from`.
+    pub fn handle_datagram(
+        &mut self,
+        from: SocketAddr,
+        datagram: &[u8],
+        now: Instant,
+    ) -> Vec<Action> {
+        let mut actions = Vec::new();
+        let packet = match Tunn::parse_incoming_packet(datagram) {
+            Ok(p) => p,
+            Err(_) => {
+                self.counters.invalid_dropped += 1;
+                return actions;
+            }
+        };
+        let is_handshake = matches!(
+            packet,
+            Packet::HandshakeInit(_) | Packet::HandshakeResponse(_)
+        );
+        if is_handshake {
+            // MAC1 check and, under load, the cookie demand, before any Diffie-Hellman.
+            match self
+                .rate_limiter
+                .verify_packet(Some(from.ip()), datagram, &mut self.buf)
+            {
+                Ok(_) => {}
+                Err(TunnResult::WriteToNetwork(cookie)) => {
+                    self.counters.cookie_replies += 1;
+                    actions.push(Action::SendDatagram {
+                        to: from,
+                        bytes: cookie.to_vec(),
+                    });
+                    return actions;
+                }
+                Err(_) => {
+                    self.counters.invalid_dropped += 1;
+                    return actions;
+                }
+            }
+        }
+        let id = match &packet {
+            Packet::HandshakeInit(init) => {
+                let half = match parse_handshake_anon(
+                    self.keys.private.secret(),
+                    &self.keys.public.to_dalek(),
+                    init,
+                ) {
+                    Ok(h) => h,
+                    Err(_) => {
+                        self.counters.invalid_dropped += 1;
+                        return actions;
+                    }
+                };
+                match self
+                    .by_key
+                    .get(&PublicKey::from_bytes(half.peer_static_public))
+                {
+                    Some(id) => *id,
+                    None => {
+                        self.counters.unknown_peer_dropped += 1;
+                        return actions;
+                    }
+                }
+            }
+            Packet::HandshakeResponse(p) => PeerId(p.receiver_idx >> 8),
+            Packet::PacketCookieReply(p) => PeerId(p.receiver_idx >> 8),
+            Packet::PacketData(p) => PeerId(p.receiver_idx >> 8),
+        };
+        let Some(peer) = self.peers.get_mut(&id) else {
+            self.counters.unknown_peer_dropped += 1;
+            return actions;
+        };
+
+        let mut handshake_done = is_handshake;
+        match peer
+            .tunn
+            .decapsulate(Some(from.ip()), datagram, &mut self.buf)
+        {
+            TunnResult::Done => {}
+            TunnResult::Err(e) => {
+                tracing::trace!(peer = id.0, error = ?e, "dropped WireGuard datagram");
+                self.counters.invalid_dropped += 1;
+                return actions;
+            }
+            TunnResult::WriteToNetwork(bytes) => {
+                actions.push(Action::SendDatagram {
+                    to: from,
+                    bytes: bytes.to_vec(),
+                });
+                // Packets queued while the handshake ran go out now.
+                while let TunnResult::WriteToNetwork(bytes) =
+                    peer.tunn.decapsulate(None, &[], &mut self.buf)
+                {
+                    actions.push(Action::SendDatagram {
+                        to: from,
+                        bytes: bytes.to_vec(),
+                    });
+                }
+            }
+            TunnResult::WriteToTunnelV4(packet, src) => {
+                handshake_done = false;
+                deliver(
+                    peer,
+                    id,
+                    IpAddr::V4(src),
+                    packet,
+                    &mut self.counters,
+                    &mut actions,
+                );
+            }
+            TunnResult::WriteToTunnelV6(packet, src) => {
+                handshake_done = false;
+                deliver(
+                    peer,
+                    id,
+                    IpAddr::V6(src),
+                    packet,
+                    &mut self.counters,
+                    &mut actions,
+                );
+            }
+        }
+        // Authenticated: the peer is where this datagram came from (roaming).
+        peer.endpoint = Some(from);
+        peer.last_rx = Some(now);
+        peer.rx_bytes += datagram.len() as u64;
+        if handshake_done {
+            peer.last_handshake = Some(now);
+        }
+        for a in &actions {
+            if let Action::SendDatagram { bytes, .. } = a {
+                peer.last_tx = Some(now);
+                peer.tx_bytes += bytes.len() as u64;
+            }
+        }
+        actions
+    }
+
+    /// Encrypts an outgoing IP packet for the peer owning its destination address.
+    ///
+    /// Nothing queues here: before a session exists boringtun keeps the packet and this
+    /// returns the handshake initiation to send instead (or nothing if one is in flight).
+    pub fn send_packet(
+        &mut self,
+        packet: &[u8],
+        now: Instant,
+    ) -> Result<Option<Action>, SendError> {
+        let dst = Tunn::dst_address(packet).ok_or(SendError::NotIp)?;
+        let id = self.route(dst).ok_or(SendError::NoRoute(dst))?;
+        let peer = self.peers.get_mut(&id).ok_or(SendError::NoRoute(dst))?;
+        let to = peer.endpoint;
+        match peer.tunn.encapsulate(packet, &mut self.buf) {
+            TunnResult::WriteToNetwork(bytes) => {
+                let to = to.ok_or(SendError::NoEndpoint(id))?;
+                peer.last_tx = Some(now);
+                peer.tx_bytes += bytes.len() as u64;
+                Ok(Some(Action::SendDatagram {
+                    to,
+                    bytes: bytes.to_vec(),
+                }))
+            }
+            TunnResult::Err(e) => Err(SendError::Encrypt(format!("{e:?}"))),
+            _ => Ok(None),
+        }
+    }
+
+    /// Runs every peer's timers: handshake retries, rekeys and keepalives. Call every 100-250 ms.
+    pub fn tick(&mut self, now: Instant) -> Vec<Action> {
+        self.rate_limiter.reset_count();
+        let mut actions = Vec::new();
+        for peer in self.peers.values_mut() {
+            match peer.tunn.update_timers(&mut self.buf) {
+                TunnResult::WriteToNetwork(bytes) => {
+                    if let Some(to) = peer.endpoint {
+                        peer.last_tx = Some(now);
+                        peer.tx_bytes += bytes.len() as u64;
+                        actions.push(Action::SendDatagram {
+                            to,
+                            bytes: bytes.to_vec(),
+                        });
+                    }
+                }
+                // Expired sessions stay quiet until new traffic starts a handshake.
+                TunnResult::Err(WireGuardError::ConnectionExpired) => {}
+                TunnResult::Err(e) => {
+                    tracing::debug!(peer = ?peer.public_key, error = ?e, "WireGuard timer error")
+                }
+                _ => {}
+            }
+        }
+        actions
+    }
+
+    /// Counters and per-peer statistics.
+    pub fn stats(&self) -> TableStats {
+        let mut peers: Vec<PeerStats> = self.peers.iter().map(|(id, p)| p.stats(*id)).collect();
+        peers.sort_by_key(|p| p.id);
+        TableStats {
+            counters: self.counters.clone(),
+            peers,
+        }
+    }
+
+    /// Statistics of one peer.
+    pub fn peer_stats(&self, public_key: &PublicKey) -> Option<PeerStats> {
+        let id = self.peer_id(public_key)?;
+        self.peers.get(&id).map(|p| p.stats(id))
+    }
+}
+
+fn deliver(
+    peer: &mut Peer,
+    id: PeerId,
+    src: IpAddr,
+    packet: &[u8],
+    counters: &mut TableCounters,
+    actions: &mut Vec<Action>,
+) {
+    if peer.source_allowed(src) {
+        actions.push(Action::DeliverPacket {
+            peer: id,
+            packet: packet.to_vec(),
+        });
+    } else {
+        tracing::debug!(peer = ?peer.public_key, %src, "dropped packet with spoofed inner source");
+        peer.spoofed_dropped += 1;
+        counters.spoofed_dropped += 1;
+    }
+}
