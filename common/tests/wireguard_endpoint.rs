@@ -38,7 +38,9 @@ async fn two_endpoints_exchange_packets_over_udp() {
     let gw_keys = KeyPair::generate();
     let client_keys = KeyPair::generate();
     let (gateway, mut gw_rx) = Endpoint::bind(gw_keys.clone(), loopback()).await.unwrap();
-    let (client, mut client_rx) = Endpoint::bind(client_keys.clone(), loopback()).await.unwrap();
+    let (client, mut client_rx) = Endpoint::bind(client_keys.clone(), loopback())
+        .await
+        .unwrap();
 
     gateway
         .add_peer(
@@ -121,6 +123,8 @@ async fn two_endpoints_exchange_packets_over_udp() {
         .send_packet(&ipv4_udp(CLIENT, SERVICE, b"late"))
         .await
         .unwrap();
-    assert!(timeout(Duration::from_millis(400), gw_rx.recv()).await.is_err());
+    assert!(timeout(Duration::from_millis(400), gw_rx.recv())
+        .await
+        .is_err());
     assert!(gateway.stats().counters.unknown_peer_dropped >= 1);
 }

@@ -29,6 +29,8 @@ const BUF_SIZE: usize = 65535 + 32;
 const MAX_INDEX: u32 = (1 << 24) - 1;
 /// Handshake messages per second, over all peers, before cookie replies are demanded.
 pub const DEFAULT_HANDSHAKE_RATE_LIMIT: u64 = 100;
+/// WireGuard message type of a cookie reply (first byte, little-endian u32).
+const COOKIE_REPLY: u8 = 3;
 
 /// Identifies a peer inside one table; it is also the 24-bit index in its session indices.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -362,7 +364,7 @@ impl PeerTable {
             }
         }
         self.ranges
-            .sort_by(|a, b| b.0.prefix_len.cmp(&a.0.prefix_len));
+            .sort_by_key(|(r, _)| std::cmp::Reverse(r.prefix_len));
         self.by_key.insert(public_key, id);
         self.peers.insert(
             id,
@@ -519,6 +521,16 @@ impl PeerTable {
             TunnResult::Err(e) => {
                 tracing::trace!(peer = id.0, error = ?e, "dropped WireGuard datagram");
                 self.counters.invalid_dropped += 1;
+                return actions;
+            }
+            TunnResult::WriteToNetwork(bytes) if bytes.first() == Some(&COOKIE_REPLY) => {
+                // boringtun's own limiter check (the second one) tipped into "under load":
+                // the sender is not authenticated yet, so it must not move the endpoint.
+                self.counters.cookie_replies += 1;
+                actions.push(Action::SendDatagram {
+                    to: from,
+                    bytes: bytes.to_vec(),
+                });
                 return actions;
             }
             TunnResult::WriteToNetwork(bytes) => {
@@ -1061,6 +1073,49 @@ mod tests {
         // The initiator accepts the cookie (it will add MAC2 to its next initiation).
         assert!(client.handle_datagram(gw_addr, cookie, now).is_empty());
         assert_eq!(client.stats().counters, TableCounters::default());
+    }
+
+    #[test]
+    fn cookie_from_second_limiter_check_does_not_move_endpoint() {
+        let keys = KeyPair::generate();
+        let client_keys = KeyPair::generate();
+        let now = Instant::now();
+        let mut gw = PeerTable::with_rate_limit(keys.clone(), 1);
+        let configured = SocketAddr::from(([192, 0, 2, 1], 51820));
+        gw.add_peer(
+            client_keys.public,
+            &[IpAddr::from(C1_V4).into()],
+            Some(configured),
+            None,
+            now,
+        )
+        .unwrap();
+        let init = |k: KeyPair| {
+            let mut t = PeerTable::new(k);
+            t.add_peer(
+                keys.public,
+                &[IpAddr::from(SVC_V4).into()],
+                Some(configured),
+                None,
+                now,
+            )
+            .unwrap();
+            match t.send_packet(&ipv4(C1_V4, SVC_V4, b"x"), now).unwrap() {
+                Some(Action::SendDatagram { bytes, .. }) => bytes,
+                other => panic!("{other:?}"),
+            }
+        };
+        let from = SocketAddr::from(([127, 0, 0, 2], 40000));
+        // A stranger's initiation uses up the pre-check's budget...
+        assert!(gw
+            .handle_datagram(from, &init(KeyPair::generate()), now)
+            .is_empty());
+        // ...so this one passes our check but boringtun's own check answers with a cookie.
+        let out = gw.handle_datagram(from, &init(client_keys.clone()), now);
+        assert!(matches!(&out[..], [Action::SendDatagram { bytes, .. }] if bytes.len() == 64));
+        let stats = gw.peer_stats(&client_keys.public).unwrap();
+        assert_eq!(stats.endpoint, Some(configured));
+        assert_eq!(stats.last_rx, None);
     }
 
     #[test]
