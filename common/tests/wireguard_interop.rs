@@ -185,6 +185,7 @@ async fn wireguard_go_pings_our_endpoint() {
         .env("WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD", "1")
         .env("LOG_LEVEL", "error")
         .stdout(Stdio::null())
+        .stderr(Stdio::null())
         .spawn()
         .unwrap();
     cleanup.daemon = Some(daemon);
