@@ -1,0 +1,104 @@
+//! A smoltcp device whose wire is a pair of packet channels.
+//!
+//! The stack knows nothing of WireGuard: whatever feeds decrypted IP packets into a
+//! channel and drains another one (the WireGuard endpoint, or a test cable) is a link.
+
+use std::collections::VecDeque;
+
+use smoltcp::phy::{self, DeviceCapabilities, Medium};
+use smoltcp::time::Instant;
+use tokio::sync::mpsc;
+
+/// An IP-medium [`phy::Device`] fed from a queue and transmitting into a bounded
+/// tokio channel.
+///
+/// When the outgoing channel is full, `transmit` declines, so smoltcp keeps the data
+/// in its socket buffers (backpressure instead of loss); the poll loop then waits for
+/// capacity.
+#[derive(Debug)]
+pub struct ChannelDevice {
+    rx: VecDeque<Vec<u8>>,
+    tx: mpsc::Sender<Vec<u8>>,
+    mtu: usize,
+    tx_blocked: bool,
+}
+
+impl ChannelDevice {
+    /// A device sending into `tx`, with packets of at most `mtu` bytes.
+    pub fn new(tx: mpsc::Sender<Vec<u8>>, mtu: usize) -> Self {
+        Self {
+            rx: VecDeque::new(),
+            tx,
+            mtu,
+            tx_blocked: false,
+        }
+    }
+
+    /// Queues a packet received from the tunnel for the next poll.
+    pub fn push_rx(&mut self, packet: Vec<u8>) {
+        self.rx.push_back(packet);
+    }
+
+    /// Packets queued and not yet processed.
+    pub fn rx_len(&self) -> usize {
+        self.rx.len()
+    }
+
+    /// Whether a transmission was declined for lack of channel capacity since the
+    /// last call (and resets the flag).
+    pub fn take_tx_blocked(&mut self) -> bool {
+        std::mem::take(&mut self.tx_blocked)
+    }
+
+    /// The outgoing channel, to wait for capacity on.
+    pub fn sender(&self) -> &mpsc::Sender<Vec<u8>> {
+        &self.tx
+    }
+}
+
+/// A received packet handed to smoltcp.
+pub struct RxToken(Vec<u8>);
+
+/// Permission to send one packet into the channel.
+pub struct TxToken<'a>(&'a mpsc::Sender<Vec<u8>>);
+
+impl phy::RxToken for RxToken {
+    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+        f(&self.0)
+    }
+}
+
+impl phy::TxToken for TxToken<'_> {
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        let mut packet = vec![0; len];
+        let r = f(&mut packet);
+        // Replies generated while receiving may find the channel full: IP may drop them.
+        let _ = self.0.try_send(packet);
+        r
+    }
+}
+
+impl phy::Device for ChannelDevice {
+    type RxToken<'a> = RxToken;
+    type TxToken<'a> = TxToken<'a>;
+
+    fn receive(&mut self, _now: Instant) -> Option<(RxToken, TxToken<'_>)> {
+        let packet = self.rx.pop_front()?;
+        Some((RxToken(packet), TxToken(&self.tx)))
+    }
+
+    fn transmit(&mut self, _now: Instant) -> Option<TxToken<'_>> {
+        if self.tx.capacity() == 0 {
+            self.tx_blocked = true;
+            return None;
+        }
+        Some(TxToken(&self.tx))
+    }
+
+    fn capabilities(&self) -> DeviceCapabilities {
+        let mut caps = DeviceCapabilities::default();
+        caps.medium = Medium::Ip;
+        caps.max_transmission_unit = self.mtu;
+        caps
+    }
+}
