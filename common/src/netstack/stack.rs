@@ -79,7 +79,11 @@ impl NetStack {
             },
         );
         core.maintain_listeners();
-        if core.listeners.get(&id).is_some_and(|l| l.listening.is_empty()) {
+        if core
+            .listeners
+            .get(&id)
+            .is_some_and(|l| l.listening.is_empty())
+        {
             core.listeners.remove(&id);
             return Err(NetError::TooManyTcpSockets(core.config.max_tcp_sockets));
         }
@@ -215,14 +219,14 @@ async fn poll_loop(
                 let r = core
                     .iface
                     .poll_ingress_single(now, &mut device, &mut core.sockets);
-                if r == PollIngressSingleResult::SocketStateChanged && !core.listeners.is_empty()
-                {
+                if r == PollIngressSingleResult::SocketStateChanged && !core.listeners.is_empty() {
                     core.maintain_listeners();
                 }
             }
             core.iface.poll_egress(now, &mut device, &mut core.sockets);
             core.maintain_listeners();
             core.reap_orphans(now);
+            core.reap_udp();
             let delay = core.iface.poll_delay(now, &core.sockets);
             (delay, core.closed)
         };

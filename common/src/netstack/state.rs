@@ -60,6 +60,8 @@ pub(crate) struct Core {
     pub(crate) orphans: Vec<(SocketHandle, Instant)>,
     pub(crate) tcp_count: usize,
     pub(crate) udp_bound: HashMap<SocketHandle, IpListenEndpoint>,
+    /// Dropped UDP sockets with datagrams still queued for sending.
+    pub(crate) udp_orphans: Vec<SocketHandle>,
     /// Local ports of outgoing connections, per socket.
     pub(crate) client_ports: HashMap<SocketHandle, u16>,
     pub(crate) used_ports: HashSet<u16>,
@@ -106,6 +108,7 @@ impl Core {
             orphans: Vec::new(),
             tcp_count: 0,
             udp_bound: HashMap::new(),
+            udp_orphans: Vec::new(),
             client_ports: HashMap::new(),
             used_ports: HashSet::new(),
             next_port: EPHEMERAL_FIRST,
@@ -257,6 +260,20 @@ impl Core {
             } else if now >= deadline {
                 self.tcp(h).abort();
                 i += 1;
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// Removes dropped UDP sockets whose queued datagrams have left.
+    pub(crate) fn reap_udp(&mut self) {
+        let mut i = 0;
+        while i < self.udp_orphans.len() {
+            let h = self.udp_orphans[i];
+            if self.closed || self.udp(h).send_queue() == 0 {
+                self.udp_orphans.swap_remove(i);
+                self.sockets.remove(h);
             } else {
                 i += 1;
             }

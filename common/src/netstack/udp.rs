@@ -96,7 +96,12 @@ impl UdpSocket {
         self.send(data, to, Some(from)).await
     }
 
-    async fn send(&self, data: &[u8], to: SocketAddr, from: Option<IpAddr>) -> Result<(), NetError> {
+    async fn send(
+        &self,
+        data: &[u8],
+        to: SocketAddr,
+        from: Option<IpAddr>,
+    ) -> Result<(), NetError> {
         if data.len() > self.max_datagram {
             return Err(NetError::DatagramTooLarge(data.len()));
         }
@@ -130,6 +135,11 @@ impl Drop for UdpSocket {
     fn drop(&mut self) {
         let mut core = self.shared.lock();
         core.udp_bound.remove(&self.handle);
-        core.sockets.remove(self.handle);
+        if core.closed || core.udp(self.handle).send_queue() == 0 {
+            core.sockets.remove(self.handle);
+        } else {
+            // Datagrams already "sent" must still leave: the loop removes it after.
+            core.udp_orphans.push(self.handle);
+        }
     }
 }
