@@ -20,8 +20,12 @@ fn any(port: u16) -> SocketAddr {
 
 /// (gateway side, agent side), joined by two bounded channels.
 fn cable_with(gateway: NetConfig, agent: NetConfig) -> (NetStack, NetStack) {
-    let (a_out, b_in) = mpsc::channel(256);
-    let (b_out, a_in) = mpsc::channel(256);
+    cable_sized(gateway, agent, 256)
+}
+
+fn cable_sized(gateway: NetConfig, agent: NetConfig, packets: usize) -> (NetStack, NetStack) {
+    let (a_out, b_in) = mpsc::channel(packets);
+    let (b_out, a_in) = mpsc::channel(packets);
     let gw = NetStack::new(gateway, a_in, a_out).expect("gateway stack");
     let ag = NetStack::new(agent, b_in, b_out).expect("agent stack");
     (gw, ag)
@@ -80,6 +84,17 @@ async fn timed<F: std::future::Future>(f: F) -> F::Output {
 #[tokio::test]
 async fn echo_one_mebibyte_both_ways() {
     let (gw, ag) = cable();
+    echo_one_mebibyte(gw, ag).await;
+}
+
+/// A link that holds only 2 packets: the stacks must wait for it, not lose data.
+#[tokio::test]
+async fn echo_over_a_congested_link() {
+    let (gw, ag) = cable_sized(gateway_config(), agent_config(), 2);
+    echo_one_mebibyte(gw, ag).await;
+}
+
+async fn echo_one_mebibyte(gw: NetStack, ag: NetStack) {
     let listener = gw.listen(any(8080)).expect("listen");
     let server = tokio::spawn(async move {
         let (s, _, _) = listener.accept().await.expect("accept");

@@ -7,6 +7,7 @@ use std::collections::VecDeque;
 
 use smoltcp::phy::{self, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
+use smoltcp::wire::{IpProtocol, Ipv4Packet, Ipv6Packet, TcpPacket};
 use tokio::sync::mpsc;
 
 /// An IP-medium [`phy::Device`] fed from a queue and transmitting into a bounded
@@ -44,6 +45,12 @@ impl ChannelDevice {
         self.rx.len()
     }
 
+    /// Whether the next queued packet opens a TCP connection (SYN without ACK):
+    /// listeners must have a fresh socket listening before the following one.
+    pub fn next_is_syn(&self) -> bool {
+        self.rx.front().is_some_and(|p| is_tcp_syn(p))
+    }
+
     /// Whether a transmission was declined for lack of channel capacity since the
     /// last call (and resets the flag).
     pub fn take_tx_blocked(&mut self) -> bool {
@@ -54,6 +61,24 @@ impl ChannelDevice {
     pub fn sender(&self) -> &mpsc::Sender<Vec<u8>> {
         &self.tx
     }
+}
+
+fn is_tcp_syn(packet: &[u8]) -> bool {
+    let (protocol, payload) = match packet.first().map(|b| b >> 4) {
+        Some(4) => match Ipv4Packet::new_checked(packet) {
+            Ok(ip) => (ip.next_header(), &packet[usize::from(ip.header_len())..]),
+            Err(_) => return false,
+        },
+        Some(6) => match Ipv6Packet::new_checked(packet) {
+            // Extension headers before TCP are rare on the tunnel; such SYNs just
+            // wait for the per-poll backlog refill.
+            Ok(ip) => (ip.next_header(), &packet[ip.header_len()..]),
+            Err(_) => return false,
+        },
+        _ => return false,
+    };
+    protocol == IpProtocol::Tcp
+        && TcpPacket::new_checked(payload).is_ok_and(|tcp| tcp.syn() && !tcp.ack())
 }
 
 /// A received packet handed to smoltcp.

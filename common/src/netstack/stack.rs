@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use smoltcp::iface::{Config, Interface, PollIngressSingleResult};
+use smoltcp::iface::{Config, Interface};
 use smoltcp::socket::udp;
 use smoltcp::time::Instant;
 use smoltcp::wire::{HardwareAddress, IpAddress};
@@ -216,10 +216,10 @@ async fn poll_loop(
             let core = &mut *guard;
             let now = Instant::now();
             while device.rx_len() > 0 {
-                let r = core
-                    .iface
+                let syn = device.next_is_syn();
+                core.iface
                     .poll_ingress_single(now, &mut device, &mut core.sockets);
-                if r == PollIngressSingleResult::SocketStateChanged && !core.listeners.is_empty() {
+                if syn {
                     core.maintain_listeners();
                 }
             }
