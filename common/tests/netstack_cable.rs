@@ -291,3 +291,30 @@ async fn throughput_micro_check() {
         size as f64 * 8.0 / secs / 1e6
     );
 }
+
+#[tokio::test]
+async fn dropping_the_stack_ends_its_connections() {
+    let (gw, ag) = cable();
+    let listener = gw.listen(any(8080)).expect("listen");
+    let mut client = timed(ag.connect(service(5))).await.expect("connect");
+    let (mut server, _, _) = timed(listener.accept()).await.expect("accept");
+    drop(gw);
+    let mut buf = [0u8; 8];
+    assert!(server.read(&mut buf).await.is_err(), "gateway handles fail");
+    assert!(matches!(
+        listener.accept().await.err(),
+        Some(NetError::StackClosed)
+    ));
+    // The agent sees a reset (end of stream) or, once its link is gone, an error.
+    let read = timed(client.read(&mut buf)).await;
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+}
+
+#[test]
+fn a_stack_needs_a_runtime() {
+    let (tx, rx) = mpsc::channel(1);
+    let err = NetStack::new(gateway_config(), rx, tx)
+        .err()
+        .expect("no runtime");
+    assert!(matches!(err, NetError::NoRuntime));
+}

@@ -9,6 +9,9 @@ pub enum NetError {
     /// The stack was shut down, or its tunnel went away.
     #[error("the network stack has shut down")]
     StackClosed,
+    /// The stack's poll loop needs a tokio runtime to run on.
+    #[error("NetStack::new must be called within a tokio runtime")]
+    NoRuntime,
     /// smoltcp keeps at most one IPv4 and one IPv6 address.
     #[error("too many interface addresses (at most {max})")]
     TooManyAddresses {

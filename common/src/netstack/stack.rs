@@ -35,12 +35,15 @@ pub struct NetStack {
 
 impl NetStack {
     /// Starts a stack on the current tokio runtime, reading IP packets from
-    /// `packets_in` and writing the ones it sends to `packets_out`.
+    /// `packets_in` and writing the ones it sends to `packets_out` (bounded: when
+    /// it is full the stack waits, so its capacity is the link's queue). The stack
+    /// stops when `packets_in` closes or `packets_out`'s receiver is dropped.
     pub fn new(
         config: NetConfig,
         packets_in: mpsc::Receiver<Vec<u8>>,
         packets_out: mpsc::Sender<Vec<u8>>,
     ) -> Result<Self, NetError> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| NetError::NoRuntime)?;
         if config.mtu < 80 {
             return Err(NetError::MtuTooSmall(config.mtu));
         }
@@ -53,7 +56,7 @@ impl NetStack {
             state: Mutex::new(Core::new(iface, config)),
             notify: Notify::new(),
         });
-        tokio::spawn(poll_loop(shared.clone(), device, packets_in));
+        runtime.spawn(poll_loop(shared.clone(), device, packets_in));
         Ok(Self { shared })
     }
 
@@ -151,8 +154,8 @@ impl NetStack {
         Ok(UdpSocket::new(self.shared.clone(), h, addr, max))
     }
 
-    /// Resets every connection and stops the poll loop; handles then fail with
-    /// [`NetError::StackClosed`].
+    /// Resets every connection (the resets go out if the link has room) and stops
+    /// the poll loop; handles then fail with [`NetError::StackClosed`].
     pub fn shutdown(&self) {
         self.shared.lock().shut_down();
         self.shared.kick();
@@ -231,6 +234,10 @@ async fn poll_loop(
             (delay, core.closed)
         };
         if closed {
+            return;
+        }
+        if device.sender().is_closed() {
+            shared.lock().shut_down();
             return;
         }
         let tx_blocked = device.take_tx_blocked();
