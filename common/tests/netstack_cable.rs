@@ -154,7 +154,8 @@ async fn half_close_keeps_the_other_direction() {
     server.await.unwrap();
 }
 
-#[tokio::test]
+/// On a multi-threaded runtime, so wakers cross threads as they will in the gateway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_concurrent_connections() {
     let (gw, ag) = cable();
     let listener = gw.listen(any(8080)).expect("listen");
