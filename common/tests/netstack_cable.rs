@@ -319,3 +319,33 @@ fn a_stack_needs_a_runtime() {
         .expect("no runtime");
     assert!(matches!(err, NetError::NoRuntime));
 }
+
+#[tokio::test]
+async fn ipv6_connections_work_alongside_ipv4() {
+    let v6 = |a: &str| a.parse::<std::net::Ipv6Addr>().unwrap();
+    let mut gateway = gateway_config();
+    gateway
+        .addresses
+        .push(IpCidr::new(IpAddress::Ipv6(v6("fd10::1")), 64));
+    let mut agent = agent_config();
+    agent
+        .addresses
+        .push(IpCidr::new(IpAddress::Ipv6(v6("fd00::2")), 128));
+    let (gw, ag) = cable_with(gateway, agent);
+    let listener = gw
+        .listen(SocketAddr::new(
+            IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+            443,
+        ))
+        .expect("listen");
+    let target = SocketAddr::new(IpAddr::V6(v6("fd10::5")), 443);
+    let mut c = timed(ag.connect(target)).await.expect("connect");
+    let (mut s, local, remote) = timed(listener.accept()).await.expect("accept");
+    assert_eq!(local, target);
+    assert_eq!(remote.ip(), IpAddr::V6(v6("fd00::2")));
+    c.write_all(b"over v6").await.expect("write");
+    c.shutdown().await.expect("shutdown");
+    let mut got = Vec::new();
+    timed(s.read_to_end(&mut got)).await.expect("read");
+    assert_eq!(got, b"over v6");
+}
