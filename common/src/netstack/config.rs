@@ -14,7 +14,9 @@ pub struct NetConfig {
     /// They are the source of outgoing connections and the gateway of the default routes.
     pub addresses: Vec<IpCidr>,
     /// Accept traffic to any destination address, not only `addresses`: the gateway
-    /// answers for every Service address in the tunnel.
+    /// answers for every Service address in the tunnel. Every destination is
+    /// accepted; which ones are Services is the caller's decision, made on the
+    /// local address `accept()` reports.
     pub any_ip: bool,
     /// The largest IP packet the tunnel carries (1420 for WireGuard over a 1500 MTU).
     pub mtu: usize,
