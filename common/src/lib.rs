@@ -2,5 +2,6 @@
 //! (`kind/metadata/spec`, Octelium's field names) and the control API's wire types.
 
 pub mod api;
+pub mod netstack;
 pub mod resources;
 pub mod wireguard;

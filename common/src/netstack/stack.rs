@@ -1,0 +1,282 @@
+//! [`NetStack`]: the interface, its poll loop, and the constructors of sockets.
+
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use smoltcp::iface::{Config, Interface};
+use smoltcp::socket::udp;
+use smoltcp::time::Instant;
+use smoltcp::wire::{HardwareAddress, IpAddress};
+use tokio::sync::{mpsc, Notify};
+
+use super::config::NetConfig;
+use super::device::ChannelDevice;
+use super::error::NetError;
+use super::state::{listen_endpoint, Core, ListenerState, Shared, SharedRef};
+use super::tcp::{TcpListener, TcpStream};
+use super::udp::UdpSocket;
+
+/// Packets taken from the tunnel channel per poll, so one busy peer cannot starve
+/// the handles and the queue in front of smoltcp stays bounded.
+const RX_BATCH: usize = 64;
+
+/// A TCP/IP stack terminating the tunnel's traffic in this process.
+///
+/// It exists because neither the gateway nor the rootless agent has a kernel
+/// interface for the tunnel: IP packets arrive on a channel, and the Services'
+/// connections must come out as ordinary async streams. Dropping the stack (or
+/// closing the incoming channel) resets every connection.
+pub struct NetStack {
+    shared: SharedRef,
+}
+
+impl NetStack {
+    /// Starts a stack on the current tokio runtime, reading IP packets from
+    /// `packets_in` and writing the ones it sends to `packets_out` (bounded: when
+    /// it is full the stack waits, so its capacity is the link's queue). The stack
+    /// stops when `packets_in` closes or `packets_out`'s receiver is dropped.
+    pub fn new(
+        config: NetConfig,
+        packets_in: mpsc::Receiver<Vec<u8>>,
+        packets_out: mpsc::Sender<Vec<u8>>,
+    ) -> Result<Self, NetError> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| NetError::NoRuntime)?;
+        if config.mtu < 80 {
+            return Err(NetError::MtuTooSmall(config.mtu));
+        }
+        let mut device = ChannelDevice::new(packets_out, config.mtu);
+        let mut iface_config = Config::new(HardwareAddress::Ip);
+        iface_config.random_seed = RandomState::new().hash_one(std::time::SystemTime::now());
+        let mut iface = Interface::new(iface_config, &mut device, Instant::now());
+        set_addresses(&mut iface, &config)?;
+        let shared = Arc::new(Shared {
+            state: Mutex::new(Core::new(iface, config)),
+            notify: Notify::new(),
+        });
+        runtime.spawn(poll_loop(shared.clone(), device, packets_in));
+        Ok(Self { shared })
+    }
+
+    /// Listens for TCP connections to `addr`; an unspecified IP (`0.0.0.0` or `::`)
+    /// means every address, which with `any_ip` includes every Service address.
+    pub fn listen(&self, addr: SocketAddr) -> Result<TcpListener, NetError> {
+        let endpoint = listen_endpoint(addr);
+        if endpoint.port == 0 {
+            return Err(NetError::Unaddressable(addr));
+        }
+        let mut core = self.shared.lock();
+        core.check_open()?;
+        if core.listeners.values().any(|l| l.endpoint == endpoint) {
+            return Err(NetError::AddrInUse(addr));
+        }
+        let id = core.next_listener;
+        core.next_listener += 1;
+        core.listeners.insert(
+            id,
+            ListenerState {
+                endpoint,
+                ..ListenerState::default()
+            },
+        );
+        core.maintain_listeners();
+        if core
+            .listeners
+            .get(&id)
+            .is_some_and(|l| l.listening.is_empty())
+        {
+            core.listeners.remove(&id);
+            return Err(NetError::TooManyTcpSockets(core.config.max_tcp_sockets));
+        }
+        drop(core);
+        Ok(TcpListener::new(self.shared.clone(), id, addr))
+    }
+
+    /// Opens a TCP connection to `remote` from one of the stack's own addresses.
+    pub async fn connect(&self, remote: SocketAddr) -> Result<TcpStream, NetError> {
+        let (stream, timeout) = {
+            let mut core = self.shared.lock();
+            core.check_open()?;
+            let mut socket = core.new_tcp()?;
+            let port = core.alloc_port()?;
+            if socket.connect(core.iface.context(), remote, port).is_err() {
+                core.used_ports.remove(&port);
+                return Err(NetError::Unaddressable(remote));
+            }
+            let local = socket
+                .local_endpoint()
+                .map(super::state::socket_addr)
+                .ok_or(NetError::Unaddressable(remote))?;
+            let h = core.add_tcp(socket);
+            core.client_ports.insert(h, port);
+            let stream = TcpStream::new(self.shared.clone(), h, local, remote);
+            (stream, core.config.connect_timeout)
+        };
+        self.shared.kick();
+        match tokio::time::timeout(timeout, stream.established()).await {
+            Ok(Ok(())) => Ok(stream),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(NetError::ConnectTimeout(remote)),
+        }
+    }
+
+    /// Binds a UDP socket (for the tunnel's DNS server, say); an unspecified IP
+    /// receives datagrams to every address.
+    pub fn bind_udp(&self, addr: SocketAddr) -> Result<UdpSocket, NetError> {
+        let endpoint = listen_endpoint(addr);
+        if endpoint.port == 0 {
+            return Err(NetError::Unaddressable(addr));
+        }
+        let mut core = self.shared.lock();
+        core.check_open()?;
+        if core.udp_bound.len() >= core.config.max_udp_sockets {
+            return Err(NetError::TooManyUdpSockets(core.config.max_udp_sockets));
+        }
+        if core.udp_bound.values().any(|e| *e == endpoint) {
+            return Err(NetError::AddrInUse(addr));
+        }
+        let buffer = |c: &NetConfig| {
+            udp::PacketBuffer::new(
+                vec![udp::PacketMetadata::EMPTY; c.udp_packets],
+                vec![0; c.udp_buffer],
+            )
+        };
+        let mut socket = udp::Socket::new(buffer(&core.config), buffer(&core.config));
+        socket
+            .bind(endpoint)
+            .map_err(|_| NetError::Unaddressable(addr))?;
+        let h = core.sockets.add(socket);
+        core.udp_bound.insert(h, endpoint);
+        let max = core.config.udp_buffer;
+        drop(core);
+        Ok(UdpSocket::new(self.shared.clone(), h, addr, max))
+    }
+
+    /// Resets every connection (the resets go out if the link has room) and stops
+    /// the poll loop; handles then fail with [`NetError::StackClosed`].
+    pub fn shutdown(&self) {
+        self.shared.lock().shut_down();
+        self.shared.kick();
+    }
+
+    /// Number of TCP sockets alive (listening, open or closing), for metrics.
+    pub fn tcp_socket_count(&self) -> usize {
+        self.shared.lock().tcp_count
+    }
+}
+
+impl Drop for NetStack {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Gives the interface its addresses and default routes via them. With medium IP
+/// there are no neighbours: a route only has to exist for smoltcp to send, and
+/// with `any_ip` a route through an own address is what makes it accept packets
+/// to foreign destinations.
+fn set_addresses(iface: &mut Interface, config: &NetConfig) -> Result<(), NetError> {
+    let max = 2;
+    if config.addresses.len() > max {
+        return Err(NetError::TooManyAddresses { max });
+    }
+    let mut overflow = false;
+    iface.update_ip_addrs(|addrs| {
+        for a in &config.addresses {
+            overflow |= addrs.push(*a).is_err();
+        }
+    });
+    if overflow {
+        return Err(NetError::TooManyAddresses { max });
+    }
+    for a in &config.addresses {
+        // Both fail only when the (two-entry) route table is full.
+        let full = match a.address() {
+            IpAddress::Ipv4(v4) => iface.routes_mut().add_default_ipv4_route(v4).is_err(),
+            IpAddress::Ipv6(v6) => iface.routes_mut().add_default_ipv6_route(v6).is_err(),
+        };
+        if full {
+            return Err(NetError::TooManyAddresses { max });
+        }
+    }
+    iface.set_any_ip(config.any_ip);
+    Ok(())
+}
+
+/// The one task that drives smoltcp: it feeds packets in, lets sockets send, keeps
+/// listeners' backlogs full, reaps closed sockets, and sleeps until a packet, a
+/// handle's notification, smoltcp's next timer, or channel capacity.
+async fn poll_loop(
+    shared: SharedRef,
+    mut device: ChannelDevice,
+    mut packets_in: mpsc::Receiver<Vec<u8>>,
+) {
+    loop {
+        let (delay, closed) = {
+            let mut guard = shared.lock();
+            let core = &mut *guard;
+            let now = Instant::now();
+            while device.rx_len() > 0 {
+                let syn = device.next_is_syn();
+                core.iface
+                    .poll_ingress_single(now, &mut device, &mut core.sockets);
+                if syn {
+                    core.maintain_listeners();
+                }
+            }
+            core.iface.poll_egress(now, &mut device, &mut core.sockets);
+            core.maintain_listeners();
+            core.reap_orphans(now);
+            core.reap_udp();
+            let delay = core.iface.poll_delay(now, &core.sockets);
+            (delay, core.closed)
+        };
+        if closed {
+            return;
+        }
+        if device.sender().is_closed() {
+            shared.lock().shut_down();
+            return;
+        }
+        let tx_blocked = device.take_tx_blocked();
+        let sleep = delay.map_or(Duration::from_secs(3600), |d| {
+            Duration::from_micros(d.total_micros())
+        });
+        let sender = tx_blocked.then(|| device.sender().clone());
+        tokio::select! {
+            packet = packets_in.recv() => match packet {
+                Some(p) => {
+                    device.push_rx(p);
+                    while device.rx_len() < RX_BATCH {
+                        match packets_in.try_recv() {
+                            Ok(p) => device.push_rx(p),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                None => {
+                    shared.lock().shut_down();
+                    return;
+                }
+            },
+            () = shared.notify.notified() => {}
+            () = tokio::time::sleep(sleep), if !tx_blocked => {}
+            permit = reserve(sender.as_ref()), if tx_blocked => {
+                if !permit {
+                    shared.lock().shut_down();
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Waits until the tunnel channel has room again; false when it is closed.
+async fn reserve(sender: Option<&mpsc::Sender<Vec<u8>>>) -> bool {
+    match sender {
+        Some(s) => s.reserve().await.is_ok(),
+        None => std::future::pending().await,
+    }
+}
