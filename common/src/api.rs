@@ -142,3 +142,49 @@ pub struct OAuthError {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error_description: Option<String>,
 }
+
+/// `POST /api/v1/tunnel/connect` (any logged-in user): registers the agent's WireGuard public
+/// key for the caller's Session. The private key never leaves the agent.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TunnelConnectRequest {
+    /// The agent's WireGuard public key, base64 as `wg` prints it.
+    pub public_key: String,
+}
+
+/// Everything the agent needs to bring the tunnel up.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TunnelConnectResponse {
+    /// The Session's tunnel address, e.g. `100.64.0.2/32`.
+    pub address: String,
+    /// The Session's IPv6 tunnel address, e.g. `fd70:7374::2/128`.
+    pub address6: String,
+    /// The gateway's WireGuard public key (base64).
+    pub gateway_public_key: String,
+    /// Where the gateway's WireGuard listener is reached, `host:port`.
+    pub endpoint: String,
+    /// Route these through the tunnel (and nothing else): the service range, e.g. `100.65.0.0/16`.
+    pub service_range: String,
+    pub service_range6: String,
+    /// The DNS server inside the tunnel, answering `<svc>.local`, `<svc>.local.<domain>` and `<svc>`.
+    pub dns: String,
+    /// The DNS suffix the agent configures (`local`).
+    pub dns_domain: String,
+    /// Persistent keepalive the agent should use, in seconds.
+    pub keepalive_seconds: u16,
+    /// The Services this user may see, with their tunnel addresses.
+    pub services: Vec<TunnelService>,
+}
+
+/// One Service as seen inside the tunnel.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TunnelService {
+    pub name: String,
+    /// Its address in the service range.
+    pub address: String,
+    pub port: u16,
+    /// `HTTP` or `TCP`.
+    pub mode: String,
+}
