@@ -100,9 +100,20 @@ pub fn remove(home: &Path) {
     let _ = std::fs::remove_file(path(home));
 }
 
-/// Whether a process with this id is alive.
+/// Whether a process with this id is alive (an exited child not yet reaped, a zombie,
+/// counts as gone).
 pub fn pid_alive(pid: u32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !zombie(&stat),
+        Err(_) => false,
+    }
+}
+
+/// Whether a `/proc/<pid>/stat` line is a zombie's (state `Z` or `X` after the name).
+fn zombie(stat: &str) -> bool {
+    stat.rsplit_once(") ")
+        .and_then(|(_, rest)| rest.chars().next())
+        .is_some_and(|state| state == 'Z' || state == 'X')
 }
 
 #[cfg(test)]
@@ -138,5 +149,7 @@ mod tests {
         assert_eq!(load(&home).unwrap(), None);
         std::fs::remove_dir_all(home).unwrap();
         assert!(pid_alive(std::process::id()));
+        assert!(zombie("42 (postern) Z 1 42"));
+        assert!(!zombie("42 (a) b) S 1 42"));
     }
 }
