@@ -2,6 +2,7 @@
 //! for the service range only, DNS for `*.local` through the tunnel, and everything put
 //! back on SIGTERM. Needs root, /dev/net/tun and veth; otherwise it prints why and passes.
 
+#[allow(dead_code)] // shared with cli.rs; these tests use part of it
 mod fake_gateway;
 mod tunnel_support;
 

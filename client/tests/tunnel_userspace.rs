@@ -2,6 +2,7 @@
 //! of real WireGuard and a netstack; `-p` and `--socks5` reach a Service; `status` shows
 //! it; SIGTERM and `postern disconnect` end it cleanly.
 
+#[allow(dead_code)] // shared with cli.rs; these tests use part of it
 mod fake_gateway;
 mod tunnel_support;
 
