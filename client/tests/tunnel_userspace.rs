@@ -146,3 +146,36 @@ fn flags_are_checked_before_connecting() {
     let out = run(&["connect", "--userspace", "-p", "0:svc:80"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("not logged in"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sidecar_logs_in_from_the_environment() {
+    let gw = TunnelGateway::start("sidecar", loopback()).await;
+    std::fs::remove_file(gw.home.join("session.json")).unwrap();
+    let mut child = gw
+        .postern(
+            &["connect", "--userspace", "-p", "0:svc.local:80"],
+            gw.api.addr,
+        )
+        .env("POSTERN_DOMAIN", gw.api.domain())
+        .env("POSTERN_AUTH_TOKEN", "tok-1")
+        .env("POSTERN_CA_FILE", &gw.api.ca_file)
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let state = gw.wait_state(&mut child).await;
+    let port = state["published"][0]["localPort"].as_u64().unwrap() as u16;
+    let s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    assert_eq!(
+        http_get(s, "svc").await,
+        format!("hello from {SVC}:80 to 100.64.0.2")
+    );
+    let requests = gw.api.requests();
+    assert_eq!(requests[0].path, "/api/v1/login");
+    assert_eq!(requests[0].json()["authToken"], "tok-1");
+    assert_eq!(requests[1].header("authorization"), Some("Bearer acc-2"));
+    assert!(gw.home.join("session.json").exists());
+    sigterm(&child);
+    assert!(wait_exit(&mut child, Duration::from_secs(15))
+        .await
+        .success());
+}

@@ -47,7 +47,14 @@ impl KernelTunnel {
         let device = tun::create_as_async(&config).map_err(|e| TunnelError::Tun(e.to_string()))?;
         let name = tun::AbstractDevice::tun_name(&*device).unwrap_or_else(|_| name.to_string());
         for cmd in system::route_commands(plan, &name) {
-            system::run_command(&cmd)?;
+            match system::run_command(&cmd) {
+                Ok(()) => {}
+                // A host with IPv6 disabled still gets the IPv4 tunnel.
+                Err(e) if cmd.get(1).is_some_and(|f| f == "-6") => {
+                    eprintln!("warning: {e}; continuing without IPv6 in the tunnel");
+                }
+                Err(e) => return Err(e),
+            }
         }
         let dns = DnsGuard::set(plan, &name, home)?;
         Ok(KernelTunnel { device, name, dns })

@@ -111,6 +111,10 @@ impl TunnelGateway {
                     }),
                 )
             }
+            "/api/v1/login" => (
+                200,
+                json!({"accessToken": "acc-2", "expiresIn": 3600, "session": "sess-2", "user": "sidecar"}),
+            ),
             _ => (200, json!({})),
         });
         let session = json!({"domain": api.domain(), "accessToken": "acc-1", "session": "sess-1",
@@ -161,6 +165,12 @@ impl TunnelGateway {
             assert!(Instant::now() < deadline, "no tunnel.json after 20 s");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+}
+
+impl Drop for TunnelGateway {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.home);
     }
 }
 
