@@ -65,6 +65,10 @@ pub enum ClientError {
     #[error("{failed} of {total} policy test cases failed")]
     PolicyTestsFailed { failed: usize, total: usize },
 
+    /// The tunnel (`postern connect`) failed.
+    #[error(transparent)]
+    Tunnel(#[from] crate::tunnel::TunnelError),
+
     /// Reading or writing a local file failed.
     #[error("{action} {}: {err}", path.display())]
     Io {

@@ -1,4 +1,4 @@
-//! The Postern command-line clients: `postern` (the agent: `login`, `logout`, `whoami`) and
+//! The Postern command-line clients: `postern` (the agent: `login`, `logout`, `whoami`, `connect`, `status`, `disconnect`) and
 //! `posternctl` (the admin CLI: `apply`, `get`, `delete`, `create`, `policy explain|test`).
 //!
 //! The binaries only parse arguments and print errors; everything else lives here:
@@ -12,5 +12,6 @@ pub mod duration;
 pub mod error;
 pub mod http;
 pub mod output;
+pub mod tunnel;
 
 pub use error::{ClientError, Result};

@@ -1,7 +1,7 @@
-//! `postern`: the Postern agent. For now it manages the saved session.
+//! `postern`: the Postern agent: the saved session and the WireGuard tunnel.
 
 use clap::{Parser, Subcommand};
-use postern_client::commands::{session, Context};
+use postern_client::commands::{session, tunnel, Context};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -28,6 +28,16 @@ enum Command {
     Logout,
     /// Show the saved session: user, session, domain and expiry.
     Whoami,
+    /// Bring up the WireGuard tunnel and stay in the foreground (Ctrl-C or SIGTERM stops it).
+    ///
+    /// Default: a kernel TUN device (root or CAP_NET_ADMIN) with routes for the service
+    /// range and DNS for `<service>.local`. With --userspace: no privileges; Services are
+    /// published on local ports (-p) or through a SOCKS5 proxy (--socks5).
+    Connect(tunnel::ConnectArgs),
+    /// Show the running tunnel: address, gateway, handshake age, bytes, Services.
+    Status,
+    /// Stop the running `postern connect`.
+    Disconnect,
 }
 
 fn main() -> ExitCode {
@@ -38,6 +48,9 @@ fn main() -> ExitCode {
             Command::Login(args) => session::login(&ctx, args, out),
             Command::Logout => session::logout(&ctx, out),
             Command::Whoami => session::whoami(&ctx, out),
+            Command::Connect(args) => tunnel::connect(&ctx, args, out),
+            Command::Status => tunnel::status(&ctx, out),
+            Command::Disconnect => tunnel::disconnect(&ctx, out),
         }
     });
     report(result.map_err(anyhow::Error::from))

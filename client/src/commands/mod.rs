@@ -8,6 +8,7 @@ pub mod get;
 pub mod logs;
 pub mod policy;
 pub mod session;
+pub mod tunnel;
 pub mod usage;
 
 use crate::config::{self, Session};
