@@ -15,16 +15,22 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinHandle;
 
-/// How often the listeners are compared with the Services.
-const RESYNC: Duration = Duration::from_millis(500);
+/// How often the snapshot is checked for changes (a pointer comparison when unchanged).
+const RESYNC: Duration = Duration::from_millis(100);
 
 /// Keeps a listener on every port some Service uses, until the process ends.
 pub(super) async fn run(gw: Arc<Gateway>, tunnel: Arc<Tunnel>) {
     let mut running: HashMap<u16, JoinHandle<()>> = HashMap::new();
     let mut tick = tokio::time::interval(RESYNC);
+    let mut seen: std::sync::Weak<crate::state::Snapshot> = std::sync::Weak::new();
     loop {
         tick.tick().await;
         let snap = gw.snapshot();
+        let stopped = running.values().any(|t| t.is_finished());
+        if std::ptr::eq(seen.as_ptr(), Arc::as_ptr(&snap)) && !stopped {
+            continue;
+        }
+        seen = Arc::downgrade(&snap);
         let wanted: BTreeSet<u16> = snap
             .services
             .values()
