@@ -260,6 +260,12 @@ def test_tunnel_end_to_end(start_gateway, tmp_path):
         assert status == 403, body
         assert not up.requests
         gw.wait_access(lambda e: e.get("via") == "tunnel" and e.get("user") == "bob" and e["status"] == 403)
+        rawtcp = {s["name"]: s for s in bob_conn["services"]}["rawtcp"]
+        status, _ = ns.curl(f"http://{rawtcp['address']}:5432/denied")
+        assert status != 200
+        gw.wait_access(lambda e: e.get("service") == "rawtcp" and e.get("user") == "bob"
+                       and e["status"] == 403 and e["decision"] == "DENY")
+        assert not up.requests
 
         # alice: allowed.
         alice = login(gw, "alice")
@@ -291,9 +297,17 @@ def test_tunnel_end_to_end(start_gateway, tmp_path):
         tcp = services["rawtcp"]
         status, body = ns.curl(f"http://{tcp['address']}:5432/raw")
         assert status == 200 and '"path": "/raw"' in body.replace('":"', '": "'), body
-        tline = gw.wait_access(lambda e: e.get("service") == "rawtcp" and e.get("method") == "CONNECT")
-        assert tline["via"] == "tunnel" and tline["user"] == "alice" and tline["bytesIn"] > 0
+        tline = gw.wait_access(lambda e: e.get("service") == "rawtcp" and e.get("method") == "CONNECT"
+                               and e.get("user") == "alice")
+        assert tline["via"] == "tunnel" and tline["status"] == 200 and tline["bytesIn"] > 0
         assert tline["bytesOut"] > 0
+
+        # Connecting again with a new key keeps the address and drops the old key.
+        new_key, new_pub = wg_keys(tmp_path, "alice2")
+        again = connect(gw, alice["accessToken"], new_pub)
+        assert again["address"] == conn["address"]
+        ns.configure(new_key, again)
+        assert ns.curl(f"http://{web['address']}/again")[0] == 200
 
         # Deleting the session cuts the tunnel at once.
         gw.ctl("delete", "session", alice["session"])
