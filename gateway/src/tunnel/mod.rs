@@ -15,6 +15,8 @@ pub mod dns;
 mod dns_server;
 pub mod keyfile;
 mod listeners;
+#[cfg(test)]
+mod loopback_tests;
 pub mod registry;
 mod tcp;
 
