@@ -112,9 +112,10 @@ pub fn service_port(service: &ServiceEntry) -> Option<u16> {
     }
 }
 
-/// Whether `principal` may see `service` in the tunnel: some rule (of the Service, the User,
-/// its Groups or a global Policy) applies to this pair. Deny-only or empty rule sets hide it
-/// only when empty; a Service with any rule is listed and each request is still decided.
+/// Whether `principal` may see `service` in the tunnel (connect response, DNS): it has a
+/// tunnel port and the combined rule set for this pair (the Service's, the User's and its
+/// Groups', global Policies) is not empty, so some policy could allow it. This is a listing
+/// rule only; every request and connection is still decided by the policies.
 pub fn visible(snap: &Snapshot, service: &ServiceEntry, principal: &Principal) -> bool {
     service_port(service).is_some()
         && !postern_policy::Catalog::combine(
