@@ -9,3 +9,4 @@ pub mod proxy;
 pub mod state;
 pub mod store;
 pub mod telemetry;
+pub mod tunnel;

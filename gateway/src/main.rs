@@ -11,6 +11,7 @@ use postern_gateway::telemetry::access_log::AccessLog;
 use postern_gateway::telemetry::otlp::{self, OtlpExporter, OtlpOptions};
 use postern_gateway::telemetry::usage_store::UsageRecorder;
 use postern_gateway::telemetry::Telemetry;
+use postern_gateway::tunnel::{Tunnel, TunnelOptions};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -32,7 +33,7 @@ enum Command {
     /// Create a data directory: store, keys, CA and certificate, and the first admin.
     Init(InitArgs),
     /// Run the gateway.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
 }
 
 #[derive(Args)]
@@ -101,6 +102,16 @@ struct ServeArgs {
     /// max_tokens (the prompt's estimate is added).
     #[arg(long, default_value_t = postern_gateway::limits::DEFAULT_COMPLETION_TOKENS)]
     limit_default_completion_tokens: u64,
+    /// Run the WireGuard tunnel on this UDP address, e.g. 0.0.0.0:51820 (off unless given).
+    #[arg(long, value_name = "ADDR", env = "POSTERN_WG_LISTEN")]
+    wg_listen: Option<SocketAddr>,
+    /// The host:port agents send WireGuard to, when not DOMAIN:<--wg-listen port> (NAT,
+    /// port forwarding).
+    #[arg(long, value_name = "HOST:PORT", requires = "wg_listen")]
+    wg_endpoint: Option<String>,
+    /// Remove tunnel peers silent for this long (their addresses are freed).
+    #[arg(long, default_value = "10m", value_parser = parse_duration, requires = "wg_listen")]
+    wg_idle_timeout: Duration,
 }
 
 /// `30s`, `15m`, `1h`, `7d`, or plain seconds.
@@ -145,7 +156,7 @@ fn run() -> Result<()> {
         Command::Serve(a) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?
-            .block_on(serve(a)),
+            .block_on(serve(*a)),
     }
 }
 
@@ -241,6 +252,21 @@ async fn serve(a: ServeArgs) -> Result<()> {
         upstream,
         telemetry,
     })?;
+    if let Some(wg_listen) = a.wg_listen {
+        let options = TunnelOptions {
+            listen: wg_listen,
+            public_endpoint: a
+                .wg_endpoint
+                .clone()
+                .unwrap_or_else(|| format!("{}:{}", config.domain, wg_listen.port())),
+            key_path: a.data_dir.join(postern_gateway::tunnel::keyfile::FILE_NAME),
+            idle_timeout: a.wg_idle_timeout,
+            keepalive: 25,
+        };
+        Tunnel::start(gw.clone(), options)
+            .await
+            .context("starting the WireGuard tunnel (--wg-listen)")?;
+    }
     let tls = postern_gateway::frontdoor::tls::server_config(&config.tls_cert, &config.tls_key)?;
     let listener = tokio::net::TcpListener::bind(a.https_listen)
         .await

@@ -6,11 +6,13 @@ use crate::datadir::ADMINS_GROUP;
 use crate::proxy::buffer::{read_limited, BufferError};
 use crate::proxy::BoxBody;
 use crate::state::{ChangeError, Gateway, Principal};
+use crate::tunnel::registry::RegistryError;
+use crate::tunnel::ConnectError;
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use postern_common::api::{
     ApplyRequest, CreateCredentialRequest, CreateSecretRequest, ListResponse, LoginRequest,
-    LoginResponse, API_PREFIX,
+    LoginResponse, TunnelConnectRequest, API_PREFIX,
 };
 use postern_common::resources::Kind;
 use serde::de::DeserializeOwned;
@@ -107,6 +109,9 @@ pub async fn handle(gw: &Gateway, req: Request<Incoming>) -> Response<BoxBody> {
             Err(e) => change_error(e),
         };
     }
+    if segments.first() == Some(&"tunnel") {
+        return tunnel(gw, &principal, method, &segments[1..], req).await;
+    }
     if !is_admin(&principal) {
         return error(
             StatusCode::FORBIDDEN,
@@ -178,6 +183,55 @@ pub async fn handle(gw: &Gateway, req: Request<Incoming>) -> Response<BoxBody> {
         _ => error(
             StatusCode::NOT_FOUND,
             format!("no API endpoint {path}"),
+            None,
+        ),
+    }
+}
+
+/// `POST /api/v1/tunnel/connect` and `/disconnect`, for any logged-in Session.
+async fn tunnel(
+    gw: &Gateway,
+    principal: &Principal,
+    method: Method,
+    rest: &[&str],
+    req: Request<Incoming>,
+) -> Response<BoxBody> {
+    let Some(t) = gw.tunnel.get() else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "the tunnel is not enabled on this gateway (posternd serve --wg-listen)",
+            None,
+        );
+    };
+    if method != Method::POST {
+        return error(StatusCode::METHOD_NOT_ALLOWED, "use POST", None);
+    }
+    match rest {
+        ["connect"] => {
+            let body: TunnelConnectRequest = match body_json(req).await {
+                Ok(b) => b,
+                Err(resp) => return resp,
+            };
+            match t.connect(gw, principal, &body.public_key) {
+                Ok(r) => json(StatusCode::OK, &r),
+                Err(e) => {
+                    let status = match &e {
+                        ConnectError::BadKey(_) | ConnectError::OwnKey => StatusCode::BAD_REQUEST,
+                        ConnectError::Registry(RegistryError::KeyInUse) => StatusCode::CONFLICT,
+                        ConnectError::SessionGone => StatusCode::UNAUTHORIZED,
+                        _ => StatusCode::SERVICE_UNAVAILABLE,
+                    };
+                    error(status, e.to_string(), None)
+                }
+            }
+        }
+        ["disconnect"] => {
+            let was = t.disconnect(&principal.session.info.name);
+            json(StatusCode::OK, &serde_json::json!({"disconnected": was}))
+        }
+        _ => error(
+            StatusCode::NOT_FOUND,
+            "use tunnel/connect or tunnel/disconnect",
             None,
         ),
     }

@@ -7,7 +7,7 @@ use super::forward::{forward, Origin};
 use super::replay::RequestBody;
 use super::{cors, rewrite, BoxBody};
 use crate::frontdoor::respond::{error, full, not_found};
-use crate::state::{Gateway, Principal, ServiceEntry, Snapshot, UpstreamConfig};
+use crate::state::{AuthError, Gateway, Principal, ServiceEntry, Snapshot, UpstreamConfig};
 use crate::telemetry::access_log::AccessRecord;
 use crate::telemetry::body::{BodyOutcome, ObservedBody};
 use crate::telemetry::usage::{self, UsageParser};
@@ -74,7 +74,74 @@ fn bearer_token(headers: &http::HeaderMap) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-/// Serves one request to Service `name`.
+/// Which front door a request came in by: what the access log's `via` and the policy
+/// context's `scheme` say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Door {
+    /// `https://<svc>.<domain>`, authenticated by access token.
+    Public,
+    /// A tunnel address, authenticated by the WireGuard peer that owns it.
+    Tunnel,
+}
+
+impl Door {
+    fn via(self) -> &'static str {
+        match self {
+            Door::Public => "public",
+            Door::Tunnel => "tunnel",
+        }
+    }
+
+    fn scheme(self) -> &'static str {
+        match self {
+            Door::Public => "https",
+            Door::Tunnel => "http",
+        }
+    }
+}
+
+/// Starts a request: its access record, normalised path and CORS preflight.
+fn begin(
+    gw: &Gateway,
+    service: &ServiceEntry,
+    req: &Request<Incoming>,
+    door: Door,
+) -> Result<(Trace, String), Box<Response<BoxBody>>> {
+    let mut trace = Trace::new(&service.name, req);
+    trace.record.via = door.via().into();
+    let path = match rewrite::normalize_path(req.uri().path()) {
+        Ok(p) => p,
+        Err(e) => {
+            let msg = format!("invalid path: {e}");
+            return Err(Box::new(trace.fail(
+                gw,
+                StatusCode::BAD_REQUEST,
+                &msg,
+                msg.clone(),
+            )));
+        }
+    };
+    trace.record.path = path.clone();
+    if let Some(resp) = preflight(service, req) {
+        trace.finish(gw, resp.status(), 0);
+        return Err(Box::new(resp));
+    }
+    Ok((trace, path))
+}
+
+/// Ends a request whose caller could not be identified with a 401.
+fn unauthenticated(mut trace: Trace, gw: &Gateway, e: &AuthError) -> Response<BoxBody> {
+    trace.record.decision = Some(Effect::Deny);
+    trace.record.reason = Some(format!("not authenticated: {e}"));
+    trace.fail(
+        gw,
+        StatusCode::UNAUTHORIZED,
+        "missing or invalid access token; get one from /oauth2/token",
+        e.to_string(),
+    )
+}
+
+/// Serves one request to public Service `name` at the public door (bearer token).
 pub async fn handle(
     gw: Arc<Gateway>,
     name: &str,
@@ -90,38 +157,68 @@ pub async fn handle(
     else {
         return not_found();
     };
-    let mut trace = Trace::new(name, &req);
-
-    let path = match rewrite::normalize_path(req.uri().path()) {
-        Ok(p) => p,
-        Err(e) => {
-            let msg = format!("invalid path: {e}");
-            return trace.fail(&gw, StatusCode::BAD_REQUEST, &msg, msg.clone());
-        }
+    let (trace, path) = match begin(&gw, &service, &req, Door::Public) {
+        Ok(t) => t,
+        Err(resp) => return *resp,
     };
-    trace.record.path = path.clone();
-
-    if let Some(resp) = preflight(&service, &req) {
-        trace.finish(&gw, resp.status(), 0);
-        return resp;
-    }
-
     let principal = match bearer_token(req.headers())
-        .ok_or(crate::state::AuthError::Missing)
+        .ok_or(AuthError::Missing)
         .and_then(|t| gw.authenticate(t))
     {
         Ok(p) => p,
-        Err(e) => {
-            trace.record.decision = Some(Effect::Deny);
-            trace.record.reason = Some(format!("not authenticated: {e}"));
-            return trace.fail(
-                &gw,
-                StatusCode::UNAUTHORIZED,
-                "missing or invalid access token; get one from /oauth2/token",
-                e.to_string(),
-            );
-        }
+        Err(e) => return unauthenticated(trace, &gw, &e),
     };
+    serve(
+        gw,
+        snap,
+        service,
+        trace,
+        path,
+        req,
+        principal,
+        peer,
+        Door::Public,
+    )
+    .await
+}
+
+/// Serves one request that came through the tunnel to Service `name` (public or not). The
+/// caller is the Session owning the tunnel source address, already looked up.
+pub async fn handle_tunnel(
+    gw: Arc<Gateway>,
+    name: &str,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    principal: Result<Principal, AuthError>,
+) -> Response<BoxBody> {
+    let snap = gw.snapshot();
+    let Some(service) = snap.services.get(name).cloned() else {
+        return not_found();
+    };
+    let (trace, path) = match begin(&gw, &service, &req, Door::Tunnel) {
+        Ok(t) => t,
+        Err(resp) => return *resp,
+    };
+    match principal {
+        Ok(p) => serve(gw, snap, service, trace, path, req, p, peer, Door::Tunnel).await,
+        Err(e) => unauthenticated(trace, &gw, &e),
+    }
+}
+
+/// Authorize -> config -> forward -> log, for an identified caller.
+#[allow(clippy::too_many_arguments)]
+async fn serve(
+    gw: Arc<Gateway>,
+    snap: Arc<Snapshot>,
+    service: Arc<ServiceEntry>,
+    mut trace: Trace,
+    path: String,
+    req: Request<Incoming>,
+    principal: Principal,
+    peer: SocketAddr,
+    door: Door,
+) -> Response<BoxBody> {
+    let name = service.name.as_str();
     trace.record.user = Some(principal.user.name.clone());
     trace.record.session = Some(principal.session.info.name.clone());
     trace.record.groups = principal.user.spec.groups.clone();
@@ -183,7 +280,7 @@ pub async fn handle(
             method: parts.method.as_str(),
             path: &path,
             host: &host,
-            scheme: "https",
+            scheme: door.scheme(),
             headers: &parts.headers,
             query: parts.uri.query(),
             body: body_json.as_ref(),
@@ -347,6 +444,36 @@ fn preflight(service: &ServiceEntry, req: &Request<Incoming>) -> Option<Response
     Some(Response::from_parts(parts, full(bytes::Bytes::new())))
 }
 
+/// The connection-level decision for a `mode: TCP` Service reached through the tunnel: the
+/// rules see a request with method `CONNECT`, path `/` and no body. Returns the decision,
+/// its reason as logged, and when allowed the configs to connect with.
+pub fn decide_connection(
+    gw: &Gateway,
+    snap: &Snapshot,
+    service: &ServiceEntry,
+    principal: &Principal,
+    peer: SocketAddr,
+) -> (Decision, String, Vec<Arc<UpstreamConfig>>) {
+    let rules = Catalog::combine(&service.rules, &principal.user.rules, &snap.global_rules);
+    let headers = http::HeaderMap::new();
+    let host = format!("{}.{}", service.name, gw.domain);
+    let facts = RequestFacts {
+        method: "CONNECT",
+        path: "/",
+        host: &host,
+        scheme: "tcp",
+        headers: &headers,
+        query: None,
+        body: None,
+        size: 0,
+        client_ip: Some(peer.ip()),
+        now: None,
+    };
+    let (decision, configs) = decide(snap, service, principal, &rules, &facts);
+    let reason = reason_text(&decision.reason);
+    (decision, reason, configs)
+}
+
 /// The policy decision and, when allowed, the configs to forward with (fallbacks after the first).
 fn decide(
     _snap: &Snapshot,
@@ -385,7 +512,8 @@ fn decide(
     (decision, config)
 }
 
-fn reason_text(r: &Reason) -> String {
+/// The decision's reason as the access log shows it.
+pub fn reason_text(r: &Reason) -> String {
     match r {
         Reason::Rule {
             policy,

@@ -17,7 +17,7 @@ use crate::store::Store;
 use crate::telemetry::Telemetry;
 use arc_swap::ArcSwap;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 /// Tunables of a running gateway, from `posternd serve` flags.
@@ -59,6 +59,8 @@ pub struct Gateway {
     pub telemetry: Telemetry,
     /// Rate-limit and budget counters (in memory; see [`Gateway::flush_limits`]).
     pub limits: Arc<Limiter>,
+    /// The WireGuard tunnel, when `--wg-listen` started one; set once at startup.
+    pub tunnel: OnceLock<Arc<crate::tunnel::Tunnel>>,
 }
 
 /// Everything [`Gateway::open`] needs.
@@ -87,6 +89,7 @@ impl Gateway {
             upstream: parts.upstream,
             telemetry: parts.telemetry,
             limits: Arc::new(Limiter::new(parts.settings.limit_default_completion_tokens)),
+            tunnel: OnceLock::new(),
         };
         gw.limits.load(&gw.store, now_unix())?;
         gw.reload()?;

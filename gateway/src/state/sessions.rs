@@ -61,13 +61,20 @@ impl Gateway {
             .signer
             .verify(token, now)
             .map_err(|e| AuthError::BadToken(e.to_string()))?;
+        self.session_principal(&claims.sid)
+    }
+
+    /// The live Session `sid` and its User, checked as [`Gateway::authenticate`] checks a
+    /// token's: the tunnel's identity (the Session owning a tunnel address) goes through here.
+    pub fn session_principal(&self, sid: &str) -> Result<Principal, AuthError> {
+        let now = now_unix();
         let session = self
             .sessions
             .read()
             .expect("sessions lock")
-            .get(&claims.sid)
+            .get(sid)
             .cloned()
-            .ok_or_else(|| AuthError::SessionGone(claims.sid.clone()))?;
+            .ok_or_else(|| AuthError::SessionGone(sid.to_string()))?;
         if session.expires_unix <= now {
             return Err(AuthError::Expired);
         }
@@ -92,11 +99,22 @@ impl Gateway {
             .insert(entry.info.name.clone(), entry);
     }
 
+    /// Drops matching sessions from memory; their tunnel peers (if any) go at once.
     pub(super) fn remove_sessions_where(&self, pred: impl Fn(&SessionInfo) -> bool) {
+        let mut removed = Vec::new();
         self.sessions
             .write()
             .expect("sessions lock")
-            .retain(|_, s| !pred(&s.info));
+            .retain(|name, s| {
+                let drop = pred(&s.info);
+                if drop {
+                    removed.push(name.clone());
+                }
+                !drop
+            });
+        if let Some(tunnel) = self.tunnel.get() {
+            tunnel.sessions_removed(&removed);
+        }
     }
 
     /// Every live session, for `get sessions`.

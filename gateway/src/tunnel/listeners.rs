@@ -1,0 +1,132 @@
+//! One listener per Service port on the tunnel stack (any address, so every Service
+//! address with that port), kept in step with the snapshot; each accepted connection is
+//! sent to its Service by the address it was made to.
+
+use super::{service_port, tcp, Tunnel};
+use crate::proxy::pipeline;
+use crate::state::Gateway;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use postern_common::netstack::{TcpListener, TcpStream};
+use postern_common::resources::ServiceMode;
+use std::collections::{BTreeSet, HashMap};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinHandle;
+
+/// How often the snapshot is checked for changes (a pointer comparison when unchanged).
+const RESYNC: Duration = Duration::from_millis(100);
+
+/// Keeps a listener on every port some Service uses, until the process ends.
+pub(super) async fn run(gw: Arc<Gateway>, tunnel: Arc<Tunnel>) {
+    let mut running: HashMap<u16, JoinHandle<()>> = HashMap::new();
+    let mut tick = tokio::time::interval(RESYNC);
+    let mut seen: std::sync::Weak<crate::state::Snapshot> = std::sync::Weak::new();
+    loop {
+        tick.tick().await;
+        let snap = gw.snapshot();
+        let stopped = running.values().any(|t| t.is_finished());
+        if std::ptr::eq(seen.as_ptr(), Arc::as_ptr(&snap)) && !stopped {
+            continue;
+        }
+        seen = Arc::downgrade(&snap);
+        let wanted: BTreeSet<u16> = snap
+            .services
+            .values()
+            .filter_map(|s| service_port(s))
+            .collect();
+        running.retain(|port, task| {
+            let keep = wanted.contains(port) && !task.is_finished();
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        for port in wanted {
+            if running.contains_key(&port) {
+                continue;
+            }
+            match tunnel
+                .stack()
+                .listen(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)))
+            {
+                Ok(l) => {
+                    tracing::debug!(port, "tunnel listener started");
+                    running.insert(
+                        port,
+                        tokio::spawn(accept_loop(gw.clone(), tunnel.clone(), l)),
+                    );
+                }
+                Err(e) => tracing::warn!(port, error = %e, "tunnel listener failed"),
+            }
+        }
+    }
+}
+
+async fn accept_loop(gw: Arc<Gateway>, tunnel: Arc<Tunnel>, listener: TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, local, remote)) => {
+                tokio::spawn(connection(
+                    gw.clone(),
+                    tunnel.clone(),
+                    stream,
+                    local,
+                    remote,
+                ));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "tunnel accept failed; listener stopped");
+                return;
+            }
+        }
+    }
+}
+
+/// Sends a connection to the Service at its local address, or drops it.
+async fn connection(
+    gw: Arc<Gateway>,
+    tunnel: Arc<Tunnel>,
+    stream: TcpStream,
+    local: SocketAddr,
+    remote: SocketAddr,
+) {
+    let snap = gw.snapshot();
+    let map = tunnel.services(&snap);
+    let Some(service) = map
+        .service_at(local.ip())
+        .and_then(|name| snap.services.get(name))
+        .filter(|s| service_port(s) == Some(local.port()))
+        .cloned()
+    else {
+        tracing::debug!(%local, %remote, "tunnel connection to no Service; closed");
+        return;
+    };
+    drop(snap);
+    match service.spec.mode {
+        ServiceMode::Tcp => tcp::serve(gw, tunnel, service, stream, remote).await,
+        ServiceMode::Http => {
+            let name = service.name.clone();
+            let svc = hyper::service::service_fn(move |req| {
+                let gw = gw.clone();
+                let tunnel = tunnel.clone();
+                let name = name.clone();
+                async move {
+                    let principal = tunnel.principal_at(&gw, remote.ip());
+                    Ok::<_, std::convert::Infallible>(
+                        pipeline::handle_tunnel(gw, &name, req, remote, principal).await,
+                    )
+                }
+            });
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(crate::frontdoor::limits::HEADER_READ)
+                .max_buf_size(crate::frontdoor::limits::MAX_HEADER_BYTES)
+                .serve_connection(TokioIo::new(stream), svc);
+            if let Err(e) = conn.await {
+                tracing::debug!(%remote, error = %e, "tunnel HTTP connection ended with an error");
+            }
+        }
+    }
+}

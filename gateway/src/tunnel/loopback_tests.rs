@@ -1,0 +1,288 @@
+//! The tunnel end to end in one process, without root: a real gateway (temporary data
+//! directory) with its tunnel on 127.0.0.1, and an agent made of common's WireGuard
+//! endpoint and network stack, configured only from the connect response.
+
+use super::{Tunnel, TunnelOptions};
+use crate::datadir::{self, DataDir, InitOptions};
+use crate::identity::{SecretBox, TokenSigner};
+use crate::proxy::upstream::{UpstreamClient, UpstreamOptions};
+use crate::state::{Gateway, GatewayParts, Settings};
+use crate::store::Store;
+use crate::telemetry::access_log::AccessLog;
+use crate::telemetry::recent::LogFilter;
+use crate::telemetry::Telemetry;
+use postern_common::api::{ApplyFile, CreateCredentialRequest, TunnelConnectResponse};
+use postern_common::netstack::{IpAddress, IpCidr, NetConfig, NetStack};
+use postern_common::resources::{CredentialType, Kind};
+use postern_common::wireguard::{AllowedIp, Endpoint, EndpointConfig, KeyPair, PublicKey};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+async fn gateway(dir: &std::path::Path) -> Arc<Gateway> {
+    datadir::init(
+        dir,
+        &InitOptions {
+            domain: "postern.test".into(),
+            tls_cert: None,
+            tls_key: None,
+        },
+    )
+    .unwrap();
+    let dd = DataDir::new(dir);
+    Gateway::open(GatewayParts {
+        domain: "postern.test".into(),
+        settings: Settings::default(),
+        store: Store::open(&dd.database()).unwrap(),
+        secretbox: SecretBox::load(&dd.secret_key()).unwrap(),
+        signer: TokenSigner::load(&dd.signing_key()).unwrap(),
+        upstream: UpstreamClient::new(UpstreamOptions {
+            extra_ca_pem: Vec::new(),
+            connect_timeout: Duration::from_secs(5),
+            response_header_timeout: Duration::from_secs(5),
+        })
+        .unwrap(),
+        telemetry: Telemetry::new(AccessLog::disabled()),
+    })
+    .unwrap()
+}
+
+/// An upstream answering every request with `hello`.
+async fn upstream() -> SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut seen = Vec::new();
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = s
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nconnection: close\r\n\r\nhello",
+                    )
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// The agent side: our own WireGuard endpoint and network stack.
+struct Agent {
+    _endpoint: Endpoint,
+    stack: NetStack,
+}
+
+async fn agent(keys: KeyPair, conn: &TunnelConnectResponse, gateway: SocketAddr) -> Agent {
+    let (endpoint, mut delivered) = Endpoint::bind(
+        keys,
+        EndpointConfig {
+            bind: "127.0.0.1:0".parse().unwrap(),
+            ..EndpointConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let range = |text: &str| {
+        let (a, p) = text.split_once('/').unwrap();
+        AllowedIp::new(a.parse().unwrap(), p.parse().unwrap()).unwrap()
+    };
+    endpoint
+        .add_peer(
+            PublicKey::from_base64(&conn.gateway_public_key).unwrap(),
+            &[range(&conn.service_range), range(&conn.service_range6)],
+            Some(gateway),
+            Some(conn.keepalive_seconds),
+        )
+        .unwrap();
+    let cidr = |text: &str| {
+        let (a, p) = text.split_once('/').unwrap();
+        IpCidr::new(
+            IpAddress::from(a.parse::<IpAddr>().unwrap()),
+            p.parse().unwrap(),
+        )
+    };
+    let (in_tx, in_rx) = mpsc::channel(256);
+    let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(256);
+    let stack = NetStack::new(
+        NetConfig {
+            addresses: vec![cidr(&conn.address), cidr(&conn.address6)],
+            ..NetConfig::default()
+        },
+        in_rx,
+        out_tx,
+    )
+    .unwrap();
+    tokio::spawn(async move {
+        while let Some(d) = delivered.recv().await {
+            let _ = in_tx.send(d.packet).await;
+        }
+    });
+    let handle = endpoint.handle();
+    tokio::spawn(async move {
+        while let Some(p) = out_rx.recv().await {
+            let _ = handle.send_packet(&p).await;
+        }
+    });
+    Agent {
+        _endpoint: endpoint,
+        stack,
+    }
+}
+
+/// `GET path` to `addr` through the agent's stack; the status line's code.
+async fn get(agent: &Agent, addr: SocketAddr, path: &str) -> Result<u16, String> {
+    let mut s = tokio::time::timeout(Duration::from_secs(5), agent.stack.connect(addr))
+        .await
+        .map_err(|_| "connect timed out".to_string())?
+        .map_err(|e| e.to_string())?;
+    let req = format!("GET {path} HTTP/1.1\r\nhost: web.local\r\nconnection: close\r\n\r\n");
+    s.write_all(req.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+        .await
+        .map_err(|_| "read timed out".to_string())?
+        .map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&out);
+    text.get(9..12)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("not HTTP: {text:?}"))
+}
+
+const RESOURCES: &str = r#"
+kind: User
+metadata: {name: alice}
+spec: {type: HUMAN}
+---
+kind: User
+metadata: {name: bob}
+spec: {type: HUMAN}
+---
+kind: Service
+metadata: {name: web}
+spec:
+  mode: HTTP
+  config: {upstream: {url: "http://UPSTREAM"}}
+  authorization:
+    inlinePolicies:
+      - spec:
+          rules:
+            - name: alice-only
+              effect: ALLOW
+              condition: {match: 'ctx.user.metadata.name == "alice"'}
+"#;
+
+fn login(gw: &Gateway, user: &str) -> crate::state::Principal {
+    let cred = gw
+        .create_credential(&CreateCredentialRequest {
+            name: format!("{user}-token"),
+            user: user.into(),
+            credential_type: CredentialType::AuthToken,
+            ttl_seconds: None,
+        })
+        .unwrap();
+    let out = gw.login(&cred.auth_token.unwrap()).unwrap().unwrap();
+    gw.authenticate(&out.access_token).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_reaches_private_service_by_address_identity() {
+    let dir = std::env::temp_dir().join(format!("postern-tunnel-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let gw = gateway(&dir).await;
+    let up = upstream().await;
+    gw.apply(
+        &[ApplyFile {
+            file: "t.yaml".into(),
+            content: RESOURCES.replace("UPSTREAM", &up.to_string()),
+        }],
+        false,
+    )
+    .unwrap();
+    let tunnel = Tunnel::start(
+        gw.clone(),
+        TunnelOptions {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            public_endpoint: "postern.test:51820".into(),
+            key_path: dir.join("wg.key"),
+            idle_timeout: Duration::from_secs(600),
+            keepalive: 25,
+        },
+    )
+    .await
+    .unwrap();
+    let udp = tunnel.local_addr().unwrap();
+
+    let alice = login(&gw, "alice");
+    let keys = KeyPair::generate();
+    let conn = tunnel
+        .connect(&gw, &alice, &keys.public.to_base64())
+        .unwrap();
+    assert_eq!(conn.address, "100.64.0.2/32");
+    assert_eq!(conn.endpoint, "postern.test:51820");
+    let web = &conn.services[0];
+    assert_eq!((web.name.as_str(), web.port), ("web", 80));
+    let web_addr = SocketAddr::new(web.address.parse().unwrap(), 80);
+    let a = agent(keys, &conn, udp).await;
+    // Let the listener pick up the Service.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(get(&a, web_addr, "/x").await, Ok(200));
+    let log = gw.telemetry.recent.tail(&LogFilter::default(), 10);
+    let last = log.last().unwrap();
+    assert_eq!(
+        (last.via.as_str(), last.user.as_deref(), last.status),
+        ("tunnel", Some("alice"), 200)
+    );
+
+    // DNS through the tunnel.
+    let dns = a
+        .stack
+        .bind_udp(SocketAddr::new(
+            conn.address.split_once('/').unwrap().0.parse().unwrap(),
+            5353,
+        ))
+        .unwrap();
+    let mut q = vec![0xab, 0xcd, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+    for l in ["web", "local"] {
+        q.push(l.len() as u8);
+        q.extend_from_slice(l.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    dns.send_to(&q, "100.65.0.53:53".parse().unwrap())
+        .await
+        .unwrap();
+    let mut buf = [0u8; 512];
+    let (n, _) = tokio::time::timeout(Duration::from_secs(5), dns.recv_from(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let ip: IpAddr = web.address.parse().unwrap();
+    let IpAddr::V4(v4) = ip else { panic!() };
+    assert_eq!(&buf[n - 4..n], &v4.octets());
+
+    // bob is denied by policy.
+    let bob = login(&gw, "bob");
+    let bob_keys = KeyPair::generate();
+    let bob_conn = tunnel
+        .connect(&gw, &bob, &bob_keys.public.to_base64())
+        .unwrap();
+    let b = agent(bob_keys, &bob_conn, udp).await;
+    assert_eq!(get(&b, web_addr, "/x").await, Ok(403));
+
+    // Deleting alice's session removes her peer at once.
+    assert_eq!(tunnel.peer_count(), 2);
+    gw.delete(Kind::Session, &alice.session.info.name).unwrap();
+    assert_eq!(tunnel.peer_count(), 1);
+    assert!(get(&a, web_addr, "/after").await.is_err());
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -1,0 +1,360 @@
+//! The gateway side of the WireGuard tunnel: one UDP port (userspace WireGuard), a userspace
+//! TCP/IP stack answering for every Service address, DNS for Service names, and the
+//! identity rule of the tunnel: a connection from a tunnel address is the Session that owns
+//! that address, so no token travels inside the tunnel.
+//!
+//! ```text
+//! UDP --wireguard::Endpoint--> Delivered packets --> NetStack (any_ip) --> accept()
+//!     <--send_packet-------------------------------- NetStack out        |
+//!  local address -> Service (addresses), remote address -> Session (registry)
+//!  HTTP Services -> pipeline::handle_tunnel ; TCP Services -> tcp::serve ; DNS -> dns_server
+//! ```
+
+pub mod addresses;
+pub mod dns;
+mod dns_server;
+pub mod keyfile;
+mod listeners;
+#[cfg(test)]
+mod loopback_tests;
+pub mod registry;
+mod tcp;
+
+use crate::state::{AuthError, Gateway, Principal, ServiceEntry, Snapshot};
+use addresses::{gateway_addresses, ServiceMap};
+use postern_common::api::{TunnelConnectResponse, TunnelService};
+use postern_common::netstack::{IpAddress, IpCidr, NetConfig, NetError, NetStack};
+use postern_common::resources::ServiceMode;
+use postern_common::wireguard::{
+    AllowedIp, Endpoint, EndpointConfig, EndpointHandle, KeyError, PeerError, PublicKey,
+};
+use registry::{Registry, RegistryError};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// How often idle peers are looked for.
+pub const IDLE_CHECK: Duration = Duration::from_secs(30);
+/// Port HTTP Services listen on inside the tunnel when `spec.port` is not set.
+pub const DEFAULT_HTTP_PORT: u16 = 80;
+
+/// Settings from `posternd serve --wg-*` flags.
+#[derive(Debug, Clone)]
+pub struct TunnelOptions {
+    /// The UDP address WireGuard listens on.
+    pub listen: SocketAddr,
+    /// `host:port` agents are told to send to (`--wg-endpoint`, or `<domain>:<port>`).
+    pub public_endpoint: String,
+    /// The gateway's key file (`<data dir>/wg.key`).
+    pub key_path: PathBuf,
+    /// Peers silent this long are removed and their addresses freed.
+    pub idle_timeout: Duration,
+    /// Persistent keepalive agents are asked to use, in seconds.
+    pub keepalive: u16,
+}
+
+/// Why the tunnel could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("WireGuard key: {0}")]
+    Key(#[from] keyfile::KeyFileError),
+    #[error("binding WireGuard UDP {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("tunnel network stack: {0}")]
+    Stack(#[from] NetError),
+    #[error("the tunnel was already started")]
+    AlreadyStarted,
+}
+
+/// Why a connect was refused; each maps to one HTTP status.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("publicKey is not a WireGuard public key: {0}")]
+    BadKey(#[from] KeyError),
+    #[error("publicKey is the gateway's own key")]
+    OwnKey,
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error("registering the peer: {0}")]
+    Peer(#[from] PeerError),
+    #[error("the session ended while connecting")]
+    SessionGone,
+}
+
+/// The running tunnel; reached from the control API through [`Gateway::tunnel`].
+pub struct Tunnel {
+    endpoint: Endpoint,
+    stack: NetStack,
+    registry: Mutex<Registry>,
+    services: Mutex<(Weak<Snapshot>, Arc<ServiceMap>)>,
+    options: TunnelOptions,
+}
+
+impl std::fmt::Debug for Tunnel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tunnel")
+            .field("endpoint", &self.endpoint)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The tunnel port of a Service: `spec.port`, else 80 for HTTP; TCP Services without a
+/// port are not served in the tunnel.
+pub fn service_port(service: &ServiceEntry) -> Option<u16> {
+    match service.spec.mode {
+        ServiceMode::Http => Some(service.spec.port.unwrap_or(DEFAULT_HTTP_PORT)),
+        ServiceMode::Tcp => service.spec.port,
+    }
+}
+
+/// Whether `principal` may see `service` in the tunnel (connect response, DNS): it has a
+/// tunnel port and the combined rule set for this pair (the Service's, the User's and its
+/// Groups', global Policies) is not empty, so some policy could allow it. This is a listing
+/// rule only; every request and connection is still decided by the policies.
+pub fn visible(snap: &Snapshot, service: &ServiceEntry, principal: &Principal) -> bool {
+    service_port(service).is_some()
+        && !postern_policy::Catalog::combine(
+            &service.rules,
+            &principal.user.rules,
+            &snap.global_rules,
+        )
+        .rules()
+        .is_empty()
+}
+
+impl Tunnel {
+    /// Binds the WireGuard port, starts the stack, DNS, listeners and idle expiry, and
+    /// attaches the tunnel to `gw`.
+    pub async fn start(
+        gw: Arc<Gateway>,
+        options: TunnelOptions,
+    ) -> Result<Arc<Tunnel>, StartError> {
+        let keys = keyfile::load_or_create(&options.key_path)?;
+        let (endpoint, mut delivered) = Endpoint::bind(
+            keys,
+            EndpointConfig {
+                bind: options.listen,
+                ..EndpointConfig::default()
+            },
+        )
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: options.listen,
+            source,
+        })?;
+        let (in_tx, in_rx) = mpsc::channel(1024);
+        let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(1024);
+        let own = gateway_addresses();
+        let stack = NetStack::new(
+            NetConfig {
+                addresses: vec![
+                    IpCidr::new(IpAddress::from(IpAddr::V4(own.v4)), 16),
+                    IpCidr::new(IpAddress::from(IpAddr::V6(own.v6)), 64),
+                ],
+                any_ip: true,
+                ..NetConfig::default()
+            },
+            in_rx,
+            out_tx,
+        )?;
+        tokio::spawn(async move {
+            while let Some(d) = delivered.recv().await {
+                if in_tx.send(d.packet).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let handle = endpoint.handle();
+        tokio::spawn(async move {
+            while let Some(packet) = out_rx.recv().await {
+                if let Err(e) = handle.send_packet(&packet).await {
+                    tracing::trace!(error = %e, "tunnel packet not sent");
+                }
+            }
+        });
+        let tunnel = Arc::new(Tunnel {
+            endpoint,
+            stack,
+            registry: Mutex::new(Registry::default()),
+            services: Mutex::new((Weak::new(), Arc::new(ServiceMap::default()))),
+            options,
+        });
+        gw.tunnel
+            .set(tunnel.clone())
+            .map_err(|_| StartError::AlreadyStarted)?;
+        dns_server::start(gw.clone(), tunnel.clone())?;
+        tokio::spawn(listeners::run(gw.clone(), tunnel.clone()));
+        tokio::spawn(expire_idle(tunnel.clone()));
+        tracing::info!(
+            "WireGuard tunnel on udp {} (public key {}), agents use {}",
+            tunnel
+                .local_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
+            tunnel.public_key(),
+            tunnel.options.public_endpoint
+        );
+        Ok(tunnel)
+    }
+
+    fn registry(&self) -> MutexGuard<'_, Registry> {
+        self.registry.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The bound UDP address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.endpoint.local_addr()
+    }
+
+    /// The gateway's WireGuard public key.
+    pub fn public_key(&self) -> PublicKey {
+        self.endpoint.public_key()
+    }
+
+    /// The WireGuard endpoint, for statistics.
+    pub fn endpoint(&self) -> EndpointHandle {
+        self.endpoint.handle()
+    }
+
+    pub(crate) fn stack(&self) -> &NetStack {
+        &self.stack
+    }
+
+    /// The Service addresses for `snap`, rebuilt when the snapshot changed.
+    pub fn services(&self, snap: &Arc<Snapshot>) -> Arc<ServiceMap> {
+        let mut cache = self.services.lock().unwrap_or_else(|e| e.into_inner());
+        if !std::ptr::eq(cache.0.as_ptr(), Arc::as_ptr(snap)) {
+            let map = ServiceMap::build(snap.services.keys().map(String::as_str));
+            *cache = (Arc::downgrade(snap), Arc::new(map));
+        }
+        cache.1.clone()
+    }
+
+    /// The caller behind tunnel address `ip`: the Session that owns it, checked now.
+    pub fn principal_at(&self, gw: &Gateway, ip: IpAddr) -> Result<Principal, AuthError> {
+        let session = self
+            .registry()
+            .session_at(ip)
+            .map(str::to_string)
+            .ok_or_else(|| AuthError::SessionGone(format!("(no session at {ip})")))?;
+        gw.session_principal(&session)
+    }
+
+    /// Registers `public_key` for `principal`'s Session and says how to reach the gateway.
+    pub fn connect(
+        &self,
+        gw: &Gateway,
+        principal: &Principal,
+        public_key: &str,
+    ) -> Result<TunnelConnectResponse, ConnectError> {
+        let key = PublicKey::from_base64(public_key.trim())?;
+        if key == self.public_key() {
+            return Err(ConnectError::OwnKey);
+        }
+        let sid = principal.session.info.name.clone();
+        let entry = {
+            let mut reg = self.registry();
+            let previous = reg.get(&sid).map(|e| e.key);
+            let connected = reg.connect(&sid, key)?;
+            if let Some(old) = previous {
+                self.endpoint.remove_peer(&old);
+            }
+            let a = connected.entry.addresses;
+            let allowed = [
+                AllowedIp::host(IpAddr::V4(a.v4)),
+                AllowedIp::host(IpAddr::V6(a.v6)),
+            ];
+            if let Err(e) = self.endpoint.add_peer(key, &allowed, None, None) {
+                reg.disconnect(&sid);
+                return Err(e.into());
+            }
+            connected.entry
+        };
+        // A deletion that raced with this connect has already run its hook: undo.
+        if gw.session_principal(&sid).is_err() {
+            self.sessions_removed(std::slice::from_ref(&sid));
+            return Err(ConnectError::SessionGone);
+        }
+        tracing::info!(session = %sid, user = %principal.user.name, address = %entry.addresses.v4, "tunnel peer connected");
+        Ok(self.response(gw, principal, &entry.addresses))
+    }
+
+    fn response(
+        &self,
+        gw: &Gateway,
+        principal: &Principal,
+        a: &addresses::AddressPair,
+    ) -> TunnelConnectResponse {
+        let snap = gw.snapshot();
+        let map = self.services(&snap);
+        let mut services: Vec<TunnelService> = snap
+            .services
+            .values()
+            .filter(|s| visible(&snap, s, principal))
+            .filter_map(|s| {
+                Some(TunnelService {
+                    name: s.name.clone(),
+                    address: map.get(&s.name)?.v4.to_string(),
+                    port: service_port(s)?,
+                    mode: match s.spec.mode {
+                        ServiceMode::Http => "HTTP".into(),
+                        ServiceMode::Tcp => "TCP".into(),
+                    },
+                })
+            })
+            .collect();
+        services.sort_by(|x, y| x.name.cmp(&y.name));
+        let (_, _, range, range6) = addresses::range_text();
+        TunnelConnectResponse {
+            address: format!("{}/32", a.v4),
+            address6: format!("{}/128", a.v6),
+            gateway_public_key: self.public_key().to_base64(),
+            endpoint: self.options.public_endpoint.clone(),
+            service_range: range,
+            service_range6: range6,
+            dns: addresses::dns_addresses().v4.to_string(),
+            dns_domain: "local".into(),
+            keepalive_seconds: self.options.keepalive,
+            services,
+        }
+    }
+
+    /// Removes the peer of `session`; true when there was one.
+    pub fn disconnect(&self, session: &str) -> bool {
+        let removed = self.registry().disconnect(session);
+        if let Some(e) = &removed {
+            self.endpoint.remove_peer(&e.key);
+            tracing::info!(session, "tunnel peer disconnected");
+        }
+        removed.is_some()
+    }
+
+    /// Called by the state when Sessions are deleted or expire: their peers go at once.
+    pub fn sessions_removed(&self, sessions: &[String]) {
+        for s in sessions {
+            self.disconnect(s);
+        }
+    }
+
+    /// Number of connected Sessions.
+    pub fn peer_count(&self) -> usize {
+        self.registry().len()
+    }
+}
+
+async fn expire_idle(tunnel: Arc<Tunnel>) {
+    let mut tick = tokio::time::interval(IDLE_CHECK);
+    loop {
+        tick.tick().await;
+        for key in tunnel.endpoint.expire_idle(tunnel.options.idle_timeout) {
+            if let Some(e) = tunnel.registry().disconnect_key(&key) {
+                tracing::info!(session = %e.session, "tunnel peer idle; removed");
+            }
+        }
+    }
+}

@@ -1,0 +1,148 @@
+//! Which Session owns which WireGuard key and tunnel address. Pure bookkeeping: the
+//! [`Tunnel`](super::Tunnel) applies the outcome to the WireGuard endpoint.
+
+use super::addresses::{client_index, AddressPair, ClientPool, PoolError};
+use postern_common::wireguard::PublicKey;
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+/// A connected Session's peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerEntry {
+    pub session: String,
+    pub key: PublicKey,
+    pub addresses: AddressPair,
+}
+
+/// Why a connect was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegistryError {
+    #[error("this WireGuard public key is already used by another session")]
+    KeyInUse,
+    #[error(transparent)]
+    Pool(#[from] PoolError),
+}
+
+/// What a connect changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Connected {
+    pub entry: PeerEntry,
+    /// The Session's previous key, to remove from the endpoint (a reconnect with a new key).
+    pub replaced: Option<PublicKey>,
+}
+
+/// Sessions' peers, by session, key and address index.
+#[derive(Debug, Default)]
+pub struct Registry {
+    by_session: HashMap<String, PeerEntry>,
+    by_key: HashMap<PublicKey, String>,
+    by_index: HashMap<u16, String>,
+    pool: ClientPool,
+}
+
+impl Registry {
+    /// Registers `key` for `session`; a Session keeps its address when it reconnects.
+    pub fn connect(&mut self, session: &str, key: PublicKey) -> Result<Connected, RegistryError> {
+        if let Some(owner) = self.by_key.get(&key) {
+            if owner != session {
+                return Err(RegistryError::KeyInUse);
+            }
+        }
+        if let Some(entry) = self.by_session.get_mut(session) {
+            let old = std::mem::replace(&mut entry.key, key);
+            self.by_key.remove(&old);
+            self.by_key.insert(key, session.to_string());
+            return Ok(Connected {
+                entry: entry.clone(),
+                replaced: (old != key).then_some(old),
+            });
+        }
+        let addresses = self.pool.allocate()?;
+        let entry = PeerEntry {
+            session: session.to_string(),
+            key,
+            addresses,
+        };
+        self.by_key.insert(key, session.to_string());
+        self.by_index.insert(addresses.index, session.to_string());
+        self.by_session.insert(session.to_string(), entry.clone());
+        Ok(Connected {
+            entry,
+            replaced: None,
+        })
+    }
+
+    /// Forgets `session`'s peer and frees its address.
+    pub fn disconnect(&mut self, session: &str) -> Option<PeerEntry> {
+        let entry = self.by_session.remove(session)?;
+        self.by_key.remove(&entry.key);
+        self.by_index.remove(&entry.addresses.index);
+        self.pool.release(entry.addresses);
+        Some(entry)
+    }
+
+    /// Forgets the peer with `key` (it went idle).
+    pub fn disconnect_key(&mut self, key: &PublicKey) -> Option<PeerEntry> {
+        let session = self.by_key.get(key)?.clone();
+        self.disconnect(&session)
+    }
+
+    /// The Session that owns tunnel address `ip`.
+    pub fn session_at(&self, ip: IpAddr) -> Option<&str> {
+        let index = client_index(ip)?;
+        self.by_index.get(&index).map(String::as_str)
+    }
+
+    /// The peer of `session`.
+    pub fn get(&self, session: &str) -> Option<&PeerEntry> {
+        self.by_session.get(session)
+    }
+
+    /// Number of connected Sessions.
+    pub fn len(&self) -> usize {
+        self.by_session.len()
+    }
+
+    /// Whether no Session is connected.
+    pub fn is_empty(&self) -> bool {
+        self.by_session.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use postern_common::wireguard::KeyPair;
+
+    #[test]
+    fn connect_reconnect_disconnect() {
+        let mut r = Registry::default();
+        let (k1, k2, k3) = (
+            KeyPair::generate().public,
+            KeyPair::generate().public,
+            KeyPair::generate().public,
+        );
+        let a = r.connect("s1", k1).unwrap();
+        assert_eq!(a.entry.addresses.v4.to_string(), "100.64.0.2");
+        assert_eq!(a.replaced, None);
+        // Same key again: nothing replaced, same address.
+        assert_eq!(r.connect("s1", k1).unwrap().entry, a.entry);
+        // New key for the same session: the old one is replaced, the address kept.
+        let b = r.connect("s1", k2).unwrap();
+        assert_eq!(b.replaced, Some(k1));
+        assert_eq!(b.entry.addresses, a.entry.addresses);
+        // Another session cannot take a key in use.
+        assert_eq!(r.connect("s2", k2), Err(RegistryError::KeyInUse));
+        let c = r.connect("s2", k3).unwrap();
+        assert_eq!(c.entry.addresses.v4.to_string(), "100.64.0.3");
+        assert_eq!(r.session_at("100.64.0.3".parse().unwrap()), Some("s2"));
+        assert_eq!(r.session_at("fd70:7374::2".parse().unwrap()), Some("s1"));
+        assert_eq!(r.disconnect_key(&k2).unwrap().session, "s1");
+        assert_eq!(r.session_at("100.64.0.2".parse().unwrap()), None);
+        assert_eq!(r.len(), 1);
+        // The freed address goes to the next session.
+        let d = r.connect("s3", k1).unwrap();
+        assert_eq!(d.entry.addresses.v4.to_string(), "100.64.0.2");
+        assert!(r.disconnect("nope").is_none());
+    }
+}
