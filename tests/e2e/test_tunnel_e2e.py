@@ -47,7 +47,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DOMAIN, Gateway
+from conftest import DOMAIN, Gateway, free_port
 
 A_B, B_A = "10.234.1.1", "10.234.1.2"  # veth A<->B
 A_C, C_A = "10.234.2.1", "10.234.2.2"  # veth A<->C
@@ -299,8 +299,16 @@ def test_agent_against_gateway(bin_dir, tmp_path):
 
             root = tmp_path / "gw"
             root.mkdir()
+            metrics_port = free_port()
             gw = GatewayInA(bin_dir, root, ["--wg-listen", f"{A_C}:{WG_PORT}",
-                                            "--wg-endpoint", f"{A_C}:{WG_PORT}"], None, None)
+                                            "--wg-endpoint", f"{A_C}:{WG_PORT}",
+                                            "--metrics-listen", f"127.0.0.1:{metrics_port}"], None, None)
+
+            def tunnel_peers() -> int:
+                import httpx
+                text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
+                return int(re.search(r"^postern_tunnel_peers (\d+)$", text, re.M).group(1))
+
             stack.callback(gw.stop)
             gw.start()
             topo.restrict_c(gw.port)
@@ -363,6 +371,11 @@ def test_agent_against_gateway(bin_dir, tmp_path):
                 assert r.returncode == 0, r.stdout + r.stderr
                 return r.stdout if re.search(r"Handshake: \d+s ago", r.stdout) else None
 
+            # IPv6 through the device too (the Service's address carries the same index).
+            hi, lo = map(int, web["address"].split(".")[2:])
+            status, body = topo.curl_c(f"http://[fd70:7376::{hi * 256 + lo:x}]:{SVC_PORT}/v6", "-g")
+            assert status == 404, (status, body)  # http.server has no /v6: it answered
+
             text = wait_for(status_text, 6, "a handshake in `postern status`", interval=0.5)
             assert st["address"] in text and st["address"].startswith("100.64.0."), text
             age = int(re.search(r"Handshake: (\d+)s ago", text).group(1))
@@ -377,6 +390,7 @@ def test_agent_against_gateway(bin_dir, tmp_path):
             bst = wait_tunnel(bob_home, bob, "bob")
             assert bst["mode"] == "userspace" and bst["address"] != st["address"], bst
             assert alice.poll() is None
+            assert tunnel_peers() == 2  # was always 0 before the metrics fix
             status, body = topo.curl_c(f"http://127.0.0.1:{LOCAL_PORT}/")
             assert status == 403, (status, body, topo.output("bob"))
             gw.wait_access(lambda e: e.get("via") == "tunnel" and e.get("user") == "bob" and e.get("status") == 403)
@@ -408,6 +422,7 @@ def test_agent_against_gateway(bin_dir, tmp_path):
             assert status != 200, body
             assert took < 2.5, took
             print(f"alice after session deletion: status {status} ({body.strip()[-80:]!r}) in {took:.2f}s")
+            assert tunnel_peers() == 1
             # bob is unaffected.
             assert topo.curl_c(f"http://127.0.0.1:{LOCAL_PORT}/")[0] == 200
 
@@ -422,6 +437,9 @@ def test_agent_against_gateway(bin_dir, tmp_path):
             r = topo.exec_c(postern, "disconnect", env=agent_env(bob_home), timeout=20)
             assert "Disconnected" in r.stdout, r.stdout + r.stderr
             assert bob.wait(timeout=5) == 0
+            assert tunnel_peers() == 0
+            for label in ("alice", "bob"):
+                print(f"----- {label}'s agent output -----\n{topo.output(label).strip()}")
             ok = True
         finally:
             if not ok:

@@ -47,7 +47,7 @@ fn respond<B>(gw: &Gateway, req: &Request<B>) -> Response<Full<Bytes>> {
         (&Method::GET | &Method::HEAD, "/metrics") => {
             let gauges = Gauges {
                 active_sessions: gw.session_count() as u64,
-                tunnel_peers: 0,
+                tunnel_peers: gw.tunnel.get().map_or(0, |t| t.peer_count() as u64),
                 access_log_dropped: gw.telemetry.access_log.dropped(),
                 usage_dropped: gw.telemetry.usage.as_ref().map_or(0, |u| u.dropped()),
             };
