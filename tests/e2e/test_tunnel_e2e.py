@@ -48,6 +48,7 @@ from pathlib import Path
 import pytest
 
 from conftest import DOMAIN, Gateway, free_port
+from test_tunnel_gateway import DNS_QUERY
 
 A_B, B_A = "10.234.1.1", "10.234.1.2"  # veth A<->B
 A_C, C_A = "10.234.2.1", "10.234.2.2"  # veth A<->C
@@ -370,6 +371,15 @@ def test_agent_against_gateway(bin_dir, tmp_path):
                 r = topo.exec_c(postern, "status", env=agent_env(alice_home), check=False)
                 assert r.returncode == 0, r.stdout + r.stderr
                 return r.stdout if re.search(r"Handshake: \d+s ago", r.stdout) else None
+
+            # The tunnel's DNS server is first in resolv.conf: it must refuse names outside
+            # its zone (the resolver then asks the next server), not NXDOMAIN them, which
+            # would break every other lookup on the machine (it did before the fix).
+            def dns_rcode(name: str) -> int:
+                return int(topo.exec_c("python3", "-c", DNS_QUERY, name, "1").stdout.split()[0])
+
+            assert dns_rcode("example.com") == 5
+            assert dns_rcode("nope.local") == 3 and dns_rcode("web.local") == 0
 
             # IPv6 through the device too (the Service's address carries the same index).
             hi, lo = map(int, web["address"].split(".")[2:])
