@@ -18,6 +18,9 @@ pub const RCODE_FORMERR: u8 = 1;
 pub const RCODE_NOTIMP: u8 = 4;
 /// Response code: the name does not exist.
 pub const RCODE_NXDOMAIN: u8 = 3;
+/// Response code: refused (a name outside the tunnel's zone; stub resolvers then ask their
+/// next server, where NXDOMAIN would end the lookup).
+pub const RCODE_REFUSED: u8 = 5;
 
 /// Why a datagram is not a query this server answers.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -166,9 +169,43 @@ pub fn service_label<'a>(name: &'a str, domain: &str) -> Option<&'a str> {
     (!label.is_empty() && !label.contains('.')).then_some(label)
 }
 
+/// Whether the tunnel's DNS server speaks for `name` (lowercase, no trailing dot):
+/// `local`, `*.local`, `*.local.<domain>` and bare labels. For any other name it answers
+/// REFUSED, not NXDOMAIN: an agent without systemd-resolved lists this server first in
+/// resolv.conf, and an NXDOMAIN would stop the lookup of every other name on the machine.
+pub fn in_zone(name: &str, domain: &str) -> bool {
+    !name.contains('.')
+        || name.ends_with(".local")
+        || name
+            .strip_suffix(domain)
+            .is_some_and(|r| r == "local." || r.ends_with(".local."))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn zone_is_local_names_only() {
+        for n in [
+            "web",
+            "web.local",
+            "local",
+            "web.local.example.com",
+            "nope.local",
+        ] {
+            assert!(in_zone(n, "example.com"), "{n}");
+        }
+        for n in [
+            "example.com",
+            "www.google.com",
+            "web.example.com",
+            "localhost.lan",
+            "web.local.other.org",
+        ] {
+            assert!(!in_zone(n, "example.com"), "{n}");
+        }
+    }
 
     /// A query as `dig` sends it (with an EDNS OPT record in the additional section).
     fn query(name: &str, qtype: u16) -> Vec<u8> {

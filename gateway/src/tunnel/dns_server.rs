@@ -73,6 +73,9 @@ fn answer(gw: &Gateway, tunnel: &Tunnel, q: &Query, asker: IpAddr) -> Vec<u8> {
             &[IpAddr::V4(pair.v4), IpAddr::V6(pair.v6)],
             TTL,
         ),
+        None if !dns::in_zone(&q.name, &gw.domain) => {
+            dns::build_answer(q, dns::RCODE_REFUSED, &[], TTL)
+        }
         None => dns::build_answer(q, dns::RCODE_NXDOMAIN, &[], TTL),
     }
 }
