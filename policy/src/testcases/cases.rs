@@ -47,36 +47,9 @@ impl Case {
     }
 }
 
-/// A case file that cannot be read: file, line, column and field path when known.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub struct CaseFileError {
-    /// The file as named by the caller.
-    pub file: String,
-    /// 1-based line.
-    pub line: Option<usize>,
-    /// 1-based column.
-    pub column: Option<usize>,
-    /// Dotted path such as `cases[1].expect`.
-    pub field: Option<String>,
-    /// What is wrong.
-    pub message: String,
-}
-
-impl fmt::Display for CaseFileError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.file)?;
-        if let Some(line) = self.line {
-            write!(f, ":{line}")?;
-            if let Some(col) = self.column {
-                write!(f, ":{col}")?;
-            }
-        }
-        if let Some(field) = &self.field {
-            write!(f, ": {field}")?;
-        }
-        write!(f, ": {}", self.message)
-    }
-}
+/// A case file that cannot be read: file, line, column and field path when known, in the
+/// same shape (and with the same message format) as a resource file that cannot be read.
+pub type CaseFileError = postern_common::resources::ParseError;
 
 /// Parses a case file (YAML or JSON); `file` is used in error messages only.
 pub fn parse_case_file(file: &str, text: &str) -> Result<CaseFile, CaseFileError> {
