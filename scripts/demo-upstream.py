@@ -19,7 +19,8 @@ class Handler(BaseHTTPRequestHandler):
         req = json.loads(body or b"{}")
         model = req.get("model", "demo")
         auth = self.headers.get("authorization", "")
-        text = f"Hello from the demo upstream; the gateway sent {auth[:13]}..."
+        injected = "an injected key" if auth.startswith("Bearer sk-demo") else "no key"
+        text = f"Hello from the demo upstream; the gateway sent {injected}, not your token"
         usage = {"prompt_tokens": 5, "completion_tokens": 9, "total_tokens": 14}
         if req.get("stream"):
             self.send_response(200)
