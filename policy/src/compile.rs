@@ -50,33 +50,28 @@ impl CelExpr {
     /// `Some(b)` for a boolean result; `None` for an evaluation error or a non-boolean
     /// result (both logged at debug: they mean "not matched").
     fn eval(&self, ctx: &EvalContext) -> Option<bool> {
+        match self.eval_detailed(ctx) {
+            Ok(b) => Some(b),
+            Err(why) => {
+                tracing::debug!(expression = %self.source, %why, "treated as not matched");
+                None
+            }
+        }
+    }
+
+    /// The boolean result, or why there is none (an evaluation error, a non-boolean result, a
+    /// panic of the interpreter), for `explain`.
+    fn eval_detailed(&self, ctx: &EvalContext) -> Result<bool, String> {
         // The interpreter has `todo!()`/`unreachable!()` paths; a panic there must not take
         // the request task down. Evaluation only reads `ctx`, so unwinding leaves no broken
         // state behind.
         ctx.reset_loop_cost();
         let result = std::panic::catch_unwind(AssertUnwindSafe(|| ctx.cel().resolve(&self.expr)));
-        let Ok(result) = result else {
-            tracing::debug!(expression = %self.source, "policy expression panicked; treated as not matched");
-            return None;
-        };
         match result {
-            Ok(Value::Bool(b)) => Some(b),
-            Ok(other) => {
-                tracing::debug!(
-                    expression = %self.source,
-                    result = ?other,
-                    "policy expression is not boolean; treated as not matched"
-                );
-                None
-            }
-            Err(error) => {
-                tracing::debug!(
-                    expression = %self.source,
-                    %error,
-                    "policy expression failed to evaluate; treated as not matched"
-                );
-                None
-            }
+            Err(_) => Err("the expression made the interpreter panic".into()),
+            Ok(Ok(Value::Bool(b))) => Ok(b),
+            Ok(Ok(other)) => Err(format!("the result is not a boolean: {other:?}")),
+            Ok(Err(error)) => Err(error.to_string()),
         }
     }
 }
@@ -245,12 +240,35 @@ impl CompiledCondition {
     /// For OPA, the decision is `data.<package>.match`: undefined is "not matched", and a
     /// non-boolean is an error, treated as not matched.
     pub fn evaluate(&self, ctx: &EvalContext) -> bool {
+        self.evaluate_noting(ctx, &mut None)
+    }
+
+    /// Like [`evaluate`](Self::evaluate), also noting each CEL expression that could not be
+    /// evaluated (`expression: why`), so `explain` can say why a rule did not match.
+    pub fn evaluate_with_notes(&self, ctx: &EvalContext, notes: &mut Vec<String>) -> bool {
+        let mut sink = Some(std::mem::take(notes));
+        let matched = self.evaluate_noting(ctx, &mut sink);
+        *notes = sink.unwrap_or_default();
+        matched
+    }
+
+    fn evaluate_noting(&self, ctx: &EvalContext, notes: &mut Option<Vec<String>>) -> bool {
+        let mut cel = |e: &CelExpr| match notes {
+            None => e.eval(ctx),
+            Some(n) => match e.eval_detailed(ctx) {
+                Ok(b) => Some(b),
+                Err(why) => {
+                    n.push(format!("{}: {why}", e.source));
+                    None
+                }
+            },
+        };
         match &self.node {
-            Node::Match(e) => e.eval(ctx) == Some(true),
-            Node::Not(e) => e.eval(ctx) == Some(false),
-            Node::All(v) => v.iter().all(|c| c.evaluate(ctx)),
-            Node::Any(v) => v.iter().any(|c| c.evaluate(ctx)),
-            Node::None(v) => !v.iter().any(|c| c.evaluate(ctx)),
+            Node::Match(e) => cel(e) == Some(true),
+            Node::Not(e) => cel(e) == Some(false),
+            Node::All(v) => v.iter().all(|c| c.evaluate_noting(ctx, notes)),
+            Node::Any(v) => v.iter().any(|c| c.evaluate_noting(ctx, notes)),
+            Node::None(v) => !v.iter().any(|c| c.evaluate_noting(ctx, notes)),
             Node::MatchAny => true,
             Node::Opa(r) => r.evaluate(ctx),
         }

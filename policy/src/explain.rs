@@ -25,6 +25,10 @@ pub struct RuleOutcome {
     pub matched: bool,
     /// True for the first matching rule, the one that decided.
     pub decisive: bool,
+    /// Expressions that could not be evaluated, with why (`expr: no such key: model`): the
+    /// usual reason a rule one expected to match did not.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 impl RuleOutcome {
@@ -131,7 +135,8 @@ impl RuleSet {
             .iter()
             .enumerate()
             .map(|(i, r)| {
-                let matched = r.condition.evaluate(ctx);
+                let mut notes = Vec::new();
+                let matched = r.condition.evaluate_with_notes(ctx, &mut notes);
                 let decisive = matched && !decided;
                 decided |= matched;
                 RuleOutcome {
@@ -142,6 +147,7 @@ impl RuleSet {
                     priority: r.priority,
                     matched,
                     decisive,
+                    notes,
                 }
             })
             .collect();
@@ -273,5 +279,30 @@ mod tests {
         let v = serde_json::to_value(&none).unwrap();
         assert_eq!(v["decision"]["decidedBy"], "none");
         assert!(v["decision"].get("policy").is_none());
+    }
+
+    #[test]
+    fn a_missing_field_is_noted_on_the_rule_it_kept_from_matching() {
+        let set = rules(RULES);
+        let e = set.explain(&ctx("GET"));
+        let never = e.rules.iter().find(|r| r.rule == "never").unwrap();
+        assert!(!never.matched);
+        assert_eq!(never.notes.len(), 1, "{:?}", never.notes);
+        assert!(
+            never.notes[0].starts_with("ctx.user.nope == 1: "),
+            "{:?}",
+            never.notes
+        );
+        let get = e.rules.iter().find(|r| r.rule == "get-deny").unwrap();
+        assert!(get.notes.is_empty(), "a rule that evaluated has no notes");
+        // A plain false (no error) is not noted either.
+        let post = set.explain(&ctx("POST"));
+        assert!(post
+            .rules
+            .iter()
+            .find(|r| r.rule == "get-deny")
+            .unwrap()
+            .notes
+            .is_empty());
     }
 }

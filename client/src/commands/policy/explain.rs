@@ -171,6 +171,14 @@ pub fn render_table(e: &Explanation, config: Option<&ChosenConfig>) -> String {
         }
         .render()
     };
+    for r in e.rules.iter().filter(|r| !r.notes.is_empty()) {
+        for note in &r.notes {
+            text.push_str(&format!(
+                "note: rule #{} not evaluated fully: {note}\n",
+                r.position
+            ));
+        }
+    }
     text.push_str(&format!("\nDecision: {}\n", e.decision_text()));
     match config {
         Some(ChosenConfig::Dynamic(name)) => {
