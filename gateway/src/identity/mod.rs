@@ -6,12 +6,14 @@
 pub mod secretbox;
 pub mod secrets;
 pub mod token;
+pub mod verified;
 
 pub use secretbox::{SecretBox, SecretBoxError};
 pub use secrets::{
     hash_secret, new_auth_token, new_client_credentials, parse_auth_token, random_id, verify_secret,
 };
 pub use token::{Claims, SigningKeyError, TokenError, TokenSigner};
+pub use verified::VerifiedTokens;
 
 use std::io::{self, Write};
 use std::path::Path;

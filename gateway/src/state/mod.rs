@@ -53,6 +53,8 @@ pub struct Gateway {
     store: Store,
     secretbox: SecretBox,
     signer: TokenSigner,
+    /// Tokens whose signature was already checked (see `identity::verified`).
+    verified: crate::identity::VerifiedTokens,
     /// Serialises changes so each builds on the one before.
     write_lock: Mutex<()>,
     pub upstream: UpstreamClient,
@@ -85,6 +87,7 @@ impl Gateway {
             store: parts.store,
             secretbox: parts.secretbox,
             signer: parts.signer,
+            verified: Default::default(),
             write_lock: Mutex::new(()),
             upstream: parts.upstream,
             telemetry: parts.telemetry,

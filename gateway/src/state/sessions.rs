@@ -53,13 +53,13 @@ pub enum AuthError {
 }
 
 impl Gateway {
-    /// Checks an access token: signature and expiry, then that its session, user and
-    /// credential still exist. No store read.
+    /// Checks an access token: signature (once per token, then remembered) and expiry, then
+    /// that its session, user and credential still exist. No store read.
     pub fn authenticate(&self, token: &str) -> Result<Principal, AuthError> {
         let now = now_unix();
         let claims = self
-            .signer
-            .verify(token, now)
+            .verified
+            .verify(&self.signer, token, now)
             .map_err(|e| AuthError::BadToken(e.to_string()))?;
         self.session_principal(&claims.sid)
     }
