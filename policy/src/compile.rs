@@ -62,9 +62,9 @@ impl CelExpr {
     /// The boolean result, or why there is none (an evaluation error, a non-boolean result, a
     /// panic of the interpreter), for `explain`.
     fn eval_detailed(&self, ctx: &EvalContext) -> Result<bool, String> {
-        // The interpreter has `todo!()`/`unreachable!()` paths; a panic there must not take
-        // the request task down. Evaluation only reads `ctx`, so unwinding leaves no broken
-        // state behind.
+        // The interpreter has unfinished and unreachable branches that panic; a panic must
+        // not take the request task down. Evaluation only reads `ctx`, so unwinding leaves no
+        // broken state behind.
         ctx.reset_loop_cost();
         let result = std::panic::catch_unwind(AssertUnwindSafe(|| ctx.cel().resolve(&self.expr)));
         match result {
