@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use cel_interpreter::{Context, ExecutionError, FunctionContext, Value};
-use cel_parser::ast::{EntryExpr, Expr, IdedExpr};
+use cel_parser::ast::{Expr, IdedExpr};
 use chrono::{DateTime, Datelike, FixedOffset, TimeZone, Timelike, Utc};
 use regex::{Regex, RegexBuilder};
 
@@ -77,57 +77,20 @@ pub(crate) fn is_known_function(name: &str) -> bool {
 /// `net.isIPInRange(a, b)`, so that no `net` or `json` variable is needed and an unknown
 /// `net.foo()` is reported as such at compile time.
 pub(crate) fn qualify_namespaces(e: &mut IdedExpr) {
-    match &mut e.expr {
-        Expr::Unspecified | Expr::Ident(_) | Expr::Literal(_) => {}
-        Expr::Select(s) => qualify_namespaces(&mut s.operand),
-        Expr::Call(c) => {
-            let namespace = match c.target.as_deref() {
-                Some(IdedExpr {
-                    expr: Expr::Ident(ns),
-                    ..
-                }) if NAMESPACES.contains(&ns.as_str()) => Some(ns.clone()),
-                _ => None,
-            };
-            if let Some(ns) = namespace {
-                c.target = None;
-                c.func_name = format!("{ns}.{}", c.func_name);
-            }
-            if let Some(t) = c.target.as_deref_mut() {
-                qualify_namespaces(t);
-            }
-            c.args.iter_mut().for_each(qualify_namespaces);
+    if let Expr::Call(c) = &mut e.expr {
+        let namespace = match c.target.as_deref() {
+            Some(IdedExpr {
+                expr: Expr::Ident(ns),
+                ..
+            }) if NAMESPACES.contains(&ns.as_str()) => Some(ns.clone()),
+            _ => None,
+        };
+        if let Some(ns) = namespace {
+            c.target = None;
+            c.func_name = format!("{ns}.{}", c.func_name);
         }
-        Expr::Comprehension(c) => {
-            for part in [
-                &mut c.iter_range,
-                &mut c.accu_init,
-                &mut c.loop_cond,
-                &mut c.loop_step,
-                &mut c.result,
-            ] {
-                qualify_namespaces(part);
-            }
-        }
-        Expr::List(l) => l.elements.iter_mut().for_each(qualify_namespaces),
-        Expr::Map(m) => m
-            .entries
-            .iter_mut()
-            .for_each(|e| qualify_entry(&mut e.expr)),
-        Expr::Struct(s) => s
-            .entries
-            .iter_mut()
-            .for_each(|e| qualify_entry(&mut e.expr)),
     }
-}
-
-fn qualify_entry(e: &mut EntryExpr) {
-    match e {
-        EntryExpr::MapEntry(me) => {
-            qualify_namespaces(&mut me.key);
-            qualify_namespaces(&mut me.value);
-        }
-        EntryExpr::StructField(sf) => qualify_namespaces(&mut sf.value),
-    }
+    crate::ast::for_each_child_mut(e, &mut qualify_namespaces);
 }
 
 /// Registers every custom function on a root context; `now` is the request time that

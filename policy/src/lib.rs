@@ -23,6 +23,7 @@
 //! The module is pure: no I/O, no global state. Compiled types are `Send + Sync` so that a
 //! configuration snapshot can be shared across tasks behind an `Arc`.
 
+mod ast;
 mod catalog;
 mod compile;
 mod context;

@@ -228,70 +228,34 @@ pub(crate) const LOOP_STEP_FUNCTION: &str = "@postern_loop_step";
 /// `@postern_loop_step(cond, weight, accumulator_name)` charges `weight` (the nodes of the
 /// loop condition and step) plus the accumulator's length, then returns `cond`.
 pub(crate) fn instrument_loops(e: &mut IdedExpr) {
-    match &mut e.expr {
-        Expr::Unspecified | Expr::Ident(_) | Expr::Literal(_) => {}
-        Expr::Select(s) => instrument_loops(&mut s.operand),
-        Expr::Call(c) => {
-            if let Some(t) = c.target.as_deref_mut() {
-                instrument_loops(t);
-            }
-            c.args.iter_mut().for_each(instrument_loops);
-        }
-        Expr::Comprehension(c) => {
-            for part in [
-                &mut c.iter_range,
-                &mut c.accu_init,
-                &mut c.loop_cond,
-                &mut c.loop_step,
-                &mut c.result,
-            ] {
-                instrument_loops(part);
-            }
-            let weight = count_nodes(&c.loop_cond) + count_nodes(&c.loop_step);
-            let cond = std::mem::replace(
-                c.loop_cond.as_mut(),
-                IdedExpr {
-                    id: 0,
-                    expr: Expr::Unspecified,
-                },
-            );
-            let literal = |v: Val| IdedExpr {
-                id: 0,
-                expr: Expr::Literal(v),
-            };
-            *c.loop_cond = IdedExpr {
-                id: cond.id,
-                expr: Expr::Call(cel_parser::ast::CallExpr {
-                    func_name: LOOP_STEP_FUNCTION.to_owned(),
-                    target: None,
-                    args: vec![
-                        cond,
-                        literal(Val::Int(i64::try_from(weight).unwrap_or(i64::MAX))),
-                        literal(Val::String(c.accu_var.clone())),
-                    ],
-                }),
-            };
-        }
-        Expr::List(l) => l.elements.iter_mut().for_each(instrument_loops),
-        Expr::Map(m) => m
-            .entries
-            .iter_mut()
-            .for_each(|entry| instrument_entry(&mut entry.expr)),
-        Expr::Struct(s) => s
-            .entries
-            .iter_mut()
-            .for_each(|entry| instrument_entry(&mut entry.expr)),
-    }
-}
-
-fn instrument_entry(e: &mut EntryExpr) {
-    match e {
-        EntryExpr::MapEntry(me) => {
-            instrument_loops(&mut me.key);
-            instrument_loops(&mut me.value);
-        }
-        EntryExpr::StructField(sf) => instrument_loops(&mut sf.value),
-    }
+    crate::ast::for_each_child_mut(e, &mut instrument_loops);
+    let Expr::Comprehension(c) = &mut e.expr else {
+        return;
+    };
+    let weight = count_nodes(&c.loop_cond) + count_nodes(&c.loop_step);
+    let cond = std::mem::replace(
+        c.loop_cond.as_mut(),
+        IdedExpr {
+            id: 0,
+            expr: Expr::Unspecified,
+        },
+    );
+    let literal = |v: Val| IdedExpr {
+        id: 0,
+        expr: Expr::Literal(v),
+    };
+    *c.loop_cond = IdedExpr {
+        id: cond.id,
+        expr: Expr::Call(cel_parser::ast::CallExpr {
+            func_name: LOOP_STEP_FUNCTION.to_owned(),
+            target: None,
+            args: vec![
+                cond,
+                literal(Val::Int(i64::try_from(weight).unwrap_or(i64::MAX))),
+                literal(Val::String(c.accu_var.clone())),
+            ],
+        }),
+    };
 }
 
 fn count_nodes(e: &IdedExpr) -> usize {
