@@ -17,6 +17,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// mimalloc's thread-local free lists: the request path allocates and frees many small
+/// buffers per request, and glibc's malloc showed as about a tenth of the gateway's CPU.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "posternd",

@@ -7,7 +7,6 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use cel_interpreter::objects::{Key, Map};
@@ -132,8 +131,6 @@ pub struct RequestFacts<'a> {
 /// condition; requests evaluated only by CEL never pay for it.
 pub struct EvalContext {
     cel: Context<'static>,
-    /// Work done in list macros by the expression being evaluated (see `limits`).
-    loop_cost: Arc<AtomicU64>,
     /// Sources of the JSON view: the resources' JSON and the CEL `ctx.request` value.
     parts: JsonParts,
     json: OnceLock<serde_json::Value>,
@@ -191,17 +188,14 @@ impl EvalContext {
         root.insert(key("service"), service.0.clone());
         root.insert(key("request"), req.clone());
 
-        let mut cel = Context::default();
-        let loop_cost = Arc::new(AtomicU64::new(0));
-        functions::register(
-            &mut cel,
-            request.now.unwrap_or_else(Utc::now),
-            loop_cost.clone(),
+        let mut cel = functions::base_context().new_inner_scope();
+        cel.add_variable_from_value(
+            functions::NOW_VARIABLE,
+            functions::now_value(request.now.unwrap_or_else(Utc::now)),
         );
         cel.add_variable_from_value("ctx", map_value(root));
         EvalContext {
             cel,
-            loop_cost,
             parts: JsonParts {
                 user: user.1.clone(),
                 session: session.1.clone(),
@@ -219,11 +213,10 @@ impl EvalContext {
         &self.cel
     }
 
-    /// Starts a new loop budget, before evaluating one expression. (Expressions evaluated
-    /// concurrently on the same context would share one budget: more conservative, never
-    /// less.)
+    /// Starts a new loop budget, before evaluating one expression. The budget is per thread:
+    /// an evaluation runs start to end on the thread that started it.
     pub(crate) fn reset_loop_cost(&self) {
-        self.loop_cost.store(0, Ordering::Relaxed);
+        functions::reset_loop_cost();
     }
 
     /// `ctx` as JSON, with the same content as the CEL `ctx` (what OPA conditions see as

@@ -33,7 +33,7 @@ impl Trace {
             record: AccessRecord {
                 service: Some(service.to_string()),
                 ..AccessRecord::new(
-                    crate::identity::secrets::random_id("req"),
+                    AccessRecord::new_request_id(),
                     req.method().as_str(),
                     req.uri().path(),
                 )

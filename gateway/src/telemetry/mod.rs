@@ -3,6 +3,7 @@
 
 pub mod access_log;
 pub mod body;
+pub mod drain;
 pub mod metrics;
 pub mod otlp;
 pub mod recent;
@@ -62,10 +63,11 @@ impl Telemetry {
             otlp.record(&record);
         }
         self.metrics.observe(&record);
+        let record = Arc::new(record);
         if let Some(u) = &self.usage {
             u.record(&record);
         }
-        self.recent.push(Arc::new(record.clone()));
+        self.recent.push(record.clone());
         self.access_log.log(record);
     }
 

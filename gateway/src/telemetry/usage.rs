@@ -1,7 +1,10 @@
 //! LLM token accounting from OpenAI-shaped responses, fed chunk by chunk as the response
 //! streams to the client, so streaming is never delayed or fully buffered for accounting.
 
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::Value;
+use std::borrow::Cow;
 
 /// Most bytes kept from a JSON response (or one SSE line) for accounting; larger bodies
 /// still stream to the client but are not accounted.
@@ -130,9 +133,7 @@ impl UsageParser {
                 buf,
                 overflow: false,
             } => {
-                if let Ok(v) = serde_json::from_slice::<Value>(&buf) {
-                    self.observe(&v);
-                }
+                self.observe(&buf);
             }
             Mode::Sse {
                 line,
@@ -151,31 +152,89 @@ impl UsageParser {
         if data.trim_ascii() == b"[DONE]" {
             return;
         }
-        if let Ok(v) = serde_json::from_slice::<Value>(data) {
-            self.observe(&v);
-        }
+        self.observe(data);
     }
 
-    fn observe(&mut self, v: &Value) {
-        if let Some(m) = v
-            .get("model")
-            .and_then(Value::as_str)
+    /// Takes the model, usage and generated characters from one JSON document (a whole
+    /// response or one SSE event). Only those three fields are decoded; the rest is skipped
+    /// without building a tree, and a field of an unexpected shape is ignored on its own.
+    fn observe(&mut self, json: &[u8]) {
+        let Ok(doc) = serde_json::from_slice::<Document>(json) else {
+            return;
+        };
+        if let Some(m) = doc
+            .model
+            .and_then(|m| serde_json::from_str::<Cow<str>>(m.get()).ok())
             .filter(|m| !m.is_empty())
         {
-            self.model = Some(m.to_string());
+            self.model = Some(m.into_owned());
         }
-        if let Some(u) = v.get("usage").and_then(parse_usage) {
+        if let Some(u) = doc
+            .usage
+            .and_then(|u| serde_json::from_str::<Value>(u.get()).ok())
+            .and_then(|u| parse_usage(&u))
+        {
             self.usage = Some(u);
         }
-        if let Some(choices) = v.get("choices").and_then(Value::as_array) {
-            for c in choices {
-                let text = c
-                    .pointer("/delta/content")
-                    .or_else(|| c.pointer("/message/content"));
-                self.completion_chars += content_chars(text);
-            }
+        let choices = doc
+            .choices
+            .and_then(|c| serde_json::from_str::<Vec<Choice>>(c.get()).ok());
+        for c in choices.iter().flatten() {
+            let content = c
+                .delta
+                .as_ref()
+                .and_then(|d| d.content)
+                .or_else(|| c.message.as_ref().and_then(|m| m.content));
+            self.completion_chars += content.map_or(0, raw_content_chars);
         }
     }
+}
+
+/// The fields of a response or event that accounting reads, still undecoded.
+#[derive(Deserialize)]
+struct Document<'a> {
+    #[serde(borrow, default)]
+    model: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    usage: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    choices: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct Choice<'a> {
+    #[serde(borrow, default)]
+    delta: Option<Message<'a>>,
+    #[serde(borrow, default)]
+    message: Option<Message<'a>>,
+}
+
+#[derive(Deserialize)]
+struct Message<'a> {
+    #[serde(borrow, default)]
+    content: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct TextPart<'a> {
+    #[serde(borrow, default)]
+    text: Option<Cow<'a, str>>,
+}
+
+/// [`content_chars`] of a still-encoded `content`.
+fn raw_content_chars(content: &RawValue) -> u64 {
+    if let Ok(s) = serde_json::from_str::<Cow<str>>(content.get()) {
+        return s.chars().count() as u64;
+    }
+    serde_json::from_str::<Vec<TextPart>>(content.get())
+        .map(|parts| {
+            parts
+                .iter()
+                .filter_map(|p| p.text.as_ref())
+                .map(|t| t.chars().count() as u64)
+                .sum()
+        })
+        .unwrap_or(0)
 }
 
 /// Characters of an OpenAI `content`: a string, or an array of parts with `text`.

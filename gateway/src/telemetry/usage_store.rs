@@ -2,75 +2,67 @@
 //! table, written in batches by a background thread so the request path never waits on disk.
 
 use super::access_log::AccessRecord;
+use super::drain::Drain;
 use crate::store::usage::{UsageKey, UsageRow, UsageTotals};
 use crate::store::{Store, StoreError};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Rows queued before new ones are dropped (and counted).
-const QUEUE: usize = 8192;
+const QUEUE: usize = 16_384;
 /// Longest a row waits before its batch is written.
 const BATCH_WAIT: Duration = Duration::from_millis(200);
-/// Rows written per transaction at most.
-const BATCH_MAX: usize = 100;
-
-enum Msg {
-    Row(Box<UsageRow>),
-    Flush(mpsc::Sender<()>),
-}
 
 /// Records LLM token usage in the store, off the hot path.
 ///
 /// Exists so usage survives restarts and can be summed per user, group, model, service or
-/// config: [`UsageRecorder::record`] only queues (a full queue drops and counts), and a
-/// thread inserts batches every ~200 ms or 100 rows.
+/// config: [`UsageRecorder::record`] only queues the record (a full queue drops and counts),
+/// and a thread turns what arrived into rows and inserts them in one transaction every
+/// ~200 ms.
 #[derive(Clone)]
 pub struct UsageRecorder {
     store: Arc<Store>,
-    tx: SyncSender<Msg>,
-    dropped: Arc<AtomicU64>,
+    drain: Arc<Drain<Arc<AccessRecord>>>,
 }
 
 impl UsageRecorder {
     /// Starts the writer thread for `store` (its own connection is best, so reads by the
     /// rest of the gateway never wait on a batch).
     pub fn start(store: Arc<Store>) -> std::io::Result<Self> {
-        let (tx, rx) = mpsc::sync_channel(QUEUE);
         let writer = store.clone();
-        std::thread::Builder::new()
-            .name("postern-usage".into())
-            .spawn(move || write_loop(rx, &writer))?;
+        let mut rows = Vec::new();
+        let sink = move |batch: &mut Vec<Arc<AccessRecord>>| {
+            rows.clear();
+            rows.extend(batch.iter().filter_map(|r| row_of(r)));
+            if rows.is_empty() {
+                return;
+            }
+            if let Err(e) = writer.insert_usage(&rows) {
+                tracing::warn!(error = %e, rows = rows.len(), "writing token usage failed");
+            }
+        };
+        let drain = Drain::start("postern-usage", QUEUE, BATCH_WAIT, sink)?;
         Ok(Self {
             store,
-            tx,
-            dropped: Arc::new(AtomicU64::new(0)),
+            drain: Arc::new(drain),
         })
     }
 
     /// Queues the usage of `record`, if it has any. Never blocks.
-    pub fn record(&self, record: &AccessRecord) {
-        let Some(row) = row_of(record) else { return };
-        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
-            self.tx.try_send(Msg::Row(Box::new(row)))
-        {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
+    pub fn record(&self, record: &Arc<AccessRecord>) {
+        if record.usage.is_some() {
+            self.drain.push(record.clone());
         }
     }
 
     /// Rows lost because the writer could not keep up.
     pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
+        self.drain.dropped()
     }
 
     /// Waits (blocking, up to `timeout`) until every row queued so far is written.
     pub fn flush(&self, timeout: Duration) -> bool {
-        let (done_tx, done_rx) = mpsc::channel();
-        if self.tx.send(Msg::Flush(done_tx)).is_err() {
-            return false;
-        }
-        done_rx.recv_timeout(timeout).is_ok()
+        self.drain.flush(timeout)
     }
 
     /// Totals per `by` since `since` (RFC 3339 UTC), after writing what is queued. Blocking.
@@ -95,45 +87,6 @@ pub fn row_of(record: &AccessRecord) -> Option<UsageRow> {
         total: u.total_tokens,
         estimated: record.usage_estimated,
     })
-}
-
-fn write_loop(rx: Receiver<Msg>, store: &Store) {
-    let mut batch: Vec<UsageRow> = Vec::with_capacity(BATCH_MAX);
-    let mut waiters: Vec<mpsc::Sender<()>> = Vec::new();
-    let mut deadline: Option<Instant> = None;
-    loop {
-        let msg = match deadline {
-            None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
-            Some(d) => rx.recv_timeout(d.saturating_duration_since(Instant::now())),
-        };
-        let closed = match msg {
-            Ok(Msg::Row(r)) => {
-                batch.push(*r);
-                deadline.get_or_insert_with(|| Instant::now() + BATCH_WAIT);
-                false
-            }
-            Ok(Msg::Flush(done)) => {
-                waiters.push(done);
-                false
-            }
-            Err(RecvTimeoutError::Timeout) => false,
-            Err(RecvTimeoutError::Disconnected) => true,
-        };
-        let due = deadline.is_some_and(|d| Instant::now() >= d);
-        if closed || due || batch.len() >= BATCH_MAX || !waiters.is_empty() {
-            if let Err(e) = store.insert_usage(&batch) {
-                tracing::warn!(error = %e, rows = batch.len(), "writing token usage failed");
-            }
-            batch.clear();
-            deadline = None;
-            for w in waiters.drain(..) {
-                let _ = w.send(());
-            }
-        }
-        if closed {
-            return;
-        }
-    }
 }
 
 #[cfg(test)]
@@ -161,10 +114,10 @@ mod tests {
             total_tokens: 18,
         };
         for _ in 0..150 {
-            rec.record(&record("alice", Some(u.clone()), false));
+            rec.record(&Arc::new(record("alice", Some(u.clone()), false)));
         }
-        rec.record(&record("bob", Some(u.clone()), true));
-        rec.record(&record("carol", None, false));
+        rec.record(&Arc::new(record("bob", Some(u.clone()), true)));
+        rec.record(&Arc::new(record("carol", None, false)));
         assert!(rec.flush(Duration::from_secs(5)));
         let t = rec.totals(UsageKey::User, "2000").unwrap();
         assert_eq!(t.len(), 2);
@@ -182,7 +135,7 @@ mod tests {
     fn rows_are_written_without_a_flush_within_the_batch_wait() {
         let store = Arc::new(Store::open_in_memory().unwrap());
         let rec = UsageRecorder::start(store.clone()).unwrap();
-        rec.record(&record(
+        rec.record(&Arc::new(record(
             "alice",
             Some(Usage {
                 prompt_tokens: 1,
@@ -190,7 +143,7 @@ mod tests {
                 total_tokens: 2,
             }),
             false,
-        ));
+        )));
         std::thread::sleep(BATCH_WAIT * 3);
         assert_eq!(store.usage_totals(UsageKey::User, "2000").unwrap().len(), 1);
     }

@@ -28,7 +28,7 @@ pub(super) async fn serve(
     remote: SocketAddr,
 ) {
     let started = Instant::now();
-    let mut record = AccessRecord::new(crate::identity::secrets::random_id("req"), "CONNECT", "/");
+    let mut record = AccessRecord::new(AccessRecord::new_request_id(), "CONNECT", "/");
     record.via = "tunnel".into();
     record.service = Some(service.name.clone());
     let finish = |mut record: AccessRecord, status: u16, error: Option<String>| {
