@@ -19,6 +19,7 @@ use std::time::Duration;
 
 /// mimalloc's thread-local free lists: the request path allocates and frees many small
 /// buffers per request, and glibc's malloc showed as about a tenth of the gateway's CPU.
+/// Built with `no_thp`: with transparent huge pages its arenas took 10 MiB more when idle.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
