@@ -94,6 +94,47 @@ fn key(s: &str) -> Key {
     Key::String(Arc::new(s.to_owned()))
 }
 
+/// The names `ctx` itself is made of, allocated once per process and shared by every
+/// request's context (an `Arc` clone instead of an allocation each).
+struct Keys {
+    method: Key,
+    path: Key,
+    host: Key,
+    scheme: Key,
+    headers: Key,
+    query_params: Key,
+    body_map: Key,
+    size: Key,
+    http: Key,
+    ip: Key,
+    user: Key,
+    session: Key,
+    groups: Key,
+    service: Key,
+    request: Key,
+}
+
+fn keys() -> &'static Keys {
+    static KEYS: OnceLock<Keys> = OnceLock::new();
+    KEYS.get_or_init(|| Keys {
+        method: key("method"),
+        path: key("path"),
+        host: key("host"),
+        scheme: key("scheme"),
+        headers: key("headers"),
+        query_params: key("queryParams"),
+        body_map: key("bodyMap"),
+        size: key("size"),
+        http: key("http"),
+        ip: key("ip"),
+        user: key("user"),
+        session: key("session"),
+        groups: key("groups"),
+        service: key("service"),
+        request: key("request"),
+    })
+}
+
 fn string(s: &str) -> Value {
     Value::String(Arc::new(s.to_owned()))
 }
@@ -155,38 +196,39 @@ impl EvalContext {
         service: &CelValue,
         request: &RequestFacts<'_>,
     ) -> Self {
+        let k = keys();
         let mut http = HashMap::with_capacity(8);
-        http.insert(key("method"), string(request.method));
-        http.insert(key("path"), string(request.path));
-        http.insert(key("host"), string(request.host));
-        http.insert(key("scheme"), string(request.scheme));
-        http.insert(key("headers"), headers_value(request.headers));
-        http.insert(key("queryParams"), query_value(request.query));
+        http.insert(k.method.clone(), string(request.method));
+        http.insert(k.path.clone(), string(request.path));
+        http.insert(k.host.clone(), string(request.host));
+        http.insert(k.scheme.clone(), string(request.scheme));
+        http.insert(k.headers.clone(), headers_value(request.headers));
+        http.insert(k.query_params.clone(), query_value(request.query));
         http.insert(
-            key("bodyMap"),
+            k.body_map.clone(),
             request
                 .body
                 .map(json_to_value)
                 .unwrap_or_else(|| map_value(HashMap::new())),
         );
         http.insert(
-            key("size"),
+            k.size.clone(),
             Value::Int(i64::try_from(request.size).unwrap_or(i64::MAX)),
         );
 
         let mut req = HashMap::with_capacity(2);
-        req.insert(key("http"), map_value(http));
+        req.insert(k.http.clone(), map_value(http));
         if let Some(ip) = request.client_ip {
-            req.insert(key("ip"), Value::String(Arc::new(ip.to_string())));
+            req.insert(k.ip.clone(), Value::String(Arc::new(ip.to_string())));
         }
         let req = map_value(req);
 
         let mut root = HashMap::with_capacity(5);
-        root.insert(key("user"), user.0.clone());
-        root.insert(key("session"), session.0.clone());
-        root.insert(key("groups"), groups.0.clone());
-        root.insert(key("service"), service.0.clone());
-        root.insert(key("request"), req.clone());
+        root.insert(k.user.clone(), user.0.clone());
+        root.insert(k.session.clone(), session.0.clone());
+        root.insert(k.groups.clone(), groups.0.clone());
+        root.insert(k.service.clone(), service.0.clone());
+        root.insert(k.request.clone(), req.clone());
 
         let mut cel = functions::base_context().new_inner_scope();
         cel.add_variable_from_value(
@@ -282,13 +324,19 @@ fn key_to_string(k: &Key) -> String {
 fn headers_value(headers: &http::HeaderMap) -> Value {
     let mut map: HashMap<Key, Value> = HashMap::with_capacity(headers.keys_len());
     for name in headers.keys() {
-        let joined = headers
-            .get_all(name)
-            .iter()
-            .map(|v| String::from_utf8_lossy(v.as_bytes()))
-            .collect::<Vec<_>>()
-            .join(", ");
-        map.insert(key(name.as_str()), Value::String(Arc::new(joined)));
+        let mut values = headers.get_all(name).iter();
+        let mut joined = values
+            .next()
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .unwrap_or_default();
+        for v in values {
+            joined.push_str(", ");
+            joined.push_str(&String::from_utf8_lossy(v.as_bytes()));
+        }
+        map.insert(
+            Key::String(Arc::new(name.as_str().to_owned())),
+            Value::String(Arc::new(joined)),
+        );
     }
     map_value(map)
 }
