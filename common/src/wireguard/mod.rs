@@ -4,6 +4,7 @@
 //! roaming, timers) without I/O; [`endpoint`] drives it with a tokio UDP socket; [`keys`]
 //! reads and writes keys as `wg` does.
 
+mod allowed;
 pub mod endpoint;
 pub mod keys;
 pub mod peers;
