@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use smoltcp::iface::{Config, Interface};
+use smoltcp::iface::{Config, Interface, PollResult};
 use smoltcp::socket::udp;
 use smoltcp::time::Instant;
 use smoltcp::wire::{HardwareAddress, IpAddress};
@@ -22,6 +22,11 @@ use super::udp::UdpSocket;
 /// Packets taken from the tunnel channel per poll, so one busy peer cannot starve
 /// the handles and the queue in front of smoltcp stays bounded.
 const RX_BATCH: usize = 64;
+
+/// Egress passes per wakeup. smoltcp sends at most one segment per socket per pass, so a
+/// single pass per wakeup held a sending socket to one segment per ACK or timer tick (and
+/// tokio's timer has millisecond resolution): the stack could not fill its own window.
+const EGRESS_PASSES: usize = 64;
 
 /// A TCP/IP stack terminating the tunnel's traffic in this process.
 ///
@@ -214,7 +219,7 @@ async fn poll_loop(
     mut packets_in: mpsc::Receiver<Vec<u8>>,
 ) {
     loop {
-        let (delay, closed) = {
+        let (delay, closed, sent) = {
             let mut guard = shared.lock();
             let core = &mut *guard;
             let now = Instant::now();
@@ -226,12 +231,18 @@ async fn poll_loop(
                     core.maintain_listeners();
                 }
             }
-            core.iface.poll_egress(now, &mut device, &mut core.sockets);
+            let mut sent = false;
+            for _ in 0..EGRESS_PASSES {
+                if core.iface.poll_egress(now, &mut device, &mut core.sockets) == PollResult::None {
+                    break;
+                }
+                sent = true;
+            }
             core.maintain_listeners();
             core.reap_orphans(now);
             core.reap_udp();
             let delay = core.iface.poll_delay(now, &core.sockets);
-            (delay, core.closed)
+            (delay, core.closed, sent)
         };
         if closed {
             return;
@@ -244,6 +255,22 @@ async fn poll_loop(
         let sleep = delay.map_or(Duration::from_secs(3600), |d| {
             Duration::from_micros(d.total_micros())
         });
+        if sleep.is_zero() && sent && !tx_blocked {
+            // More to send right away (the passes ran out): let other tasks run, take what
+            // arrived meanwhile, and go on without a timer round trip.
+            tokio::task::yield_now().await;
+            while device.rx_len() < RX_BATCH {
+                match packets_in.try_recv() {
+                    Ok(p) => device.push_rx(p),
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => {
+                        shared.lock().shut_down();
+                        return;
+                    }
+                }
+            }
+            continue;
+        }
         let sender = tx_blocked.then(|| device.sender().clone());
         tokio::select! {
             packet = packets_in.recv() => match packet {
