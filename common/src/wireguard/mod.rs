@@ -8,6 +8,7 @@ mod allowed;
 pub mod endpoint;
 pub mod keys;
 pub mod peers;
+mod types;
 
 pub use endpoint::{Delivered, Endpoint, EndpointConfig, EndpointHandle};
 pub use keys::{KeyError, KeyPair, PrivateKey, PublicKey};
