@@ -43,11 +43,10 @@ impl Userspace {
     pub async fn start(
         plan: Arc<TunnelPlan>,
         endpoint: EndpointHandle,
-        mut from_gateway: mpsc::Receiver<Delivered>,
+        from_gateway: mpsc::Receiver<Delivered>,
         publish: &[Publish],
         socks5_addr: Option<SocketAddr>,
     ) -> Result<Self, TunnelError> {
-        let (in_tx, in_rx) = mpsc::channel::<Vec<u8>>(1024);
         let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(1024);
         let mut addresses = vec![cidr(plan.address.addr, plan.address.prefix)];
         if let Some(a6) = plan.address6 {
@@ -58,23 +57,15 @@ impl Userspace {
             mtu: usize::from(super::kernel::MTU),
             ..NetConfig::default()
         };
-        let stack = Arc::new(NetStack::new(config, in_rx, out_tx)?);
-        let mut tasks = vec![
-            tokio::spawn(async move {
-                while let Some(d) = from_gateway.recv().await {
-                    if in_tx.send(d.packet).await.is_err() {
-                        break;
-                    }
+        // Decrypted packets go straight from the endpoint's channel into the stack.
+        let stack = Arc::new(NetStack::new(config, from_gateway, out_tx)?);
+        let mut tasks = vec![tokio::spawn(async move {
+            while let Some(p) = out_rx.recv().await {
+                if let Err(e) = endpoint.send_packet(&p).await {
+                    tracing::debug!(error = %e, "packet not sent into the tunnel");
                 }
-            }),
-            tokio::spawn(async move {
-                while let Some(p) = out_rx.recv().await {
-                    if let Err(e) = endpoint.send_packet(&p).await {
-                        tracing::debug!(error = %e, "packet not sent into the tunnel");
-                    }
-                }
-            }),
-        ];
+            }
+        })];
         let mut published = Vec::new();
         for p in publish {
             let service = plan.service_named(&p.service).ok_or_else(|| {

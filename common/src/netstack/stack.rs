@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use smoltcp::iface::{Config, Interface};
+use smoltcp::iface::{Config, Interface, PollResult};
 use smoltcp::socket::udp;
 use smoltcp::time::Instant;
 use smoltcp::wire::{HardwareAddress, IpAddress};
@@ -23,6 +23,11 @@ use super::udp::UdpSocket;
 /// the handles and the queue in front of smoltcp stays bounded.
 const RX_BATCH: usize = 64;
 
+/// Egress passes per wakeup. smoltcp sends at most one segment per socket per pass, so a
+/// single pass per wakeup held a sending socket to one segment per ACK or timer tick (and
+/// tokio's timer has millisecond resolution): the stack could not fill its own window.
+const EGRESS_PASSES: usize = 64;
+
 /// A TCP/IP stack terminating the tunnel's traffic in this process.
 ///
 /// It exists because neither the gateway nor the rootless agent has a kernel
@@ -38,9 +43,13 @@ impl NetStack {
     /// `packets_in` and writing the ones it sends to `packets_out` (bounded: when
     /// it is full the stack waits, so its capacity is the link's queue). The stack
     /// stops when `packets_in` closes or `packets_out`'s receiver is dropped.
-    pub fn new(
+    ///
+    /// `packets_in` carries anything that turns into the packet's bytes, so the WireGuard
+    /// endpoint's channel of decrypted packets can feed the stack directly: a task in between
+    /// only copying from one channel to the other cost a wakeup per packet.
+    pub fn new<P: Into<Vec<u8>> + Send + 'static>(
         config: NetConfig,
-        packets_in: mpsc::Receiver<Vec<u8>>,
+        packets_in: mpsc::Receiver<P>,
         packets_out: mpsc::Sender<Vec<u8>>,
     ) -> Result<Self, NetError> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| NetError::NoRuntime)?;
@@ -208,13 +217,13 @@ fn set_addresses(iface: &mut Interface, config: &NetConfig) -> Result<(), NetErr
 /// The one task that drives smoltcp: it feeds packets in, lets sockets send, keeps
 /// listeners' backlogs full, reaps closed sockets, and sleeps until a packet, a
 /// handle's notification, smoltcp's next timer, or channel capacity.
-async fn poll_loop(
+async fn poll_loop<P: Into<Vec<u8>>>(
     shared: SharedRef,
     mut device: ChannelDevice,
-    mut packets_in: mpsc::Receiver<Vec<u8>>,
+    mut packets_in: mpsc::Receiver<P>,
 ) {
     loop {
-        let (delay, closed) = {
+        let (delay, closed, sent) = {
             let mut guard = shared.lock();
             let core = &mut *guard;
             let now = Instant::now();
@@ -226,12 +235,18 @@ async fn poll_loop(
                     core.maintain_listeners();
                 }
             }
-            core.iface.poll_egress(now, &mut device, &mut core.sockets);
+            let mut sent = false;
+            for _ in 0..EGRESS_PASSES {
+                if core.iface.poll_egress(now, &mut device, &mut core.sockets) == PollResult::None {
+                    break;
+                }
+                sent = true;
+            }
             core.maintain_listeners();
             core.reap_orphans(now);
             core.reap_udp();
             let delay = core.iface.poll_delay(now, &core.sockets);
-            (delay, core.closed)
+            (delay, core.closed, sent)
         };
         if closed {
             return;
@@ -244,14 +259,30 @@ async fn poll_loop(
         let sleep = delay.map_or(Duration::from_secs(3600), |d| {
             Duration::from_micros(d.total_micros())
         });
+        if sleep.is_zero() && sent && !tx_blocked {
+            // More to send right away (the passes ran out): let other tasks run, take what
+            // arrived meanwhile, and go on without a timer round trip.
+            tokio::task::yield_now().await;
+            while device.rx_len() < RX_BATCH {
+                match packets_in.try_recv() {
+                    Ok(p) => device.push_rx(p.into()),
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => {
+                        shared.lock().shut_down();
+                        return;
+                    }
+                }
+            }
+            continue;
+        }
         let sender = tx_blocked.then(|| device.sender().clone());
         tokio::select! {
             packet = packets_in.recv() => match packet {
                 Some(p) => {
-                    device.push_rx(p);
+                    device.push_rx(p.into());
                     while device.rx_len() < RX_BATCH {
                         match packets_in.try_recv() {
-                            Ok(p) => device.push_rx(p),
+                            Ok(p) => device.push_rx(p.into()),
                             Err(_) => break,
                         }
                     }

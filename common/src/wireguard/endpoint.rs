@@ -53,6 +53,13 @@ pub struct Delivered {
     pub packet: Vec<u8>,
 }
 
+/// The packet alone, for consumers that route by address (a network stack).
+impl From<Delivered> for Vec<u8> {
+    fn from(d: Delivered) -> Vec<u8> {
+        d.packet
+    }
+}
+
 struct Shared {
     socket: UdpSocket,
     table: Mutex<PeerTable>,

@@ -4,9 +4,11 @@
 //! roaming, timers) without I/O; [`endpoint`] drives it with a tokio UDP socket; [`keys`]
 //! reads and writes keys as `wg` does.
 
+mod allowed;
 pub mod endpoint;
 pub mod keys;
 pub mod peers;
+mod types;
 
 pub use endpoint::{Delivered, Endpoint, EndpointConfig, EndpointHandle};
 pub use keys::{KeyError, KeyPair, PrivateKey, PublicKey};

@@ -5,7 +5,14 @@
 //! perform. That keeps the cryptokey routing rules (who may use which tunnel address)
 //! testable in memory and lets the gateway and the agent drive it with any I/O.
 //!
-//! Each peer owns a boringtun [`Tunn`]; boringtun encodes our 24-bit peer index in the
+//! A peer's protocol state is a boringtun [`Tunn`], which is large (about 11 KB: eight inline
+//! session slots with their AEAD keys) whether or not it holds a session. Peers the gateway
+//! only answers (no configured endpoint or keepalive: every client session) get one lazily, on
+//! their first handshake initiation, and give it back after [`STATE_IDLE_DROP`] without traffic,
+//! when none of its sessions can be used any more; a registered but idle peer is then only its
+//! key, addresses and counters. Peers we initiate to (the agent's gateway) keep theirs.
+//!
+//! boringtun encodes our 24-bit peer index in the
 //! upper bits of every session index it hands out (`index << 8`, the low byte rotates per
 //! session), so the receiver index of a response, cookie reply or data packet leads
 //! straight back to the peer. Handshake initiations carry no receiver index: the
@@ -21,7 +28,11 @@ use boringtun::noise::handshake::parse_handshake_anon;
 use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::noise::{Packet, Tunn, TunnResult};
 
+pub use super::allowed::AllowedIp;
 use super::keys::{KeyPair, PublicKey};
+pub use super::types::{
+    Action, PeerError, PeerId, PeerStats, SendError, TableCounters, TableStats,
+};
 
 /// Largest datagram we build or accept: an IP packet up to 65535 bytes plus WireGuard's overhead.
 const BUF_SIZE: usize = 65535 + 32;
@@ -31,190 +42,20 @@ const MAX_INDEX: u32 = (1 << 24) - 1;
 pub const DEFAULT_HANDSHAKE_RATE_LIMIT: u64 = 100;
 /// WireGuard message type of a cookie reply (first byte, little-endian u32).
 const COOKIE_REPLY: u8 = 3;
-
-/// Identifies a peer inside one table; it is also the 24-bit index in its session indices.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PeerId(pub u32);
-
-/// An address range a peer may use as inner source and that routes to it (cryptokey routing).
-///
-/// The gateway gives each session a /32 and a /128; the agent gives the gateway whole ranges.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct AllowedIp {
-    addr: IpAddr,
-    prefix_len: u8,
-}
-
-impl AllowedIp {
-    /// A range; host bits of `addr` are cleared so equal ranges compare equal.
-    pub fn new(addr: IpAddr, prefix_len: u8) -> Result<Self, PeerError> {
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        if prefix_len > max {
-            return Err(PeerError::PrefixLength { addr, prefix_len });
-        }
-        Ok(AllowedIp {
-            addr: mask(addr, prefix_len),
-            prefix_len,
-        })
-    }
-
-    /// A single address (/32 or /128), the usual allowance for a client session.
-    pub fn host(addr: IpAddr) -> Self {
-        let prefix_len = if addr.is_ipv4() { 32 } else { 128 };
-        AllowedIp { addr, prefix_len }
-    }
-
-    /// Whether `ip` falls in the range.
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        ip.is_ipv4() == self.addr.is_ipv4() && mask(ip, self.prefix_len) == self.addr
-    }
-
-    fn is_host(&self) -> bool {
-        self.prefix_len == if self.addr.is_ipv4() { 32 } else { 128 }
-    }
-}
-
-fn mask(addr: IpAddr, prefix_len: u8) -> IpAddr {
-    match addr {
-        IpAddr::V4(a) => {
-            let bits = u32::from(a);
-            let m = if prefix_len == 0 {
-                0
-            } else {
-                u32::MAX << (32 - u32::from(prefix_len))
-            };
-            IpAddr::V4((bits & m).into())
-        }
-        IpAddr::V6(a) => {
-            let bits = u128::from(a);
-            let m = if prefix_len == 0 {
-                0
-            } else {
-                u128::MAX << (128 - u32::from(prefix_len))
-            };
-            IpAddr::V6((bits & m).into())
-        }
-    }
-}
-
-impl From<IpAddr> for AllowedIp {
-    fn from(addr: IpAddr) -> Self {
-        AllowedIp::host(addr)
-    }
-}
-
-impl std::fmt::Display for AllowedIp {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix_len)
-    }
-}
-
-/// What the caller must do after feeding the table.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Action {
-    /// Send these bytes as one UDP datagram.
-    SendDatagram {
-        /// The peer's current endpoint (or the source of the datagram being answered).
-        to: SocketAddr,
-        /// A complete WireGuard message.
-        bytes: Vec<u8>,
-    },
-    /// A decrypted IP packet whose inner source belongs to `peer`: hand it to the network stack.
-    DeliverPacket {
-        /// The authenticated sender; identity in the tunnel comes from here.
-        peer: PeerId,
-        /// The IPv4 or IPv6 packet, trimmed to its header's length.
-        packet: Vec<u8>,
-    },
-}
-
-/// Why the table refused an operation.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PeerError {
-    /// Each public key is one peer; replace by removing first.
-    #[error("peer {0} is already configured")]
-    DuplicatePeer(PublicKey),
-    /// Two peers cannot own the same range: routing and source checks would be ambiguous.
-    #[error("allowed address {0} already belongs to another peer")]
-    AddressInUse(AllowedIp),
-    /// A prefix longer than the address family allows.
-    #[error("prefix length {prefix_len} is too long for {addr}")]
-    PrefixLength {
-        /// The address given.
-        addr: IpAddr,
-        /// The prefix length given.
-        prefix_len: u8,
-    },
-    /// All 2^24 - 1 peer indices are in use.
-    #[error("no free peer index")]
-    IndicesExhausted,
-}
-
-/// Why an outgoing IP packet could not be sent.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SendError {
-    /// The bytes are not an IPv4 or IPv6 packet with a complete header.
-    #[error("not an IP packet")]
-    NotIp,
-    /// No peer's allowed addresses contain the destination.
-    #[error("no peer routes {0}")]
-    NoRoute(IpAddr),
-    /// The peer exists but has never been heard from and has no configured endpoint.
-    #[error("peer {0:?} has no known endpoint yet")]
-    NoEndpoint(PeerId),
-    /// boringtun refused to encrypt (for example the packet is too large for the buffer).
-    #[error("encryption failed: {0}")]
-    Encrypt(String),
-}
-
-/// Counters and times for one peer, for the control API and idle expiry.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PeerStats {
-    /// The table's handle for the peer.
-    pub id: PeerId,
-    /// The peer's identity.
-    pub public_key: PublicKey,
-    /// Where its last authenticated datagram came from (or the configured endpoint).
-    pub endpoint: Option<SocketAddr>,
-    /// When the last handshake completed, as far as this table saw.
-    pub last_handshake: Option<Instant>,
-    /// Last authenticated datagram from the peer.
-    pub last_rx: Option<Instant>,
-    /// Last datagram sent to the peer.
-    pub last_tx: Option<Instant>,
-    /// Bytes of authenticated WireGuard datagrams received.
-    pub rx_bytes: u64,
-    /// Bytes of WireGuard datagrams sent.
-    pub tx_bytes: u64,
-    /// Decrypted packets dropped because their inner source was not the peer's.
-    pub spoofed_dropped: u64,
-}
-
-/// Table-wide counters: what was dropped and why, so abuse is visible.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TableCounters {
-    /// Datagrams that failed parsing, MACs or decryption.
-    pub invalid_dropped: u64,
-    /// Handshake initiations from keys not in the table, or indices of no peer.
-    pub unknown_peer_dropped: u64,
-    /// Decrypted packets whose inner source did not belong to the sending peer.
-    pub spoofed_dropped: u64,
-    /// Cookie replies sent because handshakes arrived faster than the rate limit.
-    pub cookie_replies: u64,
-}
-
-/// A snapshot of the table's counters and peers.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TableStats {
-    /// Table-wide drop and cookie counters.
-    pub counters: TableCounters,
-    /// One entry per peer, ordered by id.
-    pub peers: Vec<PeerStats>,
-}
+/// How long a lazily created peer state lives without a datagram either way before it is
+/// dropped. WireGuard rejects every session older than 180 s (`REJECT_AFTER_TIME`), and any
+/// session alive was made by a handshake that counted as traffic, so nothing usable is lost.
+pub const STATE_IDLE_DROP: Duration = Duration::from_secs(180);
 
 struct Peer {
     public_key: PublicKey,
-    tunn: Tunn,
+    /// boringtun's state; `None` while a lazy peer is idle (see the module documentation).
+    tunn: Option<Box<Tunn>>,
+    /// Whether `tunn` is created with the peer and kept: peers we initiate to.
+    eager: bool,
+    keepalive: Option<u16>,
+    /// When `tunn` was last created, so a fresh state is not dropped before it is used.
+    state_since: Instant,
     allowed: Vec<AllowedIp>,
     endpoint: Option<SocketAddr>,
     added: Instant,
@@ -227,6 +68,38 @@ struct Peer {
 }
 
 impl Peer {
+    /// Creates the boringtun state now if there is none.
+    fn ensure_state(
+        &mut self,
+        keys: &KeyPair,
+        limiter: &Arc<RateLimiter>,
+        id: PeerId,
+        now: Instant,
+    ) -> &mut Tunn {
+        if self.tunn.is_none() {
+            self.state_since = now;
+        }
+        self.tunn.get_or_insert_with(|| {
+            Box::new(Tunn::new(
+                keys.private.secret().clone(),
+                self.public_key.to_dalek(),
+                None,
+                self.keepalive,
+                id.0,
+                Some(limiter.clone()),
+            ))
+        })
+    }
+
+    /// Whether a lazy peer's state has seen no datagram either way for [`STATE_IDLE_DROP`].
+    fn state_idle(&self, now: Instant) -> bool {
+        let last = [self.last_rx, self.last_tx]
+            .into_iter()
+            .flatten()
+            .fold(self.state_since, Instant::max);
+        !self.eager && now.saturating_duration_since(last) >= STATE_IDLE_DROP
+    }
+
     fn source_allowed(&self, src: IpAddr) -> bool {
         self.allowed.iter().any(|a| a.contains(src))
     }
@@ -348,14 +221,26 @@ impl PeerTable {
             }
         }
         let id = self.allocate_index()?;
-        let tunn = Tunn::new(
-            self.keys.private.secret().clone(),
-            public_key.to_dalek(),
-            None,
-            keepalive.filter(|k| *k > 0),
-            id.0,
-            Some(self.rate_limiter.clone()),
-        );
+        let keepalive = keepalive.filter(|k| *k > 0);
+        let mut peer = Peer {
+            public_key,
+            tunn: None,
+            eager: endpoint.is_some() || keepalive.is_some(),
+            keepalive,
+            state_since: now,
+            allowed: allowed_ips.to_vec(),
+            endpoint,
+            added: now,
+            last_handshake: None,
+            last_rx: None,
+            last_tx: None,
+            rx_bytes: 0,
+            tx_bytes: 0,
+            spoofed_dropped: 0,
+        };
+        if peer.eager {
+            peer.ensure_state(&self.keys, &self.rate_limiter, id, now);
+        }
         for a in allowed_ips {
             if a.is_host() {
                 self.hosts.insert(a.addr, id);
@@ -366,22 +251,7 @@ impl PeerTable {
         self.ranges
             .sort_by_key(|(r, _)| std::cmp::Reverse(r.prefix_len));
         self.by_key.insert(public_key, id);
-        self.peers.insert(
-            id,
-            Peer {
-                public_key,
-                tunn,
-                allowed: allowed_ips.to_vec(),
-                endpoint,
-                added: now,
-                last_handshake: None,
-                last_rx: None,
-                last_tx: None,
-                rx_bytes: 0,
-                tx_bytes: 0,
-                spoofed_dropped: 0,
-            },
-        );
+        self.peers.insert(id, peer);
         Ok(id)
     }
 
@@ -511,22 +381,33 @@ impl PeerTable {
             self.counters.unknown_peer_dropped += 1;
             return actions;
         };
+        // A peer without state can only start over with a handshake initiation; anything
+        // else belongs to a session that no longer exists.
+        let fresh = peer.tunn.is_none();
+        if fresh && !matches!(packet, Packet::HandshakeInit(_)) {
+            self.counters.invalid_dropped += 1;
+            return actions;
+        }
+        let tunn = peer.ensure_state(&self.keys, &self.rate_limiter, id, now);
 
         let mut handshake_done = is_handshake;
-        match peer
-            .tunn
-            .decapsulate(Some(from.ip()), datagram, &mut self.buf)
-        {
+        match tunn.decapsulate(Some(from.ip()), datagram, &mut self.buf) {
             TunnResult::Done => {}
             TunnResult::Err(e) => {
                 tracing::trace!(peer = id.0, error = ?e, "dropped WireGuard datagram");
                 self.counters.invalid_dropped += 1;
+                if fresh {
+                    peer.tunn = None;
+                }
                 return actions;
             }
             TunnResult::WriteToNetwork(bytes) if bytes.first() == Some(&COOKIE_REPLY) => {
                 // boringtun's own limiter check (the second one) tipped into "under load":
                 // the sender is not authenticated yet, so it must not move the endpoint.
                 self.counters.cookie_replies += 1;
+                if fresh {
+                    peer.tunn = None;
+                }
                 actions.push(Action::SendDatagram {
                     to: from,
                     bytes: bytes.to_vec(),
@@ -540,7 +421,7 @@ impl PeerTable {
                 });
                 // Packets queued while the handshake ran go out now.
                 while let TunnResult::WriteToNetwork(bytes) =
-                    peer.tunn.decapsulate(None, &[], &mut self.buf)
+                    tunn.decapsulate(None, &[], &mut self.buf)
                 {
                     actions.push(Action::SendDatagram {
                         to: from,
@@ -571,9 +452,13 @@ impl PeerTable {
                 );
             }
         }
-        // Authenticated: the peer is where this datagram came from (roaming).
-        peer.endpoint = Some(from);
-        peer.last_rx = Some(now);
+        // Authenticated: the peer is where this datagram came from (roaming). Except an
+        // initiation to a fresh state: with no earlier timestamp to compare, it may be a replay,
+        // so the endpoint and the idle clock wait for the key-confirmation data packet.
+        if !(fresh && is_handshake) {
+            peer.endpoint = Some(from);
+            peer.last_rx = Some(now);
+        }
         peer.rx_bytes += datagram.len() as u64;
         if handshake_done {
             peer.last_handshake = Some(now);
@@ -600,7 +485,12 @@ impl PeerTable {
         let id = self.route(dst).ok_or(SendError::NoRoute(dst))?;
         let peer = self.peers.get_mut(&id).ok_or(SendError::NoRoute(dst))?;
         let to = peer.endpoint;
-        match peer.tunn.encapsulate(packet, &mut self.buf) {
+        if peer.tunn.is_none() && to.is_none() {
+            // Never heard from: nowhere to start a handshake, and nothing to queue it in.
+            return Err(SendError::NoEndpoint(id));
+        }
+        let tunn = peer.ensure_state(&self.keys, &self.rate_limiter, id, now);
+        match tunn.encapsulate(packet, &mut self.buf) {
             TunnResult::WriteToNetwork(bytes) => {
                 let to = to.ok_or(SendError::NoEndpoint(id))?;
                 peer.last_tx = Some(now);
@@ -620,7 +510,13 @@ impl PeerTable {
         self.rate_limiter.reset_count();
         let mut actions = Vec::new();
         for peer in self.peers.values_mut() {
-            match peer.tunn.update_timers(&mut self.buf) {
+            if peer.state_idle(now) {
+                peer.tunn = None;
+            }
+            let Some(tunn) = peer.tunn.as_mut() else {
+                continue;
+            };
+            match tunn.update_timers(&mut self.buf) {
                 TunnResult::WriteToNetwork(bytes) => {
                     if let Some(to) = peer.endpoint {
                         peer.last_tx = Some(now);
@@ -650,6 +546,13 @@ impl PeerTable {
             counters: self.counters.clone(),
             peers,
         }
+    }
+
+    /// Number of peers holding protocol state (a boringtun `Tunn`): those that handshook in
+    /// the last [`STATE_IDLE_DROP`], plus the peers we initiate to. The rest cost only their
+    /// keys, addresses and counters.
+    pub fn peers_with_state(&self) -> usize {
+        self.peers.values().filter(|p| p.tunn.is_some()).count()
     }
 
     /// Statistics of one peer.

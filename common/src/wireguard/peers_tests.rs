@@ -529,3 +529,130 @@ fn allowed_ips_and_routing() {
     );
     assert_eq!(t.send_packet(b"\x45", now), Err(SendError::NotIp));
 }
+
+/// The initiation a fresh client table sends for its first packet.
+fn first_initiation(table: &mut PeerTable, packet: &[u8]) -> Vec<u8> {
+    match table.send_packet(packet, Instant::now()).unwrap() {
+        Some(Action::SendDatagram { bytes, .. }) => bytes,
+        other => panic!("expected an initiation, got {other:?}"),
+    }
+}
+
+#[test]
+fn registered_peers_hold_no_state_until_their_first_handshake() {
+    let mut net = Net::new(None);
+    // The clients' gateway peer (configured endpoint) has its state from the start.
+    assert_eq!(net.t(C1).peers_with_state(), 1);
+    assert_eq!(net.t(GW).peers_with_state(), 0);
+    assert_eq!(net.t(GW).len(), 2);
+
+    let up = ipv4(C1_V4, SVC_V4, b"first");
+    net.send(C1, &up);
+    assert_eq!(net.take_delivered(GW).len(), 1);
+    assert_eq!(net.t(GW).peers_with_state(), 1);
+    net.send(GW, &ipv4(SVC_V4, C1_V4, b"back"));
+    assert_eq!(net.take_delivered(C1).len(), 1);
+    assert_eq!(net.table(GW).stats().counters, TableCounters::default());
+    // A peer without state is its key, addresses and counters: small.
+    assert!(
+        std::mem::size_of::<Peer>() <= 256,
+        "{}",
+        std::mem::size_of::<Peer>()
+    );
+}
+
+#[test]
+fn idle_state_is_dropped_and_both_sides_can_start_over() {
+    let mut net = Net::new(None);
+    net.send(C1, &ipv4(C1_V4, SVC_V4, b"x"));
+    assert_eq!(net.take_delivered(GW).len(), 1);
+    let before = net.t(GW).peer_stats(&net.key(C1)).unwrap();
+    let now = Instant::now();
+
+    // Not yet idle long enough: the session stays.
+    let _ = net
+        .table(GW)
+        .tick(now + STATE_IDLE_DROP - Duration::from_secs(5));
+    assert_eq!(net.t(GW).peers_with_state(), 1);
+    // Past it: the state goes, the peer, its counters and its endpoint stay.
+    let _ = net
+        .table(GW)
+        .tick(now + STATE_IDLE_DROP + Duration::from_secs(1));
+    assert_eq!(net.t(GW).peers_with_state(), 0);
+    assert_eq!(net.t(GW).len(), 2);
+    let after = net.t(GW).peer_stats(&net.key(C1)).unwrap();
+    assert_eq!(
+        (after.endpoint, after.rx_bytes),
+        (before.endpoint, before.rx_bytes)
+    );
+
+    // Data of the old session has nothing to decrypt it, and creates no state.
+    net.send(C1, &ipv4(C1_V4, SVC_V4, b"stale"));
+    assert!(net.take_delivered(GW).is_empty());
+    assert_eq!(net.t(GW).peers_with_state(), 0);
+    assert_eq!(net.table(GW).stats().counters.invalid_dropped, 1);
+
+    // The gateway can start over towards the endpoint it knows: it initiates, and the
+    // queued packet follows the handshake.
+    let down = ipv4(SVC_V4, C1_V4, b"gateway first");
+    net.send(GW, &down);
+    let gw_at_c1 = net.t(C1).peer_id(&net.key(GW)).unwrap();
+    assert_eq!(net.take_delivered(C1), vec![(gw_at_c1, down)]);
+    assert_eq!(net.t(GW).peers_with_state(), 1);
+    net.send(C1, &ipv4(C1_V4, SVC_V4, b"again"));
+    assert_eq!(net.take_delivered(GW).len(), 1);
+
+    // And a client that starts over (a new agent with the same key) handshakes as usual.
+    let _ = net
+        .table(GW)
+        .tick(Instant::now() + STATE_IDLE_DROP + Duration::from_secs(1));
+    assert_eq!(net.t(GW).peers_with_state(), 0);
+    let gw_key = net.key(GW);
+    let gw_addr = net.nodes[GW].0;
+    let c1 = net.table(C1);
+    c1.remove_peer(&gw_key).unwrap();
+    c1.add_peer(
+        gw_key,
+        &[AllowedIp::new(IpAddr::from([10, 1, 0, 0]), 16).unwrap()],
+        Some(gw_addr),
+        None,
+        Instant::now(),
+    )
+    .unwrap();
+    let up = ipv4(C1_V4, SVC_V4, b"new agent");
+    net.send(C1, &up);
+    let c1_id = net.t(GW).peer_id(&net.key(C1)).unwrap();
+    assert_eq!(net.take_delivered(GW), vec![(c1_id, up)]);
+}
+
+#[test]
+fn replayed_initiation_to_a_fresh_state_does_not_move_the_endpoint() {
+    let mut net = Net::new(None);
+    let init = first_initiation(net.table(C1), &ipv4(C1_V4, SVC_V4, b"x"));
+    let c1_addr = net.nodes[C1].0;
+    // The genuine handshake: the key-confirmation packet sets the endpoint.
+    let out = net
+        .table(GW)
+        .handle_datagram(c1_addr, &init, Instant::now());
+    assert_eq!(
+        net.t(GW).peer_stats(&net.key(C1)).unwrap().endpoint,
+        None,
+        "an initiation alone does not set it"
+    );
+    net.run(GW, out);
+    assert_eq!(net.take_delivered(GW).len(), 1);
+    let genuine = net.t(GW).peer_stats(&net.key(C1)).unwrap();
+    assert_eq!(genuine.endpoint, Some(c1_addr));
+
+    // Much later the state is dropped; an attacker replays the recorded initiation.
+    let later = Instant::now() + STATE_IDLE_DROP + Duration::from_secs(1);
+    let _ = net.table(GW).tick(later);
+    assert_eq!(net.t(GW).peers_with_state(), 0);
+    let attacker = SocketAddr::from(([127, 0, 0, 66], 666));
+    let answer = net.table(GW).handle_datagram(attacker, &init, later);
+    // It gets a response it cannot use, but the peer does not move to it.
+    assert!(matches!(&answer[..], [Action::SendDatagram { to, .. }] if *to == attacker));
+    let stats = net.t(GW).peer_stats(&net.key(C1)).unwrap();
+    assert_eq!(stats.endpoint, Some(c1_addr));
+    assert_eq!(stats.last_rx, genuine.last_rx);
+}

@@ -135,7 +135,7 @@ impl Tunnel {
         options: TunnelOptions,
     ) -> Result<Arc<Tunnel>, StartError> {
         let keys = keyfile::load_or_create(&options.key_path)?;
-        let (endpoint, mut delivered) = Endpoint::bind(
+        let (endpoint, delivered) = Endpoint::bind(
             keys,
             EndpointConfig {
                 bind: options.listen,
@@ -147,7 +147,6 @@ impl Tunnel {
             addr: options.listen,
             source,
         })?;
-        let (in_tx, in_rx) = mpsc::channel(1024);
         let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(1024);
         let own = gateway_addresses();
         let stack = NetStack::new(
@@ -159,16 +158,11 @@ impl Tunnel {
                 any_ip: true,
                 ..NetConfig::default()
             },
-            in_rx,
+            // Decrypted packets go straight to the stack; identity comes from their source
+            // address (the registry), not from the endpoint's peer id.
+            delivered,
             out_tx,
         )?;
-        tokio::spawn(async move {
-            while let Some(d) = delivered.recv().await {
-                if in_tx.send(d.packet).await.is_err() {
-                    return;
-                }
-            }
-        });
         let handle = endpoint.handle();
         tokio::spawn(async move {
             while let Some(packet) = out_rx.recv().await {
