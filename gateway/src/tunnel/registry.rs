@@ -5,11 +5,14 @@ use super::addresses::{client_index, AddressPair, ClientPool, PoolError};
 use postern_common::wireguard::PublicKey;
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 /// A connected Session's peer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerEntry {
-    pub session: String,
+    /// The Session's name, one allocation shared by every index of the registry (at 10,000
+    /// idle peers, per-peer bytes count).
+    pub session: Arc<str>,
     pub key: PublicKey,
     pub addresses: AddressPair,
 }
@@ -34,9 +37,9 @@ pub struct Connected {
 /// Sessions' peers, by session, key and address index.
 #[derive(Debug, Default)]
 pub struct Registry {
-    by_session: HashMap<String, PeerEntry>,
-    by_key: HashMap<PublicKey, String>,
-    by_index: HashMap<u16, String>,
+    by_session: HashMap<Arc<str>, PeerEntry>,
+    by_key: HashMap<PublicKey, Arc<str>>,
+    by_index: HashMap<u16, Arc<str>>,
     pool: ClientPool,
 }
 
@@ -44,28 +47,29 @@ impl Registry {
     /// Registers `key` for `session`; a Session keeps its address when it reconnects.
     pub fn connect(&mut self, session: &str, key: PublicKey) -> Result<Connected, RegistryError> {
         if let Some(owner) = self.by_key.get(&key) {
-            if owner != session {
+            if &**owner != session {
                 return Err(RegistryError::KeyInUse);
             }
         }
         if let Some(entry) = self.by_session.get_mut(session) {
             let old = std::mem::replace(&mut entry.key, key);
             self.by_key.remove(&old);
-            self.by_key.insert(key, session.to_string());
+            self.by_key.insert(key, entry.session.clone());
             return Ok(Connected {
                 entry: entry.clone(),
                 replaced: (old != key).then_some(old),
             });
         }
         let addresses = self.pool.allocate()?;
+        let name: Arc<str> = Arc::from(session);
         let entry = PeerEntry {
-            session: session.to_string(),
+            session: name.clone(),
             key,
             addresses,
         };
-        self.by_key.insert(key, session.to_string());
-        self.by_index.insert(addresses.index, session.to_string());
-        self.by_session.insert(session.to_string(), entry.clone());
+        self.by_key.insert(key, name.clone());
+        self.by_index.insert(addresses.index, name.clone());
+        self.by_session.insert(name, entry.clone());
         Ok(Connected {
             entry,
             replaced: None,
@@ -90,7 +94,7 @@ impl Registry {
     /// The Session that owns tunnel address `ip`.
     pub fn session_at(&self, ip: IpAddr) -> Option<&str> {
         let index = client_index(ip)?;
-        self.by_index.get(&index).map(String::as_str)
+        self.by_index.get(&index).map(|s| &**s)
     }
 
     /// The peer of `session`.
@@ -137,7 +141,7 @@ mod tests {
         assert_eq!(c.entry.addresses.v4.to_string(), "100.64.0.3");
         assert_eq!(r.session_at("100.64.0.3".parse().unwrap()), Some("s2"));
         assert_eq!(r.session_at("fd70:7374::2".parse().unwrap()), Some("s1"));
-        assert_eq!(r.disconnect_key(&k2).unwrap().session, "s1");
+        assert_eq!(&*r.disconnect_key(&k2).unwrap().session, "s1");
         assert_eq!(r.session_at("100.64.0.2".parse().unwrap()), None);
         assert_eq!(r.len(), 1);
         // The freed address goes to the next session.
