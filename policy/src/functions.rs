@@ -93,8 +93,6 @@ pub(crate) fn qualify_namespaces(e: &mut IdedExpr) {
     crate::ast::for_each_child_mut(e, &mut qualify_namespaces);
 }
 
-/// Registers every custom function on a root context; `now` is the request time that
-/// `now()` returns, `loop_cost` the counter of the loop budget (see
 /// The variable holding the request's time, read by `now()`. A CEL identifier cannot start
 /// with `@`, so no expression can read or shadow it.
 pub(crate) const NOW_VARIABLE: &str = "@now";
@@ -120,6 +118,8 @@ pub(crate) fn now_value(now: DateTime<Utc>) -> Value {
     Value::Timestamp(now.fixed_offset())
 }
 
+/// Registers every custom function on the base context (the loop budget's step function is
+/// explained in [`super::limits::instrument_loops`]).
 fn register(ctx: &mut Context<'static>) {
     ctx.add_function(LOOP_STEP_FUNCTION, loop_step);
     ctx.add_function("hasAll", has_all);
@@ -413,8 +413,9 @@ fn json_parse(ftx: &FunctionContext) -> Result<Value, ExecutionError> {
 }
 
 /// Most patterns kept by a thread's cache; when it is full it starts again empty, so patterns
-/// computed from request data cannot grow it or pin it.
-const REGEX_CACHE_ENTRIES: usize = 64;
+/// computed from request data cannot grow it or pin it (at most this many times
+/// `REGEX_SIZE_LIMIT` per thread).
+const REGEX_CACHE_ENTRIES: usize = 16;
 
 /// Compiles `pattern` with the limits of `matches`: at most [`MAX_REGEX_BYTES`] long and at
 /// most [`REGEX_SIZE_LIMIT`] bytes once compiled. `Err` holds a message for the user.
@@ -433,7 +434,8 @@ pub(crate) fn compile_regex(pattern: &str) -> Result<Regex, String> {
 
 /// `s.matches(re)` / `matches(s, re)`: whether `re` (RE2 syntax, the `regex` crate) matches
 /// anywhere in `s` (anchor with `^...$` for a full match). Matching takes linear time. A
-/// pattern is compiled once per request; an invalid or oversized pattern is an error.
+/// compiled pattern is kept in the thread's cache; an invalid or oversized pattern is an
+/// error.
 fn matches(ftx: &FunctionContext) -> Result<Value, ExecutionError> {
     let (this, from) = receiver(ftx)?;
     let mut args = rest_args(ftx, from, 1, 1)?.into_iter();
