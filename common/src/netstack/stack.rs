@@ -65,7 +65,8 @@ impl NetStack {
             state: Mutex::new(Core::new(iface, config)),
             notify: Notify::new(),
         });
-        runtime.spawn(poll_loop(shared.clone(), device, packets_in));
+        let poller = runtime.spawn(poll_loop(shared.clone(), device, packets_in));
+        runtime.spawn(watch_poller(poller, shared.clone()));
         Ok(Self { shared })
     }
 
@@ -214,6 +215,21 @@ fn set_addresses(iface: &mut Interface, config: &NetConfig) -> Result<(), NetErr
     Ok(())
 }
 
+/// Waits for the poll loop to end; if it panicked (a bug in smoltcp or here), says so loudly
+/// and resets every connection, so callers get errors instead of waiting forever on a stack
+/// that no longer runs.
+async fn watch_poller(poller: tokio::task::JoinHandle<()>, shared: SharedRef) {
+    if let Err(e) = poller.await {
+        if e.is_panic() {
+            tracing::error!(
+                "the userspace TCP/IP stack stopped after a panic; its connections are reset and \
+                 new ones fail until the process restarts"
+            );
+            shared.lock().shut_down();
+        }
+    }
+}
+
 /// The one task that drives smoltcp: it feeds packets in, lets sockets send, keeps
 /// listeners' backlogs full, reaps closed sockets, and sleeps until a packet, a
 /// handle's notification, smoltcp's next timer, or channel capacity.
@@ -309,5 +325,33 @@ async fn reserve(sender: Option<&mpsc::Sender<Vec<u8>>>) -> bool {
     match sender {
         Some(s) => s.reserve().await.is_ok(),
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use smoltcp::wire::IpCidr;
+
+    #[tokio::test]
+    async fn a_panicked_poll_loop_closes_the_stack_instead_of_leaving_it_hanging() {
+        let (_to_stack, packets_in) = mpsc::channel::<Vec<u8>>(8);
+        let (packets_out, _from_stack) = mpsc::channel(8);
+        let config = NetConfig {
+            addresses: vec![IpCidr::new(IpAddress::v4(10, 100, 0, 1), 16)],
+            any_ip: true,
+            ..NetConfig::default()
+        };
+        let stack = NetStack::new(config, packets_in, packets_out).unwrap();
+        let listener = stack.listen("0.0.0.0:80".parse().unwrap());
+        assert!(listener.is_ok(), "a running stack listens");
+
+        let crashed = tokio::spawn(async { panic!("injected: a bug in the poll loop") });
+        watch_poller(crashed, stack.shared.clone()).await;
+
+        assert!(
+            stack.listen("0.0.0.0:81".parse().unwrap()).is_err(),
+            "after the poll loop panicked, the stack refuses new work"
+        );
     }
 }
