@@ -4,12 +4,12 @@
 use super::respond::{error, json};
 use crate::datadir::ADMINS_GROUP;
 use crate::proxy::buffer::{read_limited, BufferError};
+use crate::proxy::inbound::ClientRequest;
 use crate::proxy::BoxBody;
 use crate::state::{ChangeError, Gateway, Principal};
 use crate::tunnel::registry::RegistryError;
 use crate::tunnel::ConnectError;
-use http::{Method, Request, Response, StatusCode};
-use hyper::body::Incoming;
+use http::{Method, Response, StatusCode};
 use postern_common::api::{
     ApplyRequest, CreateCredentialRequest, CreateSecretRequest, ListResponse, LoginRequest,
     LoginResponse, TunnelConnectRequest, API_PREFIX,
@@ -20,7 +20,7 @@ use serde::de::DeserializeOwned;
 /// Largest control API request (a YAML file being applied is the big one).
 const MAX_API_BODY: usize = 4 << 20;
 
-fn bearer(req: &Request<Incoming>) -> Option<&str> {
+fn bearer(req: &ClientRequest) -> Option<&str> {
     let v = req
         .headers()
         .get(http::header::AUTHORIZATION)?
@@ -43,7 +43,7 @@ fn change_error(e: ChangeError) -> Response<BoxBody> {
     error(status, e.to_string(), None)
 }
 
-async fn body_json<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T, Response<BoxBody>> {
+async fn body_json<T: DeserializeOwned>(req: ClientRequest) -> Result<T, Response<BoxBody>> {
     let bytes = read_limited(req.into_body(), MAX_API_BODY)
         .await
         .map_err(|e| match e {
@@ -60,7 +60,7 @@ async fn body_json<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T, Res
 }
 
 /// Serves one control API request (`path` already starts with `/api/v1`).
-pub async fn handle(gw: &Gateway, req: Request<Incoming>) -> Response<BoxBody> {
+pub async fn handle(gw: &Gateway, req: ClientRequest) -> Response<BoxBody> {
     let path = req.uri().path().trim_end_matches('/').to_string();
     let rest = path.strip_prefix(API_PREFIX).unwrap_or("");
     let segments: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
@@ -194,7 +194,7 @@ async fn tunnel(
     principal: &Principal,
     method: Method,
     rest: &[&str],
-    req: Request<Incoming>,
+    req: ClientRequest,
 ) -> Response<BoxBody> {
     let Some(t) = gw.tunnel.get() else {
         return error(

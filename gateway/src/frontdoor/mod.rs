@@ -9,11 +9,11 @@ pub mod observe;
 pub mod respond;
 pub mod tls;
 
+use crate::proxy::inbound::{self, ClientRequest};
 use crate::proxy::pipeline;
 use crate::proxy::BoxBody;
 use crate::state::Gateway;
-use http::{Method, Request, Response, StatusCode};
-use hyper::body::Incoming;
+use http::{Method, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use std::net::SocketAddr;
@@ -102,7 +102,12 @@ pub async fn serve(
             };
             let svc = hyper::service::service_fn(move |req| {
                 let gw = gw.clone();
-                async move { Ok::<_, std::convert::Infallible>(route(gw, req, peer).await) }
+                async move {
+                    let (req, leftover) = inbound::wrap(req);
+                    let resp = route(gw, req, peer).await;
+                    leftover.drain_in_background();
+                    Ok::<_, std::convert::Infallible>(resp)
+                }
             });
             let conn = builder.serve_connection(TokioIo::new(tls), svc);
             if let Err(e) = watcher.watch(conn.into_owned()).await {
@@ -118,7 +123,7 @@ pub async fn serve(
 }
 
 /// The request's host name: lowercase, without port or trailing dot.
-fn request_host(req: &Request<Incoming>) -> Option<String> {
+fn request_host(req: &ClientRequest) -> Option<String> {
     let raw = req
         .uri()
         .authority()
@@ -138,7 +143,7 @@ fn request_host(req: &Request<Incoming>) -> Option<String> {
     Some(raw.trim_end_matches('.').to_ascii_lowercase())
 }
 
-async fn route(gw: Arc<Gateway>, req: Request<Incoming>, peer: SocketAddr) -> Response<BoxBody> {
+async fn route(gw: Arc<Gateway>, req: ClientRequest, peer: SocketAddr) -> Response<BoxBody> {
     let Some(host) = request_host(&req) else {
         return respond::error(StatusCode::BAD_REQUEST, "missing Host", None);
     };
@@ -157,7 +162,7 @@ async fn route(gw: Arc<Gateway>, req: Request<Incoming>, peer: SocketAddr) -> Re
     }
 }
 
-async fn control_plane(gw: &Gateway, req: Request<Incoming>) -> Response<BoxBody> {
+async fn control_plane(gw: &Gateway, req: ClientRequest) -> Response<BoxBody> {
     let path = req.uri().path().to_string();
     match (req.method().clone(), path.as_str()) {
         (Method::GET, "/healthz") => respond::json(
@@ -187,7 +192,7 @@ async fn control_plane(gw: &Gateway, req: Request<Incoming>) -> Response<BoxBody
 }
 
 /// `https://<domain>[:port]` as the client addressed us, for OAuth2 metadata.
-fn issuer(gw: &Gateway, req: &Request<Incoming>) -> String {
+fn issuer(gw: &Gateway, req: &ClientRequest) -> String {
     let port = req
         .headers()
         .get(http::header::HOST)

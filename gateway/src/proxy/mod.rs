@@ -7,6 +7,7 @@ pub mod balance;
 pub mod buffer;
 pub mod cors;
 pub mod forward;
+pub mod inbound;
 pub mod pipeline;
 pub mod replay;
 pub mod retry;

@@ -4,6 +4,7 @@
 
 use super::buffer::{declared_too_large, read_limited, BufferError};
 use super::forward::{forward, Origin};
+use super::inbound::ClientRequest;
 use super::replay::RequestBody;
 use super::{cors, rewrite, BoxBody};
 use crate::frontdoor::respond::{error, full, not_found};
@@ -11,8 +12,7 @@ use crate::state::{AuthError, Gateway, Principal, ServiceEntry, Snapshot, Upstre
 use crate::telemetry::access_log::AccessRecord;
 use crate::telemetry::body::{BodyOutcome, ObservedBody};
 use crate::telemetry::usage::{self, UsageParser};
-use http::{header, Method, Request, Response, StatusCode};
-use hyper::body::Incoming;
+use http::{header, Method, Response, StatusCode};
 use postern_common::resources::Effect;
 use postern_policy::{Catalog, Decision, EvalContext, Reason, RequestFacts, RuleSet};
 use std::net::SocketAddr;
@@ -27,7 +27,7 @@ struct Trace {
 }
 
 impl Trace {
-    fn new(service: &str, req: &Request<Incoming>) -> Self {
+    fn new(service: &str, req: &ClientRequest) -> Self {
         Trace {
             started: Instant::now(),
             record: AccessRecord {
@@ -104,7 +104,7 @@ impl Door {
 fn begin(
     gw: &Gateway,
     service: &ServiceEntry,
-    req: &Request<Incoming>,
+    req: &ClientRequest,
     door: Door,
 ) -> Result<(Trace, String), Box<Response<BoxBody>>> {
     let mut trace = Trace::new(&service.name, req);
@@ -145,7 +145,7 @@ fn unauthenticated(mut trace: Trace, gw: &Gateway, e: &AuthError) -> Response<Bo
 pub async fn handle(
     gw: Arc<Gateway>,
     name: &str,
-    req: Request<Incoming>,
+    req: ClientRequest,
     peer: SocketAddr,
 ) -> Response<BoxBody> {
     let snap = gw.snapshot();
@@ -187,7 +187,7 @@ pub async fn handle(
 pub async fn handle_tunnel(
     gw: Arc<Gateway>,
     name: &str,
-    req: Request<Incoming>,
+    req: ClientRequest,
     peer: SocketAddr,
     principal: Result<Principal, AuthError>,
 ) -> Response<BoxBody> {
@@ -213,7 +213,7 @@ async fn serve(
     service: Arc<ServiceEntry>,
     mut trace: Trace,
     path: String,
-    req: Request<Incoming>,
+    req: ClientRequest,
     principal: Principal,
     peer: SocketAddr,
     door: Door,
@@ -428,7 +428,7 @@ fn refuse(mut trace: Trace, gw: &Gateway, refused: &crate::limits::Refusal) -> R
 }
 
 /// Answers a CORS preflight for a Service whose default config declares CORS.
-fn preflight(service: &ServiceEntry, req: &Request<Incoming>) -> Option<Response<BoxBody>> {
+fn preflight(service: &ServiceEntry, req: &ClientRequest) -> Option<Response<BoxBody>> {
     if req.method() != Method::OPTIONS || !req.headers().contains_key(header::ORIGIN) {
         return None;
     }

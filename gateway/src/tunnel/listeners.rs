@@ -3,7 +3,7 @@
 //! sent to its Service by the address it was made to.
 
 use super::{service_port, tcp, Tunnel};
-use crate::proxy::pipeline;
+use crate::proxy::{inbound, pipeline};
 use crate::state::Gateway;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -114,9 +114,10 @@ async fn connection(
                 let name = name.clone();
                 async move {
                     let principal = tunnel.principal_at(&gw, remote.ip());
-                    Ok::<_, std::convert::Infallible>(
-                        pipeline::handle_tunnel(gw, &name, req, remote, principal).await,
-                    )
+                    let (req, leftover) = inbound::wrap(req);
+                    let resp = pipeline::handle_tunnel(gw, &name, req, remote, principal).await;
+                    leftover.drain_in_background();
+                    Ok::<_, std::convert::Infallible>(resp)
                 }
             });
             let conn = http1::Builder::new()
