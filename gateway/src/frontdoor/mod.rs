@@ -3,6 +3,7 @@
 //! the request pipeline.
 
 pub mod control;
+pub mod host;
 pub mod metrics;
 pub mod oauth2;
 pub mod observe;
@@ -122,30 +123,13 @@ pub async fn serve(
     }
 }
 
-/// The request's host name: lowercase, without port or trailing dot.
-fn request_host(req: &ClientRequest) -> Option<String> {
-    let raw = req
-        .uri()
-        .authority()
-        .map(|a| a.host().to_string())
-        .or_else(|| {
-            req.headers()
-                .get(http::header::HOST)?
-                .to_str()
-                .ok()
-                .map(|h| match h.rsplit_once(':') {
-                    Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => {
-                        host.to_string()
-                    }
-                    _ => h.to_string(),
-                })
-        })?;
-    Some(raw.trim_end_matches('.').to_ascii_lowercase())
-}
-
 async fn route(gw: Arc<Gateway>, req: ClientRequest, peer: SocketAddr) -> Response<BoxBody> {
-    let Some(host) = request_host(&req) else {
-        return respond::error(StatusCode::BAD_REQUEST, "missing Host", None);
+    let host = match host::request_host(
+        req.uri().authority(),
+        req.headers().get_all(http::header::HOST),
+    ) {
+        Ok(h) => h,
+        Err(e) => return respond::error(StatusCode::BAD_REQUEST, e.to_string(), None),
     };
     if host == gw.domain {
         return control_plane(&gw, req).await;

@@ -149,6 +149,36 @@ mod tests {
     }
 
     #[test]
+    fn secret_comparison_is_subtle_based() {
+        // A differing last byte fails like a differing first byte: the whole hash is compared.
+        let (_, secret, hash) = new_client_credentials();
+        let mut last = hash;
+        last[31] ^= 1;
+        assert!(!verify_secret(&secret, &last));
+        // The comparison is `subtle`'s constant-time equality, never `==` on secret bytes...
+        let src = include_str!("secrets.rs");
+        let body = src
+            .split("pub fn verify_secret")
+            .nth(1)
+            .and_then(|rest| rest.split("\n}\n").next())
+            .expect("verify_secret is defined here");
+        assert!(body.contains(".ct_eq(stored)"), "{body}");
+        assert!(!body.contains("=="), "{body}");
+        // ...and the one place credentials are checked goes through it, with a dummy hash
+        // for unknown ids so timing does not tell ids apart.
+        let changes = include_str!("../state/changes.rs");
+        assert!(changes.contains("secrets::verify_secret(secret, &hash)"));
+        assert!(changes.contains("unwrap_or([0u8; 32])"));
+        for bad in [
+            "secret_hash ==",
+            "== c.secret_hash",
+            "hash_secret(secret) ==",
+        ] {
+            assert!(!changes.contains(bad), "{bad}");
+        }
+    }
+
+    #[test]
     fn random_ids_are_valid_names_and_distinct() {
         let a = random_id("sess");
         let b = random_id("sess");

@@ -229,6 +229,7 @@ async fn serve(
     let needs_body = rules.reads_body() || service.dynamic_reads_body || limit_plan.needs_body();
 
     let (mut parts, body) = req.into_parts();
+    rewrite::drop_client_forwarding(&mut parts.headers);
     let limit = gw.settings.max_body_bytes;
     let (buffered, body_json, streamed) = if needs_body {
         if declared_too_large(&parts.headers, limit) {

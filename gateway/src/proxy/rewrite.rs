@@ -43,12 +43,53 @@ const HOP_BY_HOP: &[&str] = &[
     "upgrade",
 ];
 
+/// Request headers through which a caller could claim another client address, scheme,
+/// host, path or method than the gateway saw; see [`drop_client_forwarding`].
+const CLIENT_CLAIMS: &[&str] = &[
+    "forwarded",
+    "x-real-ip",
+    "x-client-ip",
+    "true-client-ip",
+    "x-cluster-client-ip",
+    "cf-connecting-ip",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
+/// Removes what a caller could send to pose as another client address or scheme
+/// (`Forwarded`, every `X-Forwarded-*`, `X-Real-IP` and its kin) or to make an upstream
+/// serve another path or method than the one policy decided on (`X-Original-URL`,
+/// `X-Rewrite-URL`, `X-HTTP-Method-Override` and its kin).
+///
+/// Exists because the gateway is the edge: nothing in front of it vouches for these, so
+/// policy must not see them (the client address is `ctx.request.ip`, the socket's peer) and
+/// the upstream gets only the gateway's own `X-Forwarded-For/Proto/Host` (set by
+/// [`upstream_request`]).
+pub fn drop_client_forwarding(headers: &mut HeaderMap) {
+    let forwarded: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| k.as_str().starts_with("x-forwarded-"))
+        .cloned()
+        .collect();
+    for n in forwarded {
+        headers.remove(n);
+    }
+    for n in CLIENT_CLAIMS {
+        headers.remove(*n);
+    }
+}
+
 /// Rewrites `parts` in place into the request sent to `upstream`.
 ///
 /// Exists so the whole forwarding transformation (and its security rules: the caller's
 /// `Authorization`, `Proxy-Authorization` and `Cookie` never reach the upstream) is in one
 /// place. The path is normalized again here, so a caller that forgot [`normalize_path`] still
-/// cannot climb above `/`.
+/// cannot climb above `/`. The caller's forwarding claims are replaced by the gateway's view:
+/// `X-Forwarded-For` is `client_ip` alone, `X-Forwarded-Proto` is `https`,
+/// `X-Forwarded-Host` is `original_host`.
 pub fn upstream_request(
     parts: &mut http::request::Parts,
     upstream: &url::Url,
@@ -86,21 +127,16 @@ pub fn upstream_request(
     headers.remove(header::PROXY_AUTHORIZATION);
     headers.remove(header::COOKIE);
     headers.insert(header::HOST, value(&authority, "host")?);
+    drop_client_forwarding(headers);
     if let Some(ip) = client_ip {
-        let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-            Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
-            _ => ip.to_string(),
-        };
-        headers.insert("x-forwarded-for", value(&xff, "x-forwarded-for")?);
+        headers.insert(
+            "x-forwarded-for",
+            value(&ip.to_string(), "x-forwarded-for")?,
+        );
     }
     headers.insert("x-forwarded-proto", HeaderValue::from_static("https"));
-    match HeaderValue::from_str(original_host) {
-        Ok(v) => {
-            headers.insert("x-forwarded-host", v);
-        }
-        Err(_) => {
-            headers.remove("x-forwarded-host");
-        }
+    if let Ok(v) = HeaderValue::from_str(original_host) {
+        headers.insert("x-forwarded-host", v);
     }
 
     if let Some(hc) = http.and_then(|h| h.header.as_ref()) {
@@ -150,10 +186,14 @@ pub fn response_headers(headers: &mut HeaderMap, http: Option<&HttpConfig>) {
     }
 }
 
-/// Canonical form of a request path, used before policy so rules see the same path the
-/// upstream will get: `.`/`..` are resolved (never above `/`), duplicate slashes collapse,
-/// and encoded slashes/backslashes, NUL and backslashes are rejected because upstreams
-/// disagree about what they mean. Takes the path only (no query).
+/// Canonical form of a request path, used before policy so rules see exactly the path the
+/// upstream will get (RFC 3986 section 6.2.2): percent-encoded unreserved characters
+/// (ALPHA, DIGIT, `-`, `.`, `_`, `~`) are decoded (`/%61dmin` is `/admin`), other escapes
+/// keep their encoding with uppercase hex, `.`/`..` are resolved (never above `/`) and
+/// duplicate slashes collapse. Refused, because upstreams disagree about what they mean:
+/// encoded `/`, `\` and NUL, raw backslash and NUL, `;` raw or encoded (matrix parameters,
+/// `..;/`), a double-encoded escape (`%25` followed by two hex digits, e.g. `%252e`) and a
+/// `%` not followed by two hex digits. Idempotent. Takes the path only (no query).
 pub fn normalize_path(path: &str) -> Result<String, RewriteError> {
     if !path.starts_with('/') {
         return Err(RewriteError::BadPath("the path must start with '/'"));
@@ -163,20 +203,14 @@ pub fn normalize_path(path: &str) -> Result<String, RewriteError> {
             "backslashes and NUL are not allowed in paths",
         ));
     }
-    let mut out: Vec<&str> = Vec::new();
+    let mut out: Vec<String> = Vec::new();
     let mut trailing = false;
     for seg in path.split('/').skip(1) {
-        let decoded = percent_encoding::percent_decode_str(seg).collect::<Vec<u8>>();
-        if decoded.iter().any(|b| matches!(b, b'/' | b'\\' | 0)) {
-            return Err(RewriteError::BadPath(
-                "encoded '/', '\\' or NUL is not allowed in paths",
-            ));
-        }
+        let seg = canonical_segment(seg)?;
         trailing = false;
-        match decoded.as_slice() {
-            b"" => trailing = true,
-            b"." => trailing = true,
-            b".." => {
+        match seg.as_str() {
+            "" | "." => trailing = true,
+            ".." => {
                 out.pop();
                 trailing = true;
             }
@@ -192,6 +226,82 @@ pub fn normalize_path(path: &str) -> Result<String, RewriteError> {
         s.push('/');
     }
     Ok(s)
+}
+
+/// One path segment in canonical percent-encoding (see [`normalize_path`]).
+fn canonical_segment(seg: &str) -> Result<String, RewriteError> {
+    let bytes = seg.as_bytes();
+    let mut out = String::with_capacity(seg.len());
+    let mut run = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b';' => {
+                return Err(RewriteError::BadPath(
+                    "';' (matrix parameters) is not allowed in paths: send parameters in the query string",
+                ))
+            }
+            b'%' => {
+                out.push_str(&seg[run..i]);
+                let byte = match (hex_digit(bytes.get(i + 1)), hex_digit(bytes.get(i + 2))) {
+                    (Some(h), Some(l)) => h << 4 | l,
+                    _ => {
+                        return Err(RewriteError::BadPath(
+                            "'%' in a path must start an escape of two hex digits: encode a literal '%' as %25",
+                        ))
+                    }
+                };
+                match byte {
+                    b'/' | b'\\' | 0 => {
+                        return Err(RewriteError::BadPath(
+                            "encoded '/', '\\' or NUL is not allowed in paths",
+                        ))
+                    }
+                    b';' => {
+                        return Err(RewriteError::BadPath(
+                            "encoded ';' is not allowed in paths: send parameters in the query string",
+                        ))
+                    }
+                    b if is_unreserved(b) => out.push(b as char),
+                    b => {
+                        out.push('%');
+                        out.push(char::from(HEX_UPPER[usize::from(b >> 4)]));
+                        out.push(char::from(HEX_UPPER[usize::from(b & 0xf)]));
+                    }
+                }
+                i += 3;
+                run = i;
+            }
+            _ => i += 1,
+        }
+    }
+    out.push_str(&seg[run..]);
+    if out
+        .as_bytes()
+        .windows(5)
+        .any(|w| w.starts_with(b"%25") && w[3].is_ascii_hexdigit() && w[4].is_ascii_hexdigit())
+    {
+        return Err(RewriteError::BadPath(
+            "double percent-encoding (such as %252e) is not allowed in paths: encode once",
+        ));
+    }
+    Ok(out)
+}
+
+const HEX_UPPER: &[u8; 16] = b"0123456789ABCDEF";
+
+fn hex_digit(b: Option<&u8>) -> Option<u8> {
+    match *b? {
+        c @ b'0'..=b'9' => Some(c - b'0'),
+        c @ b'a'..=b'f' => Some(c - b'a' + 10),
+        c @ b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// RFC 3986 section 2.3: characters whose percent-encoding means the same as the character.
+fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
 }
 
 fn upstream_authority(upstream: &url::Url) -> Result<(&str, String), RewriteError> {

@@ -195,7 +195,13 @@ fn forwarding_headers() {
         "api.gw.example",
     )
     .unwrap();
-    assert_eq!(p.headers["x-forwarded-for"], "10.0.0.1, 203.0.113.7");
+    assert_eq!(
+        p.headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .collect::<Vec<_>>(),
+        vec!["203.0.113.7"]
+    );
     assert_eq!(p.headers["x-forwarded-proto"], "https");
     assert_eq!(p.headers["x-forwarded-host"], "api.gw.example");
     let mut p = parts("/x", &[]);
@@ -353,6 +359,9 @@ fn normalize_resolves_dots_and_slashes() {
         ("/a/..", "/"),
         ("/a/b/..", "/a/"),
         ("/v1/chat%20x", "/v1/chat%20x"),
+        ("/a/.%2e/b", "/b"),
+        ("/a/%2e./b", "/b"),
+        ("/a/%2E/b", "/a/b"),
     ];
     for (i, o) in cases {
         assert_eq!(normalize_path(i).unwrap(), o, "{i}");
@@ -362,13 +371,139 @@ fn normalize_resolves_dots_and_slashes() {
 #[test]
 fn normalize_rejects_unsafe_paths() {
     for p in [
-        "", "a/b", "/a%2Fb", "/a%2fb", "/a%5Cb", "/a\\b", "/a%00b", "/a\0b",
+        "",
+        "a/b",
+        "/a%2Fb",
+        "/a%2fb",
+        "/a%5Cb",
+        "/a\\b",
+        "/a%00b",
+        "/a\0b",
+        // matrix parameters, raw or encoded, and Tomcat's `..;/`
+        "/admin;x=1",
+        "/v1/..;/admin",
+        "/v1/%3B/admin",
+        "/a%3bb",
+        // double encoding: `%25` then two hex digits, however the digits are written
+        "/v1/%252e%252e/admin",
+        "/%2561dmin",
+        "/a%25%32%65",
+        "/a%252F",
+        // a '%' that does not start an escape
+        "/a%",
+        "/a%2",
+        "/a%zz",
+        "/a%2g",
     ] {
         assert!(
             matches!(normalize_path(p), Err(RewriteError::BadPath(_))),
             "{p:?}"
         );
     }
+}
+
+#[test]
+fn normalize_decodes_unreserved_and_uppercases_the_rest() {
+    let cases = [
+        // RFC 3986 6.2.2.2: ALPHA, DIGIT, '-', '.', '_', '~' are decoded
+        ("/%61dmin", "/admin"),
+        ("/%41%44%4d%49%4E", "/ADMIN"),
+        ("/v1/%7euser/a%2Db%5Fc%2e", "/v1/~user/a-b_c."),
+        ("/%31%32", "/12"),
+        // everything else keeps its escape, hex in uppercase (6.2.2.1)
+        ("/caf%c3%a9", "/caf%C3%A9"),
+        ("/a%20b%3a%40", "/a%20b%3A%40"),
+        ("/100%25", "/100%25"),
+        ("/100%25x", "/100%25x"),
+        // decoded dots are dot segments
+        ("/v1/%2e%2e/%61dmin", "/admin"),
+    ];
+    for (i, o) in cases {
+        assert_eq!(normalize_path(i).unwrap(), o, "{i}");
+    }
+}
+
+#[test]
+fn normalize_is_idempotent() {
+    for p in [
+        "/%61dmin/../x/%2e/y//z/",
+        "/caf%c3%a9/%7e",
+        "/100%25/a%20b",
+        "/a/b/../../..",
+        "/%25%7a",
+    ] {
+        let once = normalize_path(p).unwrap();
+        assert_eq!(normalize_path(&once).unwrap(), once, "{p}");
+    }
+}
+
+#[test]
+fn upstream_gets_the_normalised_path() {
+    let p = run("/%61dmin/x%7e?q=%61", "http://u", None);
+    assert_eq!(p.uri.path(), "/admin/x~");
+    assert_eq!(p.uri.query(), Some("q=%61"));
+    let mut p = parts("/v1/%252e%252e/admin", &[]);
+    let err = upstream_request(
+        &mut p,
+        &"http://u".parse().unwrap(),
+        None,
+        &secrets,
+        None,
+        "gw",
+    )
+    .unwrap_err();
+    assert!(matches!(err, RewriteError::BadPath(_)));
+}
+
+#[test]
+fn client_forwarding_claims_are_dropped() {
+    let ip: IpAddr = "203.0.113.7".parse().unwrap();
+    let claims = [
+        ("forwarded", "for=10.0.0.1;proto=http;host=evil.example"),
+        ("x-forwarded-for", "10.0.0.1"),
+        ("x-forwarded-for", "10.0.0.2"),
+        ("x-forwarded-host", "evil.example"),
+        ("x-forwarded-proto", "http"),
+        ("x-forwarded-port", "80"),
+        ("x-forwarded-prefix", "/admin"),
+        ("x-real-ip", "10.0.0.1"),
+        ("x-client-ip", "10.0.0.1"),
+        ("true-client-ip", "10.0.0.1"),
+        ("x-original-url", "/admin"),
+        ("x-rewrite-url", "/admin"),
+        ("x-http-method-override", "DELETE"),
+    ];
+    let mut h = HeaderMap::new();
+    for (k, v) in claims {
+        h.append(k, HeaderValue::from_static(v));
+    }
+    h.insert("x-keep", HeaderValue::from_static("1"));
+    drop_client_forwarding(&mut h);
+    assert_eq!(h.len(), 1, "{h:?}");
+
+    let mut p = parts("/x", &claims);
+    upstream_request(
+        &mut p,
+        &"http://u".parse().unwrap(),
+        None,
+        &secrets,
+        Some(ip),
+        "api.gw.example",
+    )
+    .unwrap();
+    let mut names: Vec<&str> = p.headers.keys().map(|k| k.as_str()).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "host",
+            "x-forwarded-for",
+            "x-forwarded-host",
+            "x-forwarded-proto"
+        ]
+    );
+    assert_eq!(p.headers["x-forwarded-for"], "203.0.113.7");
+    assert_eq!(p.headers["x-forwarded-host"], "api.gw.example");
 }
 
 #[test]
