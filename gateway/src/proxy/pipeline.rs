@@ -10,6 +10,7 @@ use crate::frontdoor::respond::{error, full, not_found};
 use crate::state::{AuthError, Gateway, Principal, ServiceEntry, Snapshot, UpstreamConfig};
 use crate::telemetry::access_log::AccessRecord;
 use crate::telemetry::body::{BodyOutcome, ObservedBody};
+use crate::telemetry::trace_context::{self, TraceContext};
 use crate::telemetry::usage::{self, UsageParser};
 use http::{header, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -32,6 +33,7 @@ impl Trace {
             started: Instant::now(),
             record: AccessRecord {
                 service: Some(service.to_string()),
+                trace: TraceContext::from_headers(req.headers(), trace_context::new_span_id),
                 ..AccessRecord::new(
                     AccessRecord::new_request_id(),
                     req.method().as_str(),
@@ -354,6 +356,7 @@ async fn serve(
             )
         }
     };
+    trace_context::set_upstream_headers(&mut parts.headers, trace.record.trace.as_ref());
     let from = Origin {
         client_ip: Some(peer.ip()),
         host: &host,
