@@ -316,3 +316,17 @@ def test_malformed_or_missing_traceparent_starts_a_new_trace_and_is_not_passed_o
         assert span.trace_state == ""
         assert len(span.trace_id) == 16 and span.trace_id != bytes(16)
         assert span.trace_id.hex() not in ("4bf92f3577b34da6a3ce929d0e0e4736", "0af7651916cd43dd8448eb211c80319c")
+
+
+def test_without_export_the_callers_trace_passes_through(start_gateway):
+    """No span is recorded without --otlp-endpoint: the upstream's parent is the caller's span
+    (never one no backend has), and a malformed traceparent is still dropped."""
+    trace_id, caller_span = os.urandom(16).hex(), os.urandom(8).hex()
+    with ExitStack() as stack:
+        gw = start_gateway()
+        ai = setup_ai(gw, stack)
+        tok = ai.token()
+        post_chat(gw, tok, {"traceparent": f"00-{trace_id}-{caller_span}-03", "x-test-marker": "plain"})
+        post_chat(gw, tok, {"traceparent": f"00-{trace_id.upper()}-{caller_span}-01", "x-test-marker": "bad"})
+        assert upstream_request(ai, "plain").header("traceparent") == f"00-{trace_id}-{caller_span}-01"
+        assert upstream_request(ai, "bad").header("traceparent") is None

@@ -28,12 +28,12 @@ struct Trace {
 }
 
 impl Trace {
-    fn new(service: &str, req: &Request<Incoming>) -> Self {
+    fn new(service: &str, req: &Request<Incoming>, span_exported: bool) -> Self {
         Trace {
             started: Instant::now(),
             record: AccessRecord {
                 service: Some(service.to_string()),
-                trace: TraceContext::from_headers(req.headers(), trace_context::new_span_id),
+                trace: TraceContext::from_headers(req.headers(), span_exported),
                 ..AccessRecord::new(
                     AccessRecord::new_request_id(),
                     req.method().as_str(),
@@ -109,7 +109,7 @@ fn begin(
     req: &Request<Incoming>,
     door: Door,
 ) -> Result<(Trace, String), Box<Response<BoxBody>>> {
-    let mut trace = Trace::new(&service.name, req);
+    let mut trace = Trace::new(&service.name, req, gw.telemetry.otlp.is_some());
     trace.record.via = door.via().into();
     let path = match rewrite::normalize_path(req.uri().path()) {
         Ok(p) => p,

@@ -158,7 +158,8 @@ pub struct TraceContext {
     pub trace_id: [u8; 16],
     /// The caller's span: the parent of the exported span.
     pub parent_id: [u8; 8],
-    /// This gateway's span: the exported span's id and the upstream's parent-id.
+    /// This gateway's span: the exported span's id and the upstream's parent-id (the
+    /// caller's span again when no span is exported).
     pub span_id: [u8; 8],
     /// Trace flags passed on (only `sampled` is defined).
     pub flags: u8,
@@ -168,10 +169,27 @@ pub struct TraceContext {
 
 impl TraceContext {
     /// The trace a request continues: `None` when it has no `traceparent`, more than one, or
-    /// a malformed one. `span_id` gives this gateway's span id, only called when needed.
-    pub fn from_headers(
+    /// a malformed one. When this gateway's span is `recorded` (exported), it gets a fresh id
+    /// and becomes the upstream's parent; otherwise the upstream gets the caller's span as
+    /// its parent, so no trace points at a span nobody recorded.
+    pub fn from_headers(headers: &HeaderMap, recorded: bool) -> Option<TraceContext> {
+        Self::read(
+            headers,
+            |p| {
+                if recorded {
+                    new_span_id()
+                } else {
+                    p.parent_id
+                }
+            },
+        )
+    }
+
+    /// [`TraceContext::from_headers`] with the span id chosen by `span_id`, only called for
+    /// a valid `traceparent`.
+    fn read(
         headers: &HeaderMap,
-        span_id: impl FnOnce() -> [u8; 8],
+        span_id: impl FnOnce(&TraceParent) -> [u8; 8],
     ) -> Option<TraceContext> {
         let mut all = headers.get_all(TRACEPARENT).iter();
         let first = all.next()?;
@@ -183,7 +201,7 @@ impl TraceContext {
         Some(TraceContext {
             trace_id: parent.trace_id,
             parent_id: parent.parent_id,
-            span_id: span_id(),
+            span_id: span_id(&parent),
             flags: parent.flags & SAMPLED,
             state: state.map(String::into_boxed_str),
         })

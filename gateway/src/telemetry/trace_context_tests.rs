@@ -113,7 +113,7 @@ fn uppercase_and_non_hex_are_refused() {
 #[test]
 fn continued_upstream_with_our_span_as_parent() {
     let h = headers(&[("traceparent", VALID), ("tracestate", "congo=t61rcWkgMzE")]);
-    let t = TraceContext::from_headers(&h, || OURS).unwrap();
+    let t = TraceContext::read(&h, |_| OURS).unwrap();
     assert_eq!((t.trace_id, t.parent_id, t.span_id), (TRACE, PARENT, OURS));
     assert_eq!(
         t.traceparent(),
@@ -131,7 +131,7 @@ fn continued_upstream_with_our_span_as_parent() {
 #[test]
 fn unknown_flags_are_not_passed_on() {
     let h = headers(&[("traceparent", &VALID.replace("-01", "-ff"))]);
-    let t = TraceContext::from_headers(&h, || OURS).unwrap();
+    let t = TraceContext::read(&h, |_| OURS).unwrap();
     assert_eq!(t.flags, 1);
     assert!(t.traceparent().to_str().unwrap().ends_with("-01"));
 }
@@ -145,7 +145,7 @@ fn malformed_or_duplicate_traceparent_starts_a_new_trace_and_is_not_passed_on() 
     ] {
         let mut called = false;
         assert_eq!(
-            TraceContext::from_headers(&h, || {
+            TraceContext::read(&h, |_| {
                 called = true;
                 OURS
             }),
@@ -193,4 +193,15 @@ fn span_ids_are_never_zero() {
     for _ in 0..100 {
         assert_ne!(new_span_id(), [0; 8]);
     }
+}
+
+#[test]
+fn without_a_recorded_span_the_upstream_gets_the_callers_span() {
+    let h = headers(&[("traceparent", VALID)]);
+    let t = TraceContext::from_headers(&h, false).unwrap();
+    assert_eq!(t.span_id, PARENT);
+    assert_eq!(t.traceparent(), VALID);
+    let t = TraceContext::from_headers(&h, true).unwrap();
+    assert_ne!(t.span_id, PARENT);
+    assert_eq!(t.parent_id, PARENT);
 }
