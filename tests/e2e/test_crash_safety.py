@@ -1,7 +1,8 @@
 """Crash safety: posternd killed with SIGKILL at a random moment of a storm of
-``posternctl apply`` (two files, three documents), ``posternctl create/delete credential``
-and OAuth2 token grants with requests, then restarted on the same data directory, loses
-nothing it acknowledged, opens a clean store and shows no half-applied change.
+``posternctl apply`` (two files, three documents), ``posternctl create secret``,
+``posternctl create/delete credential`` and OAuth2 token grants with requests, then restarted
+on the same data directory, loses nothing it acknowledged, opens a clean store and shows no
+half-applied change.
 
 What "acknowledged" means (the same definitions are in docs/operations.md, "Durability"):
 
@@ -11,6 +12,7 @@ What "acknowledged" means (the same definitions are in docs/operations.md, "Dura
 * create credential: ``posternctl create credential --type oauth2 -o json`` exited 0 and
   printed the client secret. The Credential is listed after the restart and its secret still
   gets a token.
+* create secret: ``posternctl create secret`` exited 0. The Secret is listed after the restart.
 * delete credential: ``posternctl delete credential`` exited 0. The Credential stays gone
   and the tokens it issued stay refused.
 * token: ``/oauth2/token`` answered 200 with an ``access_token``. The token is accepted after
@@ -123,6 +125,7 @@ class Ledger:
     created: dict[str, tuple[str, str]] = field(default_factory=dict)  # name -> (id, secret)
     deleting: set[str] = field(default_factory=set)  # deletes sent, maybe not acknowledged
     deleted: set[str] = field(default_factory=set)  # deletes acknowledged
+    secrets: list[str] = field(default_factory=list)  # secrets acknowledged
     revoked_tokens: list[str] = field(default_factory=list)  # tokens of acknowledged deletes
     tokens: list[str] = field(default_factory=list)  # tokens acknowledged this round
     errors: list[str] = field(default_factory=list)  # failures while the gateway was up
@@ -169,6 +172,15 @@ class Storm:
         k = 0
         while not self.killed.is_set():
             k += 1
+            if k % 2:
+                secret = f"s{self.round}-{k}"
+                r = self.ctl("create", "secret", secret, "--value", f"value-{secret}")
+                if r.returncode == 0:
+                    with self.ledger.lock:
+                        self.ledger.secrets.append(secret)
+                    self.ledger.count("create secret")
+                else:
+                    self.failed(f"create secret {secret}: {r.stdout}{r.stderr}")
             name = f"c{self.round}-{k}"
             r = self.ctl("create", "credential", name, "--user", "app", "--type", "oauth2", "-o", "json")
             if r.returncode != 0:
@@ -283,6 +295,9 @@ def check_after_restart(gw, ledger: Ledger, base: tuple[str, str]) -> None:
             v = next(iter(versions.values()))
             assert acked <= v <= attempted, \
                 f"writer {w}: stored v{v}, acknowledged v{acked}, last sent v{attempted}"
+
+    lost = set(ledger.secrets) - set(gw.names("secrets"))
+    assert not lost, f"acknowledged secrets lost: {sorted(lost)[:10]}"
 
     # credentials: acknowledged creates listed and usable, acknowledged deletes gone.
     listed = set(gw.names("credentials"))
