@@ -180,7 +180,9 @@ pub fn init(dir: &Path, opts: &InitOptions) -> Result<InitOutcome, DataDirError>
             if dir.exists() {
                 std::fs::remove_dir(dir).map_err(io(dir))?;
             }
+            sync_dir(&staging).map_err(io(&staging))?;
             std::fs::rename(&staging, dir).map_err(io(dir))?;
+            sync_dir(parent).map_err(io(parent))?;
             Ok(outcome)
         }
         Err(e) => {
@@ -284,16 +286,41 @@ fn set_mode(p: &Path, mode: u32) -> Result<(), DataDirError> {
 }
 
 fn write_file(p: &Path, data: &[u8], mode: u32) -> Result<(), DataDirError> {
+    create_file_atomically(p, data, mode).map_err(io(p))
+}
+
+/// Creates `path` holding exactly `data` (mode `mode`), or fails with `AlreadyExists` and
+/// leaves an existing file alone. A process killed at any moment leaves either no file or
+/// the whole file, never a short one (a truncated key would stop the next start): the bytes
+/// go to a temporary sibling, are synced, then hard-linked into place (which, unlike a
+/// rename, never replaces), and the directory is synced so the new name survives power loss.
+pub fn create_file_atomically(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(p)
-        .map_err(io(p))?;
-    f.write_all(data).map_err(io(p))?;
-    f.sync_all().map_err(io(p))
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let tmp = dir.join(format!(".{name}.tmp-{}", secrets::random_id("w")));
+    let written = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        std::fs::hard_link(&tmp, path)
+    })();
+    let _ = std::fs::remove_file(&tmp);
+    written?;
+    sync_dir(dir)
+}
+
+/// Makes the entries of directory `dir` (a create, link or rename in it) durable.
+pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
 }
 
 #[cfg(test)]
@@ -308,6 +335,27 @@ mod tests {
         assert!(check_domain("a..b").is_err());
         assert!(check_domain("-a.b").is_err());
         assert!(check_domain("a b").is_err());
+    }
+
+    #[test]
+    fn atomic_create_never_replaces_and_leaves_no_temporary() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("postern-atomic-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).unwrap();
+        let path = dir.join("k.key");
+        create_file_atomically(&path, b"first", 0o600).unwrap();
+        let err = create_file_atomically(&path, b"second", 0o600).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::AlreadyExists);
+        assert_eq!(std::fs::read(&path).unwrap(), b"first");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["k.key"]);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -1,7 +1,9 @@
 """OpenTelemetry export (--otlp-endpoint): a completion through the gateway reaches a small
 OTLP/HTTP receiver as a log record and a SERVER span with HTTP, postern.* and GenAI attributes;
-a collector that is down never slows or fails requests."""
+a collector that is down never slows or fails requests; a caller's W3C traceparent is continued
+upstream and in the span, a malformed one is dropped."""
 
+import os
 import re
 import socket
 import statistics
@@ -216,3 +218,115 @@ def test_bad_otlp_flags_are_refused(start_gateway, tmp_path):
     r = gw.run("posternd", "serve", "--data-dir", str(gw.data_dir), "--otlp-endpoint", "http://c:4318",
                "--otlp-header", "no-equals-sign", check=False, timeout=15)
     assert r.returncode != 0 and "OTLP header" in r.stderr, r.stderr
+
+
+# W3C Trace Context: a caller's traceparent is continued upstream and in the exported span.
+TRACEPARENT_RE = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
+
+
+def post_chat(gw, tok, headers: dict) -> str:
+    """POSTs a completion with extra headers; returns the request id."""
+    with gw.http() as h:
+        r = h.post(gw.url("gemini", "/chat/completions"),
+                   headers={"Authorization": f"Bearer {tok}", **headers},
+                   json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}]})
+    assert r.status_code == 200, r.text
+    return r.headers["x-request-id"]
+
+
+def upstream_request(ai, marker: str):
+    [req] = [r for r in ai.up["gemini"].requests if r.header("x-test-marker") == marker]
+    return req
+
+
+def span_of(col, request_id: str) -> Span:
+    [(_, span)] = col.wait_for(lambda x: isinstance(x[1], Span)
+                               and attrs(x[1].attributes).get("postern.request_id") == request_id,
+                               f"span of {request_id}")
+    return span
+
+
+def test_incoming_traceparent_is_continued_upstream_and_in_the_span(start_gateway):
+    trace_id, caller_span = os.urandom(16).hex(), os.urandom(8).hex()
+    state = "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7"
+    with Collector() as col, ExitStack() as stack:
+        gw = start_gateway(extra_args=["--otlp-endpoint", col.url])
+        ai = setup_ai(gw, stack)
+        rid = post_chat(gw, ai.token(), {"traceparent": f"00-{trace_id}-{caller_span}-01",
+                                         "tracestate": state, "x-test-marker": "continued"})
+        up = upstream_request(ai, "continued")
+        span = span_of(col, rid)
+        [(_, log)] = col.wait_for(lambda x: not isinstance(x[1], Span)
+                                  and attrs(x[1].attributes).get("postern.request_id") == rid, "log")
+
+    sent = TRACEPARENT_RE.match(up.header("traceparent") or "")
+    assert sent, f"upstream got traceparent {up.header('traceparent')!r}"
+    assert sent.group(1) == trace_id, "the upstream continues the caller's trace"
+    assert sent.group(2) != caller_span, "the gateway's span is the upstream's parent, not the caller's"
+    assert sent.group(3) == "01"
+    assert up.header("tracestate") == state
+    assert sum(k.lower() == "traceparent" for k, _ in up.headers) == 1
+
+    assert span.trace_id.hex() == trace_id
+    assert span.parent_span_id.hex() == caller_span
+    assert span.span_id.hex() == sent.group(2), "the exported span is the one the upstream saw as parent"
+    assert span.trace_state == state
+    assert (log.trace_id, log.span_id) == (span.trace_id, span.span_id)
+
+
+BAD_TRACEPARENTS = [
+    "00-4BF92F3577B34DA6A3CE929D0E0E4736-00F067AA0BA902B7-01",  # uppercase hex
+    "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",  # version ff
+    "00-00000000000000000000000000000000-00f067aa0ba902b7-01",  # all-zero trace id
+    "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",  # all-zero parent id
+    "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",  # short trace id
+    "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",  # version 00 with more
+    "garbage",
+]
+
+
+def test_malformed_or_missing_traceparent_starts_a_new_trace_and_is_not_passed_on(start_gateway):
+    with Collector() as col, ExitStack() as stack:
+        gw = start_gateway(extra_args=["--otlp-endpoint", col.url])
+        ai = setup_ai(gw, stack)
+        tok = ai.token()
+        cases = [(f"bad-{i}", {"traceparent": v, "tracestate": "congo=t61rcWkgMzE"})
+                 for i, v in enumerate(BAD_TRACEPARENTS)]
+        cases.append(("absent", {}))
+        cases.append(("twice", None))
+        seen = {}
+        for marker, headers in cases:
+            if headers is None:  # two valid traceparent headers: ambiguous, so ignored
+                with gw.http() as h:
+                    r = h.post(gw.url("gemini", "/chat/completions"),
+                               headers=[("authorization", f"Bearer {tok}"), ("x-test-marker", marker),
+                                        ("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+                                        ("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")],
+                               json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}]})
+                assert r.status_code == 200, r.text
+                rid = r.headers["x-request-id"]
+            else:
+                rid = post_chat(gw, tok, {**headers, "x-test-marker": marker})
+            seen[marker] = (upstream_request(ai, marker), span_of(col, rid))
+
+    for marker, (up, span) in seen.items():
+        assert up.header("traceparent") is None, f"{marker}: upstream got {up.header('traceparent')!r}"
+        assert up.header("tracestate") is None, f"{marker}: upstream got {up.header('tracestate')!r}"
+        assert span.parent_span_id == b"", f"{marker}: span has a parent"
+        assert span.trace_state == ""
+        assert len(span.trace_id) == 16 and span.trace_id != bytes(16)
+        assert span.trace_id.hex() not in ("4bf92f3577b34da6a3ce929d0e0e4736", "0af7651916cd43dd8448eb211c80319c")
+
+
+def test_without_export_the_callers_trace_passes_through(start_gateway):
+    """No span is recorded without --otlp-endpoint: the upstream's parent is the caller's span
+    (never one no backend has), and a malformed traceparent is still dropped."""
+    trace_id, caller_span = os.urandom(16).hex(), os.urandom(8).hex()
+    with ExitStack() as stack:
+        gw = start_gateway()
+        ai = setup_ai(gw, stack)
+        tok = ai.token()
+        post_chat(gw, tok, {"traceparent": f"00-{trace_id}-{caller_span}-03", "x-test-marker": "plain"})
+        post_chat(gw, tok, {"traceparent": f"00-{trace_id.upper()}-{caller_span}-01", "x-test-marker": "bad"})
+        assert upstream_request(ai, "plain").header("traceparent") == f"00-{trace_id}-{caller_span}-01"
+        assert upstream_request(ai, "bad").header("traceparent") is None

@@ -15,22 +15,14 @@ pub use secrets::{
 pub use token::{Claims, SigningKeyError, TokenError, TokenSigner};
 pub use verified::VerifiedTokens;
 
-use std::io::{self, Write};
+use std::io;
 use std::path::Path;
 
 /// Writes a new key file readable only by its owner; fails if the file already exists so an
-/// existing key (and everything sealed or signed with it) is never silently replaced.
+/// existing key (and everything sealed or signed with it) is never silently replaced. A
+/// crash leaves no key file or the whole one.
 fn write_new_key_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let mut file = options.open(path)?;
-    file.write_all(bytes)?;
-    file.sync_all()
+    crate::datadir::create_file_atomically(path, bytes, 0o600)
 }
 
 /// Reads a key file that must hold exactly 32 bytes; `Err(None)` means the length was wrong.

@@ -11,6 +11,7 @@ use crate::frontdoor::respond::{error, full, not_found};
 use crate::state::{AuthError, Gateway, Principal, ServiceEntry, Snapshot, UpstreamConfig};
 use crate::telemetry::access_log::AccessRecord;
 use crate::telemetry::body::{BodyOutcome, ObservedBody};
+use crate::telemetry::trace_context::{self, TraceContext};
 use crate::telemetry::usage::{self, UsageParser};
 use http::{header, Method, Response, StatusCode};
 use postern_common::resources::Effect;
@@ -27,11 +28,12 @@ struct Trace {
 }
 
 impl Trace {
-    fn new(service: &str, req: &ClientRequest) -> Self {
+    fn new(service: &str, req: &ClientRequest, span_exported: bool) -> Self {
         Trace {
             started: Instant::now(),
             record: AccessRecord {
                 service: Some(service.to_string()),
+                trace: TraceContext::from_headers(req.headers(), span_exported),
                 ..AccessRecord::new(
                     AccessRecord::new_request_id(),
                     req.method().as_str(),
@@ -107,7 +109,7 @@ fn begin(
     req: &ClientRequest,
     door: Door,
 ) -> Result<(Trace, String), Box<Response<BoxBody>>> {
-    let mut trace = Trace::new(&service.name, req);
+    let mut trace = Trace::new(&service.name, req, gw.telemetry.otlp.is_some());
     trace.record.via = door.via().into();
     let path = match rewrite::normalize_path(req.uri().path()) {
         Ok(p) => p,
@@ -355,6 +357,7 @@ async fn serve(
             )
         }
     };
+    trace_context::set_upstream_headers(&mut parts.headers, trace.record.trace.as_ref());
     let from = Origin {
         client_ip: Some(peer.ip()),
         host: &host,

@@ -9,7 +9,7 @@ impl Store {
     /// Upserts `rows` and deletes counters whose window ended at or before `now`, in one
     /// transaction.
     pub fn save_limit_counters(&self, rows: &[CounterRow], now: i64) -> Result<(), StoreError> {
-        let mut conn = self.lock();
+        let mut conn = self.lock_relaxed();
         let tx = conn.transaction()?;
         {
             let mut upsert = tx.prepare_cached(

@@ -4,7 +4,7 @@ use super::sqlite::{expect_one, is_constraint};
 use super::{CredentialRecord, Store, StoreError};
 use postern_common::resources::{CredentialInfo, CredentialType, Kind, SessionInfo, SessionType};
 use rusqlite::ffi::{SQLITE_CONSTRAINT_PRIMARYKEY, SQLITE_CONSTRAINT_UNIQUE};
-use rusqlite::{params, OptionalExtension, Row};
+use rusqlite::{params, OptionalExtension, Row, TransactionBehavior};
 
 const CREDENTIAL_COLUMNS: &str =
     "name, user, type, client_id, lookup_id, secret_hash, created_at, expires_at";
@@ -75,13 +75,17 @@ impl Store {
         found.transpose()
     }
 
-    /// Deletes a credential; `NotFound` if absent. Its sessions stay until the caller runs
-    /// [`Store::delete_sessions_of_credential`].
+    /// Deletes a credential and the sessions it made, in one transaction (a crash in between
+    /// would leave sessions that a new credential of the same name brings back to life);
+    /// `NotFound` if absent.
     pub fn delete_credential(&self, name: &str) -> Result<(), StoreError> {
-        let n = self
-            .lock()
-            .execute("DELETE FROM credentials WHERE name = ?1", params![name])?;
-        expect_one(n, Kind::Credential, name)
+        let mut conn = self.lock();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let n = tx.execute("DELETE FROM credentials WHERE name = ?1", params![name])?;
+        expect_one(n, Kind::Credential, name)?;
+        tx.execute("DELETE FROM sessions WHERE credential = ?1", params![name])?;
+        tx.commit()?;
+        Ok(())
     }
 
     /// Deletes every credential of `user` (when the User is deleted); returns how many.
@@ -96,7 +100,7 @@ impl Store {
     pub fn insert_session(&self, s: &SessionInfo) -> Result<(), StoreError> {
         parse_rfc3339("createdAt", &s.created_at)?;
         let expires_unix = parse_rfc3339("expiresAt", &s.expires_at)?;
-        let conn = self.lock();
+        let conn = self.lock_relaxed();
         conn.execute(
             "INSERT INTO sessions (name, user, type, credential, created_at, expires_at, expires_unix)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -162,7 +166,7 @@ impl Store {
     /// returns how many.
     pub fn delete_expired_sessions(&self, now_rfc3339: &str) -> Result<usize, StoreError> {
         let now = parse_rfc3339("now", now_rfc3339)?;
-        Ok(self.lock().execute(
+        Ok(self.lock_relaxed().execute(
             "DELETE FROM sessions WHERE expires_unix <= ?1",
             params![now],
         )?)

@@ -12,6 +12,16 @@ use std::time::Duration;
 /// How long a writer waits for another process's lock before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// `PRAGMA synchronous` of every write unless it says otherwise. In WAL mode `FULL` syncs the
+/// WAL at each commit, so a change acknowledged to its client survives power loss as well as
+/// a killed process (`NORMAL` survives only the latter: it syncs at checkpoints, and a power
+/// cut could undo a revocation). Measured cost: docs/operations.md, "Durability".
+const SYNCHRONOUS: &str = "FULL";
+
+/// `PRAGMA synchronous` of the writes whose loss in a power cut fails safe (see
+/// [`Store::lock_relaxed`]). Still nothing is lost when only the process dies.
+const SYNCHRONOUS_RELAXED: &str = "NORMAL";
+
 impl Store {
     /// Opens (creating with mode 0600 if absent) the database at `path`, switches it to WAL
     /// and brings its schema up to date.
@@ -31,7 +41,7 @@ impl Store {
     fn init(mut conn: Connection) -> Result<Store, StoreError> {
         conn.busy_timeout(BUSY_TIMEOUT)?;
         conn.pragma_update(None, "foreign_keys", true)?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "synchronous", SYNCHRONOUS)?;
         migrate(&mut conn)?;
         Ok(Store {
             conn: Mutex::new(conn),
@@ -42,6 +52,16 @@ impl Store {
     /// back on drop), so a poisoned lock is safe to reuse.
     pub(super) fn lock(&self) -> MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The connection for writes that may skip the per-commit sync: a new Session (lost, its
+    /// token is refused and the client fetches another), usage rows, limit counters and the
+    /// sweep of expired Sessions. Any later `FULL` commit syncs them too; the guard puts the
+    /// connection back to `FULL` when dropped. Costs one fsync less per token grant.
+    pub(super) fn lock_relaxed(&self) -> Relaxed<'_> {
+        let conn = self.lock();
+        let _ = conn.pragma_update(None, "synchronous", SYNCHRONOUS_RELAXED);
+        Relaxed(conn)
     }
 
     /// Every declared resource (Service, User, Group, Policy), ordered by kind then name.
@@ -119,12 +139,23 @@ impl Store {
     }
 
     /// Deletes one declared resource; `NotFound` if there is none of that kind and name.
+    /// Deleting a User deletes its Credentials and Sessions in the same transaction: were
+    /// they left behind by a crash, they would come back to life if a User of that name were
+    /// applied again.
     pub fn delete_resource(&self, kind: Kind, name: &str) -> Result<(), StoreError> {
-        let n = self.lock().execute(
+        let mut conn = self.lock();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let n = tx.execute(
             "DELETE FROM resources WHERE kind = ?1 AND name = ?2",
             params![kind.as_str(), name],
         )?;
-        expect_one(n, kind, name)
+        expect_one(n, kind, name)?;
+        if kind == Kind::User {
+            tx.execute("DELETE FROM sessions WHERE user = ?1", params![name])?;
+            tx.execute("DELETE FROM credentials WHERE user = ?1", params![name])?;
+        }
+        tx.commit()?;
+        Ok(())
     }
 
     /// Stores a Secret's ciphertext (the store never sees plaintext). `AlreadyExists` if the
@@ -183,6 +214,29 @@ impl Store {
             .lock()
             .execute("DELETE FROM secrets WHERE name = ?1", params![name])?;
         expect_one(n, Kind::Secret, name)
+    }
+}
+
+/// The connection with `synchronous = NORMAL` until dropped (see [`Store::lock_relaxed`]).
+pub(super) struct Relaxed<'a>(MutexGuard<'a, Connection>);
+
+impl std::ops::Deref for Relaxed<'_> {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Relaxed<'_> {
+    fn deref_mut(&mut self) -> &mut Connection {
+        &mut self.0
+    }
+}
+
+impl Drop for Relaxed<'_> {
+    fn drop(&mut self) {
+        // Only fails on a closed connection, which no later write can use either.
+        let _ = self.0.pragma_update(None, "synchronous", SYNCHRONOUS);
     }
 }
 

@@ -78,7 +78,7 @@ impl Store {
         if rows.is_empty() {
             return Ok(());
         }
-        let mut conn = self.lock();
+        let mut conn = self.lock_relaxed();
         let tx = conn.transaction()?;
         {
             let mut stmt = tx.prepare_cached(

@@ -66,6 +66,10 @@ pub struct AccessRecord {
     /// e.g. `["openai:502", "gemini:200"]`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub attempts: Vec<String>,
+    /// The caller's W3C trace this request continues (the exported span's parent), when it
+    /// sent a valid `traceparent`; not written to the log.
+    #[serde(skip)]
+    pub trace: Option<super::trace_context::TraceContext>,
 }
 
 impl AccessRecord {
@@ -105,6 +109,7 @@ impl AccessRecord {
             error: None,
             upstream_error: None,
             attempts: Vec::new(),
+            trace: None,
         }
     }
 }

@@ -7,6 +7,7 @@ pub mod drain;
 pub mod metrics;
 pub mod otlp;
 pub mod recent;
+pub mod trace_context;
 pub mod usage;
 pub mod usage_store;
 

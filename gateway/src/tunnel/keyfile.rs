@@ -2,8 +2,6 @@
 //! key in base64, as `wg genkey` prints it; mode 0600), created on first use.
 
 use postern_common::wireguard::{KeyError, KeyPair, PrivateKey};
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// The file name inside the data directory.
@@ -38,15 +36,13 @@ pub fn load_or_create(path: &Path) -> Result<KeyPair, KeyFileError> {
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let pair = KeyPair::generate();
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(path)
-                .map_err(io)?;
-            writeln!(f, "{}", pair.private.to_base64()).map_err(io)?;
-            f.sync_all().map_err(io)?;
-            Ok(pair)
+            let text = format!("{}\n", pair.private.to_base64());
+            // Atomic, so a gateway killed here never finds an empty wg.key on its next start.
+            match crate::datadir::create_file_atomically(path, text.as_bytes(), 0o600) {
+                Ok(()) => Ok(pair),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => load_or_create(path),
+                Err(e) => Err(io(e)),
+            }
         }
         Err(e) => Err(io(e)),
     }

@@ -61,6 +61,11 @@ fn file_is_private_wal_versioned_and_durable() {
             .query_row("PRAGMA foreign_keys", [], |r| r.get(0))
             .unwrap();
         assert_eq!(fk, 1);
+        // FULL (2): a commit is on disk before the change is acknowledged (docs/operations.md).
+        let synchronous: i64 = conn
+            .query_row("PRAGMA synchronous", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(synchronous, 2);
         let version: i64 = conn
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .unwrap();
@@ -74,6 +79,22 @@ fn file_is_private_wal_versioned_and_durable() {
     }
     let store = Store::open(&path).unwrap();
     assert_eq!(store.list_resources().unwrap().len(), 1);
+    drop(store);
+    remove_db(&path);
+}
+
+#[test]
+fn relaxed_writes_skip_the_commit_sync_then_restore_full() {
+    let path = temp_db();
+    let store = Store::open(&path).unwrap();
+    let sync = |c: &rusqlite::Connection| -> i64 {
+        c.query_row("PRAGMA synchronous", [], |r| r.get(0)).unwrap()
+    };
+    {
+        let relaxed = store.lock_relaxed();
+        assert_eq!(sync(&relaxed), 1);
+    }
+    assert_eq!(sync(&store.lock()), 2);
     drop(store);
     remove_db(&path);
 }

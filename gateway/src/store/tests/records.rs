@@ -170,3 +170,53 @@ fn sessions_of_user_and_credential() {
     assert_eq!(store.delete_sessions_of_user("alice").unwrap(), 2);
     assert!(store.list_sessions().unwrap().is_empty());
 }
+
+#[test]
+fn deleting_a_user_or_credential_takes_what_it_made() {
+    let store = Store::open_in_memory().unwrap();
+    store
+        .upsert_resources(&[super::user("alice", None), super::user("bob", None)])
+        .unwrap();
+    store
+        .insert_credential(&credential("ci", "alice", "pcid_1"))
+        .unwrap();
+    store
+        .insert_credential(&credential("ci-bob", "bob", "pcid_2"))
+        .unwrap();
+    for (name, user, cred) in [("s1", "alice", "ci"), ("s2", "bob", "ci-bob")] {
+        store
+            .insert_session(&session(name, user, cred, "2030-01-01T00:00:00Z"))
+            .unwrap();
+    }
+    store.delete_credential("ci-bob").unwrap();
+    let names = |v: Vec<SessionInfo>| v.into_iter().map(|s| s.name).collect::<Vec<_>>();
+    assert_eq!(names(store.list_sessions().unwrap()), ["s1"]);
+    store.delete_resource(Kind::User, "alice").unwrap();
+    assert!(store.list_sessions().unwrap().is_empty());
+    assert!(store.list_credentials().unwrap().is_empty());
+}
+
+#[test]
+fn a_user_delete_that_fails_half_way_changes_nothing() {
+    let store = Store::open_in_memory().unwrap();
+    store
+        .upsert_resources(&[super::user("alice", None)])
+        .unwrap();
+    store
+        .insert_credential(&credential("ci", "alice", "pcid_1"))
+        .unwrap();
+    store
+        .insert_session(&session("s1", "alice", "ci", "2030-01-01T00:00:00Z"))
+        .unwrap();
+    // Make the last statement of the cascade fail, as a crash there would stop it.
+    store
+        .lock()
+        .execute_batch(
+            "CREATE TRIGGER stop BEFORE DELETE ON credentials BEGIN SELECT RAISE(ABORT, 'stop'); END;",
+        )
+        .unwrap();
+    assert!(store.delete_resource(Kind::User, "alice").is_err());
+    assert_eq!(store.list_resources().unwrap().len(), 1);
+    assert_eq!(store.list_sessions().unwrap().len(), 1);
+    assert_eq!(store.list_credentials().unwrap().len(), 1);
+}

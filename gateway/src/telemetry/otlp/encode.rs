@@ -30,22 +30,30 @@ pub struct EncodeContext {
 pub struct Item {
     /// The finished request.
     pub record: AccessRecord,
-    /// 16 random bytes (never all zero).
+    /// The caller's trace id when it sent a `traceparent`, else 16 random bytes (never all
+    /// zero).
     pub trace_id: [u8; 16],
-    /// 8 random bytes (never all zero).
+    /// The span id the upstream got as its parent, else 8 random bytes (never all zero).
     pub span_id: [u8; 8],
 }
 
 impl Item {
-    /// Wraps `record` with fresh random trace and span ids.
+    /// Wraps `record` with the ids of the trace it continues, or fresh random ones.
     pub fn new(record: AccessRecord) -> Self {
+        let (trace_id, span_id) = match &record.trace {
+            Some(t) => (t.trace_id, t.span_id),
+            None => (nonzero(rand::random()), nonzero(rand::random())),
+        };
         Item {
             record,
-            trace_id: nonzero(rand::random()),
-            span_id: nonzero(rand::random()),
+            trace_id,
+            span_id,
         }
     }
 }
+
+/// OTLP `SpanFlags`: whether the parent is known to be remote, and that it is.
+const PARENT_IS_REMOTE: u32 = 0x100 | 0x200;
 
 fn nonzero<const N: usize>(mut id: [u8; N]) -> [u8; N] {
     if id.iter().all(|b| *b == 0) {
@@ -130,6 +138,7 @@ fn log_record(ctx: &EncodeContext, item: &Item, observed: u64) -> LogRecord {
         attributes: attributes(ctx, r),
         trace_id: item.trace_id.to_vec(),
         span_id: item.span_id.to_vec(),
+        flags: r.trace.as_ref().map_or(0, |t| t.flags.into()),
         event_name: "postern.access".into(),
         ..Default::default()
     }
@@ -147,9 +156,20 @@ fn span(ctx: &EncodeContext, item: &Item) -> Span {
         code: StatusCode::Error as i32,
         message: r.error.clone().unwrap_or_default(),
     });
+    let (parent_span_id, trace_state, flags) = match &r.trace {
+        Some(t) => (
+            t.parent_id.to_vec(),
+            t.state.as_deref().unwrap_or_default().to_string(),
+            u32::from(t.flags) | PARENT_IS_REMOTE,
+        ),
+        None => (Vec::new(), String::new(), 0),
+    };
     Span {
         trace_id: item.trace_id.to_vec(),
         span_id: item.span_id.to_vec(),
+        parent_span_id,
+        trace_state,
+        flags,
         name,
         kind: SpanKind::Server as i32,
         start_time_unix_nano: start,

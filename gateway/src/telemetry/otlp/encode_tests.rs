@@ -173,3 +173,36 @@ fn operation_names_follow_paths() {
     assert_eq!(operation("/v1beta/openai/embeddings"), Some("embeddings"));
     assert_eq!(operation("/v1/models"), None);
 }
+
+#[test]
+fn a_continued_trace_keeps_its_id_and_names_the_callers_span_as_parent() {
+    use crate::telemetry::trace_context::TraceContext;
+    let mut r = completion();
+    r.trace = Some(TraceContext {
+        trace_id: [7; 16],
+        parent_id: [8; 8],
+        span_id: [9; 8],
+        flags: 1,
+        state: Some("congo=t61rcWkgMzE".into()),
+    });
+    let item = Item::new(r);
+    assert_eq!((item.trace_id, item.span_id), ([7; 16], [9; 8]));
+    let req = traces_request(&ctx(), std::slice::from_ref(&item));
+    let span = &req.resource_spans[0].scope_spans[0].spans[0];
+    assert_eq!(span.trace_id, [7; 16]);
+    assert_eq!(span.span_id, [9; 8]);
+    assert_eq!(span.parent_span_id, [8; 8]);
+    assert_eq!(span.trace_state, "congo=t61rcWkgMzE");
+    assert_eq!(span.flags, 0x301, "sampled, parent known to be remote");
+    let logs = logs_request(&ctx(), std::slice::from_ref(&item));
+    let log = &logs.resource_logs[0].scope_logs[0].log_records[0];
+    assert_eq!(
+        (log.trace_id.as_slice(), log.span_id.as_slice()),
+        (&[7u8; 16][..], &[9u8; 8][..])
+    );
+    assert_eq!(log.flags, 1);
+
+    let root = traces_request(&ctx(), &[Item::new(completion())]);
+    let span = &root.resource_spans[0].scope_spans[0].spans[0];
+    assert!(span.parent_span_id.is_empty() && span.trace_state.is_empty());
+}
