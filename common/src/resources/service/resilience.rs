@@ -58,6 +58,12 @@ pub struct Retry {
     /// Limit on retries relative to traffic.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget: Option<RetryBudget>,
+    /// Also send a request again (retry, or fallback to the next config) when it may already
+    /// have reached the upstream and its method is not idempotent (POST, PATCH, ...). Off by
+    /// default, because a chat completion sent twice is charged twice; turn it on only for an
+    /// upstream that deduplicates or whose non-idempotent calls are harmless to repeat.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_non_idempotent: bool,
 }
 
 impl Default for Retry {
@@ -68,6 +74,7 @@ impl Default for Retry {
             backoff: None,
             max_backoff: None,
             budget: None,
+            allow_non_idempotent: false,
         }
     }
 }
@@ -83,10 +90,13 @@ fn default_on() -> Vec<RetryOn> {
 /// A failure kind `retry.on` may list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum RetryOn {
-    /// No connection, or the connection closed before a response.
+    /// No connection, or the connection closed before a response. A close after the request
+    /// was written is retried only for idempotent methods (or with `allowNonIdempotent`).
     #[serde(rename = "CONNECT")]
     Connect,
-    /// No response headers within `timeout.responseHeader`.
+    /// No connection or no response headers in time. Waiting for the headers means the
+    /// request was sent, so that case is retried only for idempotent methods (or with
+    /// `allowNonIdempotent`).
     #[serde(rename = "TIMEOUT")]
     Timeout,
     /// `429 Too Many Requests`.
