@@ -323,6 +323,20 @@ mod tests {
     }
 
     #[test]
+    fn allow_non_idempotent_is_off_unless_set_and_round_trips() {
+        let off: Retry = serde_yaml::from_str("{attempts: 2}").unwrap();
+        assert!(!off.allow_non_idempotent);
+        assert!(!serde_yaml::to_string(&off)
+            .unwrap()
+            .contains("allowNonIdempotent"));
+        let on: Retry = serde_yaml::from_str("{attempts: 2, allowNonIdempotent: true}").unwrap();
+        assert!(on.allow_non_idempotent);
+        let back: Retry = serde_yaml::from_str(&serde_yaml::to_string(&on).unwrap()).unwrap();
+        assert_eq!(back, on);
+        assert!(serde_yaml::from_str::<Retry>("{allowNonIdempotents: true}").is_err());
+    }
+
+    #[test]
     fn upstream_checks_name_fields() {
         let u = Upstream {
             url: "http://a".into(),
