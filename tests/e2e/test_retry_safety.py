@@ -159,6 +159,22 @@ def test_post_timed_out_waiting_for_headers_is_not_sent_again(env):
     assert e["status"] == 504 and "allowNonIdempotent" in e["error"], e
 
 
+@pytest.mark.parametrize("status", [502, 504])
+def test_gateway_errors_from_upstream_are_resent_only_for_idempotent_methods(env, status):
+    """A 502/504 comes from an intermediary that may have passed the request on: a POST gets
+    that answer as is after one try, a GET is retried."""
+    gw, tok, stack = env
+    edge = stack.enter_context(StandIn("edge", fail_first=100, fail_status=status))
+    gw.apply_text(service("edge", {"config": {"upstream": {"url": edge.url, "retry": {
+        "attempts": 3, "on": ["STATUS_5XX"], "backoff": "10ms"}}}}))
+    got, _ = call(gw, "edge", tok, "httpx-h1", "POST")
+    assert got == status, "the upstream's own answer"
+    assert len(edge.requests) == 1
+    got, _ = call(gw, "edge", tok, "httpx-h1", "GET")
+    assert got == status
+    assert [r.method for r in edge.requests] == ["POST", "GET", "GET", "GET"]
+
+
 # ------------------------------------------------------------------------------ not sent
 @pytest.mark.parametrize("client", CLIENTS)
 def test_post_to_a_refusing_endpoint_is_retried_and_falls_back(env, client):
