@@ -121,8 +121,9 @@ pub enum Next {
     FallBack,
     /// Stop: answer the caller with this failure (an upstream status is passed on as is).
     GiveUp,
-    /// Stop because the request may have reached the upstream and may not be sent again.
-    /// Distinct from [`Next::GiveUp`] so the log can say how to allow it.
+    /// Stop because the request may have reached the upstream and may not be sent again,
+    /// though a retry or fallback would otherwise have happened. Distinct from
+    /// [`Next::GiveUp`] so the log can say how to allow it.
     Unsafe,
 }
 
@@ -135,7 +136,8 @@ pub fn decide(
     opts: Options,
     budget: impl FnOnce() -> bool,
 ) -> Next {
-    if !opts.replayable || !(opts.tries_left || opts.fallback_left) {
+    let would_retry = opts.tries_left && rules.retryable(failure.cause);
+    if !opts.replayable || !(would_retry || opts.fallback_left) {
         return Next::GiveUp;
     }
     let safe = failure.delivery != Delivery::MaybeSent
@@ -144,7 +146,7 @@ pub fn decide(
     if !safe {
         return Next::Unsafe;
     }
-    if opts.tries_left && rules.retryable(failure.cause) && budget() {
+    if would_retry && budget() {
         return Next::Retry;
     }
     if opts.fallback_left {

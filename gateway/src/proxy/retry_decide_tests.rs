@@ -157,6 +157,15 @@ fn named_cases() {
         ..ALL_LEFT
     };
     assert_eq!(decide(&get, refused, &strict, streamed, yes), Next::GiveUp);
+    // a failure retry.on does not list, with no fallback: nothing would be resent anyway, so
+    // it is not reported as held back for safety
+    let only_5xx: Retry = serde_yaml::from_str("{attempts: 3, on: [STATUS_5XX]}").unwrap();
+    let only_5xx = RetryPolicy::from_spec(Some(&only_5xx), BudgetCounters::default());
+    assert_eq!(decide(&post, closed, &only_5xx, alone, yes), Next::GiveUp);
+    assert_eq!(
+        decide(&post, closed, &only_5xx, ALL_LEFT, yes),
+        Next::Unsafe
+    );
 }
 
 /// Every combination, against the rules stated in the module docs.
@@ -184,17 +193,12 @@ fn whole_table() {
                             let ctx = format!("{m} {f:?} allow={allow} on={on_list} {opts:?} budget={budget_left}");
                             let resend_ok =
                                 f.delivery != Delivery::MaybeSent || is_idempotent(&m) || allow;
-                            let anything_left =
-                                opts.replayable && (opts.tries_left || opts.fallback_left);
-                            let want = if !anything_left {
+                            let would_retry = opts.tries_left && on_list && f.cause != Cause::Other;
+                            let want = if !opts.replayable || !(would_retry || opts.fallback_left) {
                                 Next::GiveUp
                             } else if !resend_ok {
                                 Next::Unsafe
-                            } else if opts.tries_left
-                                && on_list
-                                && f.cause != Cause::Other
-                                && budget_left
-                            {
+                            } else if would_retry && budget_left {
                                 Next::Retry
                             } else if opts.fallback_left {
                                 Next::FallBack
@@ -203,12 +207,11 @@ fn whole_table() {
                             };
                             assert_eq!(got, want, "{ctx}");
                             // the budget is charged only for a retry that would happen
-                            let would_retry = anything_left
-                                && resend_ok
-                                && opts.tries_left
-                                && on_list
-                                && f.cause != Cause::Other;
-                            assert_eq!(asked.get(), would_retry, "budget asked: {ctx}");
+                            assert_eq!(
+                                asked.get(),
+                                opts.replayable && resend_ok && would_retry,
+                                "budget asked: {ctx}"
+                            );
                             // the safety property itself
                             if f.delivery == Delivery::MaybeSent && !is_idempotent(&m) && !allow {
                                 assert!(!matches!(got, Next::Retry | Next::FallBack), "{ctx}");
