@@ -18,7 +18,8 @@ answer until stopped or ``hang_seconds`` pass) for 504 tests, and for resilience
 "500" (always 500), "429" (always 429), "close" (read the request, close the connection
 without answering), "slow" (wait ``slow_seconds`` before the response headers, then answer
 normally). ``fail_first`` makes the first N requests fail with ``fail_status`` (default 500)
-before the mode applies. ``request_delay`` holds every answer that long (to keep requests in
+before the mode applies; ``close_first`` makes the first N requests be read in full and
+their connection closed without an answer (as "close" does) before the mode applies. ``request_delay`` holds every answer that long (to keep requests in
 flight for least-busy tests).
 """
 
@@ -71,6 +72,7 @@ class StandIn:
         fail_status: int = 500,
         slow_seconds: float = 2.0,
         request_delay: float = 0.0,
+        close_first: int = 0,
     ):
         self.name = name
         self.api_key = api_key
@@ -84,6 +86,8 @@ class StandIn:
         self.fail_status = fail_status
         self.slow_seconds = slow_seconds
         self.request_delay = request_delay
+        self.close_first = close_first
+        self._closed = 0
         self._failed = 0
         self._lock = threading.Lock()
         self._requests: list[Recorded] = []
@@ -216,6 +220,13 @@ class _Handler(BaseHTTPRequestHandler):
 
         if owner.mode == "hang":
             owner._stopping.wait(owner.hang_seconds)
+            self.close_connection = True
+            return
+        with owner._lock:
+            close_now = owner._closed < owner.close_first
+            if close_now:
+                owner._closed += 1
+        if close_now:
             self.close_connection = True
             return
         with owner._lock:

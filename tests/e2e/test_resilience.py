@@ -60,9 +60,14 @@ def test_fallback_answers_with_the_next_config(env, failure):
         primary_url = primary.url
     secondary = stack.enter_context(StandIn("gemini", api_key="gm-key", prefix="/v1beta/openai"))
     gw.create_secret("gm-key", "gm-key")
+    upstream = {"url": primary_url}
+    if failure == "close":
+        # the POST may have reached the closing upstream: only an explicit opt-in sends it on
+        # (test_retry_safety.py pins that without it there is no fallback)
+        upstream["retry"] = {"allowNonIdempotent": True}
     gw.apply_text(service("fb", {"dynamicConfig": {
         "configs": [
-            {"name": "openai", "upstream": {"url": primary_url}},
+            {"name": "openai", "upstream": upstream},
             {"name": "gemini", "upstream": {"url": secondary.url},
              "http": {"path": {"addPrefix": "/v1beta/openai"}, "auth": {"bearer": {"fromSecret": "gm-key"}}}},
         ],
@@ -193,8 +198,11 @@ def test_timeout_falls_back_to_the_next_config(env):
     gw, tok, stack = env
     slow = stack.enter_context(StandIn("slow", mode="slow", slow_seconds=5))
     fast = stack.enter_context(StandIn("fast"))
+    # a POST that timed out waiting for headers may be running upstream: only an explicit
+    # opt-in sends it on (test_retry_safety.py pins that without it there is no fallback)
     gw.apply_text(service("tfb", {"dynamicConfig": {
-        "configs": [{"name": "slow", "upstream": {"url": slow.url, "timeout": {"responseHeader": "300ms"}}},
+        "configs": [{"name": "slow", "upstream": {"url": slow.url, "timeout": {"responseHeader": "300ms"},
+                                                  "retry": {"allowNonIdempotent": True}}},
                     {"name": "fast", "upstream": {"url": fast.url}}],
         "rules": [{"condition": {"matchAny": True}, "configNames": ["slow", "fast"]}],
     }}))

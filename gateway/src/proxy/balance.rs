@@ -1,6 +1,8 @@
 //! Choosing an endpoint of a load-balanced upstream: round robin, or the endpoint with the
 //! fewest requests in flight. In-flight counts are atomics held by an [`InFlight`] guard that
-//! lives as long as the response body, so a long stream keeps its endpoint busy.
+//! lives as long as the response body, so a long stream keeps its endpoint busy. The
+//! round-robin position and the in-flight counts are shared `Arc`s handed in by the caller, so
+//! they can outlive one compiled snapshot (see [`super::upstream_state`]).
 
 use postern_common::resources::{HttpConfig, LbPolicy};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -12,16 +14,26 @@ pub struct Endpoint {
     pub url: url::Url,
     /// The config's `http`, with `auth` replaced by the endpoint's own when it has one.
     pub http: Option<HttpConfig>,
-    in_flight: AtomicUsize,
+    in_flight: Arc<AtomicUsize>,
 }
 
 impl Endpoint {
-    /// An idle endpoint.
+    /// An idle endpoint with its own in-flight count.
     pub fn new(url: url::Url, http: Option<HttpConfig>) -> Self {
+        Endpoint::with_count(url, http, Arc::default())
+    }
+
+    /// An endpoint counting its requests in flight into `in_flight`, which may be shared with
+    /// the same endpoint of an earlier snapshot.
+    pub fn with_count(
+        url: url::Url,
+        http: Option<HttpConfig>,
+        in_flight: Arc<AtomicUsize>,
+    ) -> Self {
         Endpoint {
             url,
             http,
-            in_flight: AtomicUsize::new(0),
+            in_flight,
         }
     }
 
@@ -54,16 +66,27 @@ impl Drop for InFlight {
 pub struct Balancer {
     endpoints: Vec<Arc<Endpoint>>,
     policy: LbPolicy,
-    next: AtomicUsize,
+    next: Arc<AtomicUsize>,
 }
 
 impl Balancer {
-    /// A balancer over `endpoints` (at least one; validation guarantees it).
+    /// A balancer over `endpoints` (at least one; validation guarantees it) starting at the
+    /// first endpoint.
     pub fn new(endpoints: Vec<Endpoint>, policy: LbPolicy) -> Self {
+        Balancer::with_position(endpoints, policy, Arc::default())
+    }
+
+    /// A balancer whose round-robin position is `next`, which may be shared with the same
+    /// config of an earlier snapshot so a re-apply continues the rotation.
+    pub fn with_position(
+        endpoints: Vec<Endpoint>,
+        policy: LbPolicy,
+        next: Arc<AtomicUsize>,
+    ) -> Self {
         Balancer {
             endpoints: endpoints.into_iter().map(Arc::new).collect(),
             policy,
-            next: AtomicUsize::new(0),
+            next,
         }
     }
 
@@ -156,6 +179,35 @@ mod tests {
         assert_eq!(b.pick(&[]), 0);
         drop(g3);
         assert_eq!(b.get(1).in_flight(), 0);
+    }
+
+    #[test]
+    fn shared_position_and_counts_carry_over_to_a_rebuilt_balancer() {
+        let next = Arc::new(AtomicUsize::new(0));
+        let counts: Vec<Arc<AtomicUsize>> = (0..2).map(|_| Arc::default()).collect();
+        let build = |policy| {
+            let eps = (0..2)
+                .map(|i| {
+                    let url = format!("http://e{i}").parse().unwrap();
+                    Endpoint::with_count(url, None, counts[i].clone())
+                })
+                .collect();
+            Balancer::with_position(eps, policy, next.clone())
+        };
+        let first = build(LbPolicy::RoundRobin);
+        assert_eq!(first.pick(&[]), 0);
+        let second = build(LbPolicy::RoundRobin);
+        assert_eq!(second.pick(&[]), 1, "the rotation continues");
+        assert_eq!(first.pick(&[]), 0);
+        let _busy = InFlight::start(first.get(0).clone());
+        let third = build(LbPolicy::LeastBusy);
+        assert_eq!(
+            third.get(0).in_flight(),
+            1,
+            "a request of the old snapshot still counts"
+        );
+        assert_eq!(third.pick(&[]), 1);
+        assert_eq!(third.pick(&[]), 1);
     }
 
     #[test]

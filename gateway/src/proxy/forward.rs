@@ -6,12 +6,14 @@
 //!   ([`retry`](super::retry)) on the next endpoint, within the retry budget;
 //! * a dynamicConfig rule's `configNames` are tried in order when a config fails before
 //!   anything reached the client (connect error, timeout, 429 or 5xx; that response is dropped);
+//! * a try that may have reached the upstream is sent again only for an idempotent method or
+//!   with `retry.allowNonIdempotent` ([`retry::decide`](super::retry::decide));
 //! * bodies are buffered for replay when a second try is possible ([`replay`](super::replay)).
 
 use super::balance::InFlight;
 use super::buffer::declared_too_large;
 use super::replay::{Replay, RequestBody};
-use super::retry::Failure;
+use super::retry::{decide, Cause, Failure, Next, Options};
 use super::upstream::UpstreamError;
 use super::{rewrite, BoxBody, BoxError};
 use crate::state::Gateway;
@@ -121,8 +123,7 @@ pub async fn forward(
     let mut attempts = Vec::new();
     let mut last: Option<ForwardError> = None;
     let mut last_config = None;
-    for (ci, config) in configs.iter().enumerate() {
-        let more_configs = ci + 1 < configs.len();
+    'configs: for (ci, config) in configs.iter().enumerate() {
         last_config = config.name.clone();
         config.retry.note_request();
         let mut tried: Vec<usize> = Vec::new();
@@ -138,53 +139,67 @@ pub async fn forward(
             } else {
                 config.label().to_string()
             };
-            let can_retry = body.replayable() && n + 1 < config.retry.attempts;
-            let can_fall_back = body.replayable() && more_configs;
+            let opts = Options {
+                replayable: body.replayable(),
+                tries_left: n + 1 < config.retry.attempts,
+                fallback_left: ci + 1 < configs.len(),
+            };
             // Takes from the budget only when a retry would otherwise happen.
-            let retry_on = |f: Failure| {
-                let ok = can_retry && config.retry.retryable(f);
-                if ok && !config.retry.allow_retry() {
+            let budget = || {
+                let ok = config.retry.allow_retry();
+                if !ok {
                     tracing::debug!(config = config.label(), "retry budget spent");
-                    return false;
                 }
                 ok
             };
-            match try_once(gw, snap, config, ep, &template, b, origin).await {
-                TryOutcome::Answered(resp) => {
-                    let status = resp.status();
-                    attempts.push(format!("{label}:{}", status.as_u16()));
-                    let failure = Failure::from_status(status);
-                    let retry = failure.is_some_and(retry_on);
-                    if retry || (failure.is_some() && can_fall_back) {
-                        // Nothing was sent to the client yet: this answer is dropped.
-                        last = Some(error(
+            let (failure, answer, mut err) =
+                match try_once(gw, snap, config, ep, &template, b, origin).await {
+                    TryOutcome::Answered(resp) => {
+                        let status = resp.status();
+                        attempts.push(format!("{label}:{}", status.as_u16()));
+                        let Some(failure) = Failure::from_status(status) else {
+                            return Ok(Forwarded {
+                                response: resp,
+                                config: config.clone(),
+                                attempts,
+                            });
+                        };
+                        let err = error(
                             StatusCode::BAD_GATEWAY,
                             "the upstream could not be reached",
                             format!("{label} answered {status}"),
-                        ));
-                        if retry {
-                            continue;
-                        }
-                        break;
+                        );
+                        (failure, Some(resp), err)
                     }
-                    return Ok(Forwarded {
-                        response: resp,
-                        config: config.clone(),
-                        attempts,
-                    });
+                    TryOutcome::Failed(t) => {
+                        attempts.push(format!("{label}:{}", t.failure.outcome()));
+                        (t.failure, None, t.error)
+                    }
+                };
+            match decide(&template.method, failure, &config.retry, opts, budget) {
+                // Nothing was sent to the client yet: an answer is dropped.
+                Next::Retry => last = Some(err),
+                Next::FallBack => {
+                    last = Some(err);
+                    continue 'configs;
                 }
-                TryOutcome::Failed(t) => {
-                    let what = match t.failure {
-                        Failure::Connect => "connect",
-                        Failure::Timeout => "timeout",
-                        _ => "error",
-                    };
-                    attempts.push(format!("{label}:{what}"));
-                    let retry = retry_on(t.failure);
-                    last = Some(t.error);
-                    if !retry {
-                        break;
+                next @ (Next::GiveUp | Next::Unsafe) => {
+                    if let Some(resp) = answer {
+                        return Ok(Forwarded {
+                            response: resp,
+                            config: config.clone(),
+                            attempts,
+                        });
                     }
+                    if next == Next::Unsafe {
+                        err.detail = format!(
+                            "{}; not sent again: a {} may already have reached the upstream \
+                             (set upstream.retry.allowNonIdempotent to allow it)",
+                            err.detail, template.method
+                        );
+                    }
+                    last = Some(err);
+                    break 'configs;
                 }
             }
         }
@@ -235,7 +250,7 @@ async fn try_once(
         origin.host,
     ) {
         return failed(
-            Failure::Other,
+            Failure::not_sent(Cause::Other),
             StatusCode::BAD_GATEWAY,
             "the gateway could not prepare the upstream request",
             e.to_string(),
@@ -261,7 +276,7 @@ async fn try_once(
                 }
                 Err(_) => {
                     return failed(
-                        Failure::Other,
+                        Failure::not_sent(Cause::Other),
                         StatusCode::BAD_GATEWAY,
                         "the gateway could not get a token for the upstream",
                         "the upstream token is not a valid header value".into(),
@@ -270,7 +285,7 @@ async fn try_once(
             },
             Err(e) => {
                 return failed(
-                    Failure::Other,
+                    Failure::not_sent(Cause::Other),
                     StatusCode::BAD_GATEWAY,
                     "the gateway could not get a token for the upstream",
                     e.to_string(),
@@ -295,10 +310,17 @@ async fn try_once(
             .boxed_unsync()
         })),
         Err(e) => {
-            let failure = match e {
-                UpstreamError::Connect(_) | UpstreamError::Protocol(_) => Failure::Connect,
-                UpstreamError::Timeout => Failure::Timeout,
-                UpstreamError::Tls(_) => Failure::Other,
+            let cause = match e {
+                UpstreamError::Connect(_)
+                | UpstreamError::Unsent(_)
+                | UpstreamError::Protocol(_) => Cause::Connect,
+                UpstreamError::Timeout | UpstreamError::ConnectTimeout => Cause::Timeout,
+                UpstreamError::Tls(_) => Cause::Other,
+            };
+            let failure = if e.not_sent() {
+                Failure::not_sent(cause)
+            } else {
+                Failure::maybe_sent(cause)
             };
             let status = e.status();
             failed(

@@ -14,6 +14,7 @@ pub mod retry;
 pub mod rewrite;
 pub mod upstream;
 pub mod upstream_oauth;
+pub mod upstream_state;
 
 /// The error type every boxed body in the gateway carries, so bodies from different sources
 /// (hyper, buffered bytes, observed streams) can be mixed behind one type.

@@ -19,19 +19,28 @@ pub struct Timeouts {
     pub response_header: Option<Duration>,
 }
 
-/// How a request to an upstream failed, and so which status the caller answers with.
+/// How a request to an upstream failed, and so which status the caller answers with and
+/// whether the request may have reached the upstream ([`UpstreamError::not_sent`]).
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
-    /// No connection could be made (refused, unreachable, DNS).
+    /// No connection could be made (refused, unreachable, DNS): nothing was sent.
     #[error("could not connect to the upstream ({0}); check config.upstream.url and that the upstream is up")]
     Connect(String),
-    /// Connecting or waiting for the response headers took longer than allowed.
+    /// A connection was made but the request was provably not sent on it: hyper handed it
+    /// back unsent (the connection closed first), or HTTP/2 `REFUSED_STREAM`.
+    #[error("the upstream connection closed before the request was sent ({0}); check the upstream's connection limits and logs")]
+    Unsent(String),
+    /// No connection within the connect timeout: nothing was sent.
+    #[error("could not connect to the upstream in time; check that it is up or raise upstream.timeout.connect")]
+    ConnectTimeout,
+    /// No response headers within the response-header timeout: the request may be running.
     #[error("the upstream did not answer in time; check its health or raise the gateway's upstream timeouts")]
     Timeout,
     /// TLS setup or the handshake failed (bad certificate, unknown CA, bad CA file).
     #[error("TLS with the upstream failed ({0}); if it uses a private CA, give the gateway that CA's PEM file")]
     Tls(String),
-    /// The upstream broke HTTP (closed mid-response, malformed reply).
+    /// The upstream broke HTTP after the request was (maybe partly) written: closed or reset
+    /// before or during the response headers, or a malformed reply.
     #[error("the upstream broke the HTTP exchange ({0}); check the upstream's logs")]
     Protocol(String),
 }
@@ -40,8 +49,22 @@ impl UpstreamError {
     /// The status the gateway answers the caller with: 504 for timeouts, 502 otherwise.
     pub fn status(&self) -> http::StatusCode {
         match self {
-            UpstreamError::Timeout => http::StatusCode::GATEWAY_TIMEOUT,
+            UpstreamError::Timeout | UpstreamError::ConnectTimeout => {
+                http::StatusCode::GATEWAY_TIMEOUT
+            }
             _ => http::StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    /// True when no byte of the request can have reached the upstream, so sending it again
+    /// cannot make the upstream act twice, whatever the method.
+    pub fn not_sent(&self) -> bool {
+        match self {
+            UpstreamError::Connect(_)
+            | UpstreamError::Unsent(_)
+            | UpstreamError::ConnectTimeout
+            | UpstreamError::Tls(_) => true,
+            UpstreamError::Timeout | UpstreamError::Protocol(_) => false,
         }
     }
 }
@@ -195,23 +218,40 @@ fn build_client(tls: rustls::ClientConfig, connect_timeout: Duration) -> PooledC
         .build(https)
 }
 
-/// Sorts a client error into timeout / TLS / connect / protocol by walking its causes.
-fn classify(e: &hyper_util::client::legacy::Error) -> UpstreamError {
+/// What the causes of a client error show.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Causes {
+    timed_out: bool,
+    tls: bool,
+    /// hyper handed the request back unsent (`hyper::Error::is_canceled`).
+    canceled: bool,
+    /// The HTTP/2 peer refused the stream before processing it (RFC 9113 section 8.7).
+    refused_stream: bool,
+}
+
+/// Walks the causes of `e`, collecting their messages and what they show.
+fn causes(e: &(dyn StdError + 'static)) -> (Causes, String) {
     let mut parts = Vec::new();
-    let (mut timed_out, mut tls) = (false, false);
+    let mut found = Causes::default();
     let mut cur: Option<&(dyn StdError + 'static)> = Some(e);
     while let Some(err) = cur {
         parts.push(err.to_string());
         if err.downcast_ref::<rustls::Error>().is_some() {
-            tls = true;
+            found.tls = true;
+        }
+        if let Some(h) = err.downcast_ref::<hyper::Error>() {
+            found.canceled |= h.is_canceled();
+        }
+        if let Some(h2) = err.downcast_ref::<h2::Error>() {
+            found.refused_stream |= h2.reason() == Some(h2::Reason::REFUSED_STREAM);
         }
         let mut next = err.source();
         if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            timed_out |= io.kind() == std::io::ErrorKind::TimedOut;
+            found.timed_out |= io.kind() == std::io::ErrorKind::TimedOut;
             // io::Error::source skips its own payload, so look at the payload directly.
             if let Some(inner) = io.get_ref() {
                 if inner.downcast_ref::<rustls::Error>().is_some() {
-                    tls = true;
+                    found.tls = true;
                 }
                 next = Some(inner as &(dyn StdError + 'static));
             }
@@ -219,13 +259,26 @@ fn classify(e: &hyper_util::client::legacy::Error) -> UpstreamError {
         cur = next;
     }
     parts.dedup();
-    let msg = parts.join(": ");
-    if timed_out {
+    (found, parts.join(": "))
+}
+
+/// Sorts a client error by when it happened: while connecting (timeout, TLS, refused: nothing
+/// sent), on a connection that never took the request (nothing sent), or after the request
+/// was written (maybe delivered). Only the first two may be sent again for any method.
+fn classify(e: &hyper_util::client::legacy::Error) -> UpstreamError {
+    let (c, msg) = causes(e);
+    if e.is_connect() {
+        if c.timed_out {
+            UpstreamError::ConnectTimeout
+        } else if c.tls {
+            UpstreamError::Tls(msg)
+        } else {
+            UpstreamError::Connect(msg)
+        }
+    } else if c.canceled || c.refused_stream {
+        UpstreamError::Unsent(msg)
+    } else if c.timed_out {
         UpstreamError::Timeout
-    } else if tls {
-        UpstreamError::Tls(msg)
-    } else if e.is_connect() {
-        UpstreamError::Connect(msg)
     } else {
         UpstreamError::Protocol(msg)
     }

@@ -59,7 +59,9 @@ impl Gateway {
     /// Rebuilds the snapshot from the store.
     pub fn reload(&self) -> Result<(), ChangeError> {
         let snap = self.build_from_store(None)?;
+        let live = snap.upstream_keys();
         self.snapshot.store(Arc::new(snap));
+        self.upstream_states.keep_only(&live);
         Ok(())
     }
 
@@ -79,7 +81,8 @@ impl Gateway {
             secrets.push((info, String::from_utf8_lossy(&plain).into_owned()));
         }
         let credentials = self.store.list_credentials()?;
-        Snapshot::build(resources, secrets, credentials).map_err(|e| ChangeError::Corrupt(join(&e)))
+        Snapshot::build_with(resources, secrets, credentials, &self.upstream_states)
+            .map_err(|e| ChangeError::Corrupt(join(&e)))
     }
 
     pub(super) fn reload_sessions(&self) -> Result<(), ChangeError> {

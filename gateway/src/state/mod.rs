@@ -63,6 +63,9 @@ pub struct Gateway {
     pub limits: Arc<Limiter>,
     /// The WireGuard tunnel, when `--wg-listen` started one; set once at startup.
     pub tunnel: OnceLock<Arc<crate::tunnel::Tunnel>>,
+    /// Round-robin positions, retry budgets and in-flight counts per Service config, kept
+    /// across snapshot rebuilds.
+    upstream_states: crate::proxy::upstream_state::UpstreamStates,
 }
 
 /// Everything [`Gateway::open`] needs.
@@ -93,6 +96,7 @@ impl Gateway {
             telemetry: parts.telemetry,
             limits: Arc::new(Limiter::new(parts.settings.limit_default_completion_tokens)),
             tunnel: OnceLock::new(),
+            upstream_states: Default::default(),
         };
         gw.limits.load(&gw.store, now_unix())?;
         gw.reload()?;

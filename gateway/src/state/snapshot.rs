@@ -6,13 +6,14 @@
 use crate::proxy::balance::{Balancer, Endpoint};
 use crate::proxy::retry::RetryPolicy;
 use crate::proxy::upstream::Timeouts;
+use crate::proxy::upstream_state::{ConfigKey, ConfigState, UpstreamStates};
 use crate::store::CredentialRecord;
 use postern_common::resources::validate::validate;
 use postern_common::resources::{parse_duration, Upstream};
 use postern_common::resources::{HttpConfig, Kind, Resource, SecretInfo, ServiceSpec, UserSpec};
 pub use postern_policy::BuildError;
 use postern_policy::{values, Catalog, CelValue, CompiledCondition, CompiledRule};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 /// One upstream configuration, ready to forward with.
@@ -25,7 +26,8 @@ pub struct UpstreamConfig {
     pub http: Option<HttpConfig>,
     /// The endpoints (one for a plain `url`) and how one is picked.
     pub balancer: Balancer,
-    /// `upstream.retry`, with its budget's live counters.
+    /// `upstream.retry`, with its budget's live counters (shared with the gateway's
+    /// [`UpstreamStates`], so they survive a rebuild).
     pub retry: RetryPolicy,
     /// `upstream.timeout`.
     pub timeouts: Timeouts,
@@ -87,11 +89,23 @@ pub struct Snapshot {
 
 impl Snapshot {
     /// Compiles `resources` with the current secrets and credentials. All errors are
-    /// collected so the user sees every problem of a file at once.
+    /// collected so the user sees every problem of a file at once. Load-balancing and retry
+    /// state starts fresh: for a check, or a snapshot that serves no traffic.
     pub fn build(
         resources: Vec<Resource>,
         secrets: Vec<(SecretInfo, String)>,
         credentials: Vec<CredentialRecord>,
+    ) -> Result<Snapshot, Vec<BuildError>> {
+        Snapshot::build_with(resources, secrets, credentials, &UpstreamStates::default())
+    }
+
+    /// [`Snapshot::build`] for the live snapshot: each config takes its round-robin position,
+    /// retry budget counts and in-flight counts from `states`, so they survive the rebuild.
+    pub fn build_with(
+        resources: Vec<Resource>,
+        secrets: Vec<(SecretInfo, String)>,
+        credentials: Vec<CredentialRecord>,
+        states: &UpstreamStates,
     ) -> Result<Snapshot, Vec<BuildError>> {
         let mut errors = Vec::new();
         let mut snap = Snapshot::default();
@@ -139,7 +153,9 @@ impl Snapshot {
         for r in snap.resources.values() {
             if let Resource::Service { metadata, spec } = r {
                 let rules = catalog.service_rules(&metadata.name).to_vec();
-                if let Some(entry) = build_service(r, &metadata.name, spec, rules, &mut errors) {
+                if let Some(entry) =
+                    build_service(r, &metadata.name, spec, rules, states, &mut errors)
+                {
                     services.insert(metadata.name.clone(), Arc::new(entry));
                 }
             }
@@ -194,6 +210,21 @@ impl Snapshot {
             .collect()
     }
 
+    /// Every config a request can be forwarded with, as keys of the live upstream state.
+    pub fn upstream_keys(&self) -> HashSet<ConfigKey> {
+        let mut keys = HashSet::new();
+        for svc in self.services.values() {
+            let configs = svc
+                .default_config
+                .iter()
+                .chain(svc.dynamic_rules.iter().flat_map(|(_, cfgs)| cfgs.iter()));
+            for c in configs {
+                keys.insert((svc.name.clone(), c.name.clone()));
+            }
+        }
+        keys
+    }
+
     pub fn secret(&self, name: &str) -> Option<String> {
         self.secrets.get(name).map(|s| s.value.clone())
     }
@@ -204,6 +235,7 @@ fn build_service(
     name: &str,
     spec: &ServiceSpec,
     rules: Vec<Arc<CompiledRule>>,
+    states: &UpstreamStates,
     errors: &mut Vec<BuildError>,
 ) -> Option<ServiceEntry> {
     let err = |field: String, message: String| BuildError {
@@ -218,7 +250,7 @@ fn build_service(
                  http: Option<&HttpConfig>,
                  errors: &mut Vec<BuildError>| {
         let u = upstream?;
-        match compile_upstream(cfg_name, u, http) {
+        match compile_upstream(cfg_name, u, http, &states.state(name, cfg_name)) {
             Ok(c) => Some(Arc::new(c)),
             Err((sub, msg)) => {
                 errors.push(err(format!("{field}{sub}"), msg));
@@ -288,24 +320,28 @@ fn parse_url(raw: &str) -> Result<url::Url, String> {
     }
 }
 
-/// Compiles one config's upstream: endpoints, retry policy, timeouts. Errors carry the field
-/// path below `upstream` (e.g. `.loadBalance.endpoints[1].url`).
+/// Compiles one config's upstream: endpoints, retry policy, timeouts, with the live counters
+/// of `state`. Errors carry the field path below `upstream` (e.g.
+/// `.loadBalance.endpoints[1].url`).
 fn compile_upstream(
     name: Option<&str>,
     u: &Upstream,
     http: Option<&HttpConfig>,
+    state: &ConfigState,
 ) -> Result<UpstreamConfig, (String, String)> {
     let (endpoints, policy) = match &u.load_balance {
         Some(lb) => {
+            let urls: Vec<&str> = lb.endpoints.iter().map(|e| e.url.as_str()).collect();
+            let counts = state.in_flight(&urls);
             let mut eps = Vec::new();
-            for (i, e) in lb.endpoints.iter().enumerate() {
+            for ((i, e), count) in lb.endpoints.iter().enumerate().zip(counts) {
                 let url = parse_url(&e.url)
                     .map_err(|m| (format!(".loadBalance.endpoints[{i}].url"), m))?;
                 let mut h = http.cloned();
                 if let Some(a) = &e.auth {
                     h.get_or_insert_with(HttpConfig::default).auth = Some(a.clone());
                 }
-                eps.push(Endpoint::new(url, h));
+                eps.push(Endpoint::with_count(url, h, count));
             }
             if eps.is_empty() {
                 return Err((
@@ -317,7 +353,11 @@ fn compile_upstream(
         }
         None => {
             let url = parse_url(&u.url).map_err(|m| (".url".to_string(), m))?;
-            (vec![Endpoint::new(url, http.cloned())], Default::default())
+            let count = state.in_flight(&[u.url.as_str()]).remove(0);
+            (
+                vec![Endpoint::with_count(url, http.cloned(), count)],
+                Default::default(),
+            )
         }
     };
     let dur = |v: Option<&String>| v.and_then(|s| parse_duration(s).ok());
@@ -325,13 +365,13 @@ fn compile_upstream(
         connect: dur(u.timeout.as_ref().and_then(|t| t.connect.as_ref())),
         response_header: dur(u.timeout.as_ref().and_then(|t| t.response_header.as_ref())),
     };
-    let balancer = Balancer::new(endpoints, policy);
+    let balancer = Balancer::with_position(endpoints, policy, state.next.clone());
     Ok(UpstreamConfig {
         name: name.map(str::to_string),
         url: balancer.get(0).url.clone(),
         http: http.cloned(),
         balancer,
-        retry: RetryPolicy::from_spec(u.retry.as_ref()),
+        retry: RetryPolicy::from_spec(u.retry.as_ref(), state.budget.clone()),
         timeouts,
     })
 }

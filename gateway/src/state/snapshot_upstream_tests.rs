@@ -112,3 +112,53 @@ spec:
         assert!(fields.contains(&f), "{f} missing in {fields:?}");
     }
 }
+
+fn build_live(yaml: &str, states: &UpstreamStates) -> Snapshot {
+    let docs = parse_documents("t.yaml", yaml).expect("parses");
+    let snap = Snapshot::build_with(
+        docs.into_iter().map(|d| d.resource).collect(),
+        vec![],
+        vec![],
+        states,
+    )
+    .unwrap_or_else(|e| panic!("{e:?}"));
+    states.keep_only(&snap.upstream_keys());
+    snap
+}
+
+const RR: &str = r#"
+kind: Service
+metadata: {name: rr}
+spec:
+  config:
+    upstream:
+      loadBalance: {endpoints: [{url: "http://e0"}, {url: "http://e1"}]}
+      retry: {attempts: 2, budget: {percent: 0, minRetries: 1, window: 1m}}
+"#;
+
+#[test]
+fn rotation_and_budget_survive_a_rebuild_and_go_with_a_delete() {
+    let states = UpstreamStates::default();
+    let cfg = |s: &Snapshot| s.services["rr"].default_config.clone().unwrap();
+    let first = build_live(RR, &states);
+    assert_eq!(cfg(&first).balancer.pick(&[]), 0);
+    assert!(cfg(&first).retry.allow_retry(), "minRetries: 1");
+    // the same Service changed (another backoff): same rotation, same spent budget
+    let changed = RR.replace("attempts: 2,", "attempts: 2, backoff: 20ms,");
+    let second = build_live(&changed, &states);
+    assert_eq!(cfg(&second).balancer.pick(&[]), 1, "the rotation continues");
+    assert!(
+        !cfg(&second).retry.allow_retry(),
+        "the budget was spent before"
+    );
+    // a check build (apply's validation) does not touch the live state
+    let check = build(&changed).unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(cfg(&check).balancer.pick(&[]), 0);
+    assert_eq!(cfg(&second).balancer.pick(&[]), 0);
+    // deleting the Service forgets its state; applying it again starts afresh
+    build_live(SVC.replace("{name: s}", "{name: other}").as_str(), &states);
+    assert!(!states.state_exists("rr"));
+    let again = build_live(RR, &states);
+    assert_eq!(cfg(&again).balancer.pick(&[]), 0);
+    assert!(cfg(&again).retry.allow_retry());
+}

@@ -58,6 +58,12 @@ pub struct Retry {
     /// Limit on retries relative to traffic.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget: Option<RetryBudget>,
+    /// Also send a request again (retry, or fallback to the next config) when it may already
+    /// have reached the upstream and its method is not idempotent (POST, PATCH, ...). Off by
+    /// default, because a chat completion sent twice is charged twice; turn it on only for an
+    /// upstream that deduplicates or whose non-idempotent calls are harmless to repeat.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_non_idempotent: bool,
 }
 
 impl Default for Retry {
@@ -68,6 +74,7 @@ impl Default for Retry {
             backoff: None,
             max_backoff: None,
             budget: None,
+            allow_non_idempotent: false,
         }
     }
 }
@@ -83,10 +90,13 @@ fn default_on() -> Vec<RetryOn> {
 /// A failure kind `retry.on` may list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum RetryOn {
-    /// No connection, or the connection closed before a response.
+    /// No connection, or the connection closed before a response. A close after the request
+    /// was written is retried only for idempotent methods (or with `allowNonIdempotent`).
     #[serde(rename = "CONNECT")]
     Connect,
-    /// No response headers within `timeout.responseHeader`.
+    /// No connection or no response headers in time. Waiting for the headers means the
+    /// request was sent, so that case is retried only for idempotent methods (or with
+    /// `allowNonIdempotent`).
     #[serde(rename = "TIMEOUT")]
     Timeout,
     /// `429 Too Many Requests`.
@@ -310,6 +320,20 @@ mod tests {
         assert!(parse_duration("5").is_err());
         assert!(parse_duration("x5s").is_err());
         assert!(parse_duration("5d").is_err());
+    }
+
+    #[test]
+    fn allow_non_idempotent_is_off_unless_set_and_round_trips() {
+        let off: Retry = serde_yaml::from_str("{attempts: 2}").unwrap();
+        assert!(!off.allow_non_idempotent);
+        assert!(!serde_yaml::to_string(&off)
+            .unwrap()
+            .contains("allowNonIdempotent"));
+        let on: Retry = serde_yaml::from_str("{attempts: 2, allowNonIdempotent: true}").unwrap();
+        assert!(on.allow_non_idempotent);
+        let back: Retry = serde_yaml::from_str(&serde_yaml::to_string(&on).unwrap()).unwrap();
+        assert_eq!(back, on);
+        assert!(serde_yaml::from_str::<Retry>("{allowNonIdempotents: true}").is_err());
     }
 
     #[test]
