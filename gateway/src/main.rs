@@ -3,7 +3,9 @@
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use postern_gateway::datadir::{self, DataDir, InitOptions};
+use postern_gateway::frontdoor::limits::Limits;
 use postern_gateway::identity::{SecretBox, TokenSigner};
+use postern_gateway::proxy::buffer::BodyTimeouts;
 use postern_gateway::proxy::upstream::{UpstreamClient, UpstreamOptions};
 use postern_gateway::state::{Gateway, GatewayParts, Settings};
 use postern_gateway::store::Store;
@@ -118,6 +120,70 @@ struct ServeArgs {
     /// Remove tunnel peers silent for this long (their addresses are freed).
     #[arg(long, default_value = "10m", value_parser = parse_duration, requires = "wg_listen")]
     wg_idle_timeout: Duration,
+    #[command(flatten)]
+    limits: LimitArgs,
+}
+
+/// Bounds on what clients may hold or send (see docs/operations.md, "Limits and overload").
+#[derive(Args)]
+#[command(next_help_heading = "Limits and overload")]
+struct LimitArgs {
+    /// Open connections per listener; past it new connections are closed at once.
+    #[arg(long, default_value_t = 10_000)]
+    max_connections: usize,
+    /// Requests in flight per listener; past it requests get 503 with Retry-After at once.
+    #[arg(long, default_value_t = 4096)]
+    max_inflight_requests: usize,
+    /// The Retry-After of a shed request.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    retry_after: Duration,
+    /// Concurrent streams per HTTP/2 connection.
+    #[arg(long, default_value_t = 256)]
+    max_concurrent_streams: u32,
+    /// Largest request head / HTTP/2 header list in bytes (431 past it; HTTP/1.1 at least 8192).
+    #[arg(long, default_value_t = 64 * 1024)]
+    max_header_bytes: usize,
+    /// Most header fields in one request (431 past it).
+    #[arg(long, default_value_t = 100)]
+    max_headers: usize,
+    /// Time to finish the TLS handshake.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    tls_handshake_timeout: Duration,
+    /// Time to send a request head: from connecting to the first request, and (HTTP/1.1)
+    /// from the end of a response to the end of the next request head.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    header_timeout: Duration,
+    /// Close a connection with no request in flight for this long (HTTP/2: GOAWAY).
+    #[arg(long, default_value = "2m", value_parser = parse_duration)]
+    idle_timeout: Duration,
+    /// Time a client may keep the gateway waiting for a request body, before any byte.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    body_timeout: Duration,
+    /// Bytes per second of request body that earn one more second of --body-timeout
+    /// (0: --body-timeout is the total).
+    #[arg(long, default_value_t = 1024)]
+    body_min_rate: u64,
+}
+
+impl LimitArgs {
+    fn limits(&self) -> Limits {
+        Limits {
+            tls_handshake: self.tls_handshake_timeout,
+            header_read: self.header_timeout,
+            idle: self.idle_timeout,
+            max_header_bytes: self.max_header_bytes,
+            max_headers: self.max_headers,
+            max_h2_streams: self.max_concurrent_streams,
+            max_connections: self.max_connections.max(1),
+            max_inflight: self.max_inflight_requests.max(1),
+            retry_after: self.retry_after,
+            body: BodyTimeouts {
+                timeout: self.body_timeout,
+                min_rate: self.body_min_rate,
+            },
+            ..Limits::default()
+        }
+    }
 }
 
 /// `30s`, `15m`, `1h`, `7d`, or plain seconds.
@@ -251,6 +317,7 @@ async fn serve(a: ServeArgs) -> Result<()> {
             login_ttl: a.login_ttl,
             max_body_bytes: a.max_body_bytes,
             limit_default_completion_tokens: a.limit_default_completion_tokens,
+            client_limits: a.limits.limits(),
         },
         store,
         secretbox,

@@ -31,6 +31,8 @@ pub struct Settings {
     pub max_body_bytes: usize,
     /// Tokens a token limit reserves for a request that sets no `max_tokens`.
     pub limit_default_completion_tokens: u64,
+    /// Connection, head, body-time and overload bounds of every HTTP listener.
+    pub client_limits: crate::frontdoor::limits::Limits,
 }
 
 impl Default for Settings {
@@ -40,6 +42,7 @@ impl Default for Settings {
             login_ttl: Duration::from_secs(24 * 3600),
             max_body_bytes: 8 << 20,
             limit_default_completion_tokens: crate::limits::DEFAULT_COMPLETION_TOKENS,
+            client_limits: crate::frontdoor::limits::Limits::default(),
         }
     }
 }
