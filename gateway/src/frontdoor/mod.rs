@@ -148,7 +148,7 @@ async fn admit(
 ) -> Response<BoxBody> {
     match shed::admit(activity, shedder, limits, req.headers()) {
         Ok(admitted) => admitted.hold(route(gw, req, peer).await),
-        Err(refused) => refused,
+        Err(refused) => *refused,
     }
 }
 

@@ -105,17 +105,17 @@ pub fn admit(
     shedder: &Arc<Shedder>,
     limits: &Limits,
     headers: &http::HeaderMap,
-) -> Result<Admitted, Response<BoxBody>> {
+) -> Result<Admitted, Box<Response<BoxBody>>> {
     let request = activity.begin();
     let Some(slot) = shedder.admit() else {
-        return Err(shedder.response());
+        return Err(Box::new(shedder.response()));
     };
     if limits.too_many_headers(headers) {
-        return Err(respond::error(
+        return Err(Box::new(respond::error(
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             format!("more than {} header fields", limits.max_headers),
             None,
-        ));
+        )));
     }
     Ok(Admitted {
         _request: request,

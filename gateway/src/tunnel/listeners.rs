@@ -154,7 +154,7 @@ async fn connection(
                                         .await,
                                 )
                             }
-                            Err(refused) => refused,
+                            Err(refused) => *refused,
                         };
                         Ok::<_, std::convert::Infallible>(resp)
                     }
