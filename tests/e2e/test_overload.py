@@ -246,6 +246,72 @@ def test_slow_post_is_cut_at_body_timeout(start_gateway, service):
         up.close()
 
 
+@pytest.mark.parametrize("service", ["reads-body", "open"])
+def test_slow_post_over_h2_is_cut_at_body_timeout(start_gateway, service):
+    gw = start_gateway(extra_args=["--body-timeout", "3s", "--body-min-rate", "1000"])
+    up = RawUpstream()
+    try:
+        token = setup(gw, up.url)
+        c = H2(gw)
+        sid = c.conn.get_next_available_stream_id()
+        body = b'{"model":"m","messages":[]}' + b" " * 173
+        c.conn.send_headers(sid, [(":method", "POST"), (":scheme", "https"), (":authority", gw.host(service)),
+                                  (":path", "/v1/chat/completions"), ("authorization", f"Bearer {token}"),
+                                  ("content-type", "application/json"), ("content-length", str(len(body)))])
+        c.flush()
+        c.sock.settimeout(0.5)
+        start, status = time.monotonic(), None
+        for i in range(len(body)):
+            try:
+                c.conn.send_data(sid, body[i:i + 1])
+                c.flush()
+            except Exception:
+                break  # the stream was already answered and reset
+            try:
+                data = c.sock.recv(65536)
+            except (socket.timeout, TimeoutError):
+                continue
+            if not data:
+                break
+            for e in c.conn.receive_data(data):
+                if isinstance(e, h2.events.ResponseReceived) and e.stream_id == sid:
+                    status = dict(e.headers)[":status"]
+            c.flush()
+            if status is not None or time.monotonic() - start > 20:
+                break
+        took = time.monotonic() - start
+        assert status == "408", f"after {took:.1f}s: status {status}"
+        assert 2.5 <= took <= 8.0, f"cut after {took:.1f}s, expected ~3s"
+        assert healthz(gw) == 200
+        time.sleep(0.5)
+        assert not [r for r in up.requests if r["complete"]], up.requests
+    finally:
+        up.close()
+
+
+def test_slow_token_request_is_cut_at_body_timeout(start_gateway):
+    gw = start_gateway(extra_args=["--body-timeout", "3s", "--body-min-rate", "1000"])
+    form = b"grant_type=client_credentials&client_id=x&client_secret=" + b"y" * 100
+    s = tls_socket(gw, "http/1.1")
+    s.sendall((f"POST /oauth2/token HTTP/1.1\r\nHost: {DOMAIN}\r\n"
+               f"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {len(form)}\r\n\r\n").encode())
+    start, answer = time.monotonic(), b""
+    s.settimeout(0.5)
+    for i in range(len(form)):
+        try:
+            s.sendall(form[i:i + 1])
+            answer += s.recv(65536)
+        except (socket.timeout, TimeoutError):
+            continue
+        except OSError:
+            break
+        if answer.startswith(b"HTTP/"):
+            break
+    took = time.monotonic() - start
+    assert answer.startswith(b"HTTP/1.1 408"), f"after {took:.1f}s: {answer[:300]!r}"
+    assert 2.5 <= took <= 8.0
+
+
 def test_body_sent_at_a_fair_pace_passes(start_gateway):
     """The body timeout is not a total: a body that keeps coming at the minimum rate goes
     through even when it takes longer than --body-timeout."""

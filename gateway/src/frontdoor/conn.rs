@@ -105,8 +105,8 @@ pub enum Ended<T> {
 
 pin_project_lite::pin_project! {
     /// Runs a connection until it ends, closing it when [`close_at`] says so or when its
-    /// `shutdown` future resolves. A connection asked to close for being idle that has not
-    /// closed after a short grace is dropped (it has nothing in flight). A hand-written
+    /// `shutdown` future resolves. A connection asked to close that has not closed after a
+    /// short grace, and has nothing in flight, is dropped. A hand-written
     /// future rather than an `async fn`, so hyper's connection bounds need no proof under
     /// the erased lifetimes of a spawned task.
     pub struct Driven<C, S> {
@@ -159,6 +159,10 @@ impl<C: Future, S: Future<Output = ()>> Future for Driven<C, S> {
         if !*this.shutting_down && this.shutdown.poll(cx).is_ready() {
             *this.shutting_down = true;
             (this.close)(this.conn.as_mut());
+            // A stream the client never finished must not hold up the shutdown once
+            // nothing is in flight on our side.
+            this.closing_idle
+                .get_or_insert_with(|| Instant::now() + CLOSE_GRACE);
         }
         loop {
             if let Poll::Ready(out) = this.conn.as_mut().poll(cx) {
@@ -182,8 +186,8 @@ impl<C: Future, S: Future<Output = ()>> Future for Driven<C, S> {
                 if act.snapshot().in_flight == 0 {
                     return Poll::Ready(Ended::Dropped);
                 }
-                // A request that raced the close: let it finish.
-                *this.closing_idle = Some(now + *this.idle);
+                // A request still in flight: let it finish, and look again.
+                *this.closing_idle = Some(now + CLOSE_GRACE);
             } else if due().is_some_and(|d| act.started + d <= now) {
                 (this.close)(this.conn.as_mut());
                 *this.closing_idle = Some(now + CLOSE_GRACE);
@@ -271,10 +275,10 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn shutdown_asks_the_connection_to_close() {
+    async fn shutdown_closes_the_connection_once_nothing_is_in_flight() {
         let asked = Arc::new(AtomicUsize::new(0));
         let a = Activity::new();
-        let _busy = a.begin();
+        let busy = a.begin();
         let (tx, rx) = watch::channel(false);
         let task = tokio::spawn({
             let asked = asked.clone();
@@ -282,8 +286,12 @@ mod tests {
         });
         tokio::time::sleep(Duration::from_secs(1)).await;
         tx.send(true).unwrap();
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        tokio::time::sleep(Duration::from_secs(5)).await;
         assert_eq!(asked.load(Ordering::SeqCst), 1);
-        task.abort();
+        assert!(!task.is_finished(), "dropped with a request in flight");
+        drop(busy);
+        tokio::time::sleep(CLOSE_GRACE + Duration::from_millis(10)).await;
+        assert!(task.is_finished());
+        assert_eq!(task.await.unwrap(), Ended::Dropped);
     }
 }
