@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 import h2.config
 import h2.connection
 import h2.events
+import h2.settings
 import hpack
 import pytest
 from hyperframe.frame import ContinuationFrame, Frame, GoAwayFrame, HeadersFrame
@@ -405,6 +406,19 @@ class H2:
                     code = frame.error_code
                 buf = buf[9 + length:]
         return code, False
+
+
+def test_h2_settings_follow_the_flags(start_gateway):
+    gw = start_gateway(extra_args=["--max-concurrent-streams", "7", "--max-header-bytes", "9000"])
+    c = H2(gw)
+    c.sock.settimeout(5)
+    settings = {}
+    while not settings:
+        for e in c.conn.receive_data(c.sock.recv(65536)):
+            if isinstance(e, h2.events.RemoteSettingsChanged):
+                settings = {int(k): v.new_value for k, v in e.changed_settings.items()}
+    assert settings[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS] == 7
+    assert settings[h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE] == 9000
 
 
 def test_h2_rapid_reset_gets_goaway_and_others_are_served(start_gateway):
