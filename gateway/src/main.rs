@@ -186,6 +186,17 @@ impl LimitArgs {
     }
 }
 
+/// The soft "Max open files" limit from the text of `/proc/self/limits`.
+fn open_files_limit(limits: &str) -> Option<u64> {
+    limits
+        .lines()
+        .find_map(|l| l.strip_prefix("Max open files"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// `30s`, `15m`, `1h`, `7d`, or plain seconds.
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
@@ -340,6 +351,19 @@ async fn serve(a: ServeArgs) -> Result<()> {
             .await
             .context("starting the WireGuard tunnel (--wg-listen)")?;
     }
+    let max_connections = a.limits.max_connections as u64;
+    if let Some(files) = std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|l| open_files_limit(&l))
+    {
+        if max_connections + 256 > files {
+            tracing::warn!(
+                "--max-connections {max_connections} leaves too few of the {files} open files \
+                 this process may have for upstreams and the store; raise the limit \
+                 (ulimit -n, LimitNOFILE=) or lower --max-connections"
+            );
+        }
+    }
     let tls = postern_gateway::frontdoor::tls::server_config(&config.tls_cert, &config.tls_key)?;
     let listener = tokio::net::TcpListener::bind(a.https_listen)
         .await
@@ -422,4 +446,19 @@ async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {},
     }
     tracing::info!("shutting down: no new connections, finishing in-flight requests");
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn open_files_limit_reads_the_soft_limit() {
+        let text = "Limit                     Soft Limit           Hard Limit           Units\n\
+                    Max processes             95000                95000                processes\n\
+                    Max open files            20000                524288               files\n";
+        assert_eq!(super::open_files_limit(text), Some(20000));
+        assert_eq!(
+            super::open_files_limit("Max open files unlimited unlimited files"),
+            None
+        );
+    }
 }
