@@ -590,3 +590,22 @@ def test_idle_tls_connections_hold_bounded_memory(start_gateway):
     assert per_conn < 64 * 1024, msg
     for c in socks:
         c.sock.close()
+
+
+def test_shutdown_is_not_held_by_idle_or_unfinished_connections(start_gateway):
+    """SIGTERM ends the gateway promptly although clients hold connections that sit before
+    the TLS handshake, before any request, and after one (HTTP/2)."""
+    gw = start_gateway()
+    raw = socket.create_connection(("127.0.0.1", gw.port))
+    silent = tls_socket(gw, "http/1.1")
+    c = H2(gw)
+    sid = c.conn.get_next_available_stream_id()
+    c.conn.send_headers(sid, c.request_headers(), end_stream=True)
+    c.flush()
+    time.sleep(0.5)
+    start = time.monotonic()
+    assert gw.stop(timeout=10) == 0
+    took = time.monotonic() - start
+    assert took < 4, f"shutdown took {took:.1f}s"
+    for s in (raw, silent, c.sock):
+        s.close()

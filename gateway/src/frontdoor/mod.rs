@@ -82,7 +82,11 @@ pub async fn serve(
         let closing_rx = closing_rx.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let tls = match tokio::time::timeout(limits.tls_handshake, acceptor.accept(tcp)).await {
+            let handshake = tokio::time::timeout(limits.tls_handshake, acceptor.accept(tcp));
+            let tls = match tokio::select! {
+                r = handshake => r,
+                _ = conn::closing(closing_rx.clone()) => return,
+            } {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
                     tracing::debug!(%peer, error = %e, "TLS handshake failed");
