@@ -3,7 +3,7 @@
 //! sent to its Service by the address it was made to.
 
 use super::{service_port, tcp, Tunnel};
-use crate::frontdoor::conn::{closing, drive, Activity, Ended};
+use crate::frontdoor::conn::{drive, Activity, Ended};
 use crate::frontdoor::limits::Limits;
 use crate::frontdoor::shed::{self, Shedder};
 use crate::proxy::pipeline;
@@ -15,7 +15,6 @@ use std::collections::{BTreeSet, HashMap};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 /// How often the snapshot is checked for changes (a pointer comparison when unchanged).
@@ -26,20 +25,14 @@ const RESYNC: Duration = Duration::from_millis(100);
 struct Bounds {
     limits: Limits,
     shedder: Arc<Shedder>,
-    /// Never turns true: the tunnel has no graceful shutdown of its own.
-    closing: watch::Receiver<bool>,
-    _closing: watch::Sender<bool>,
 }
 
 /// Keeps a listener on every port some Service uses, until the process ends.
 pub(super) async fn run(gw: Arc<Gateway>, tunnel: Arc<Tunnel>) {
     let limits = gw.settings.client_limits.clone();
-    let (closing_tx, closing) = watch::channel(false);
     let bounds = Arc::new(Bounds {
         shedder: Shedder::new(limits.max_inflight, limits.retry_after),
         limits,
-        closing,
-        _closing: closing_tx,
     });
     let mut running: HashMap<u16, JoinHandle<()>> = HashMap::new();
     let mut tick = tokio::time::interval(RESYNC);
@@ -164,14 +157,14 @@ async fn connection(
             let conn = limits
                 .http1_builder()
                 .serve_connection(TokioIo::new(stream), svc);
-            let shutdown = closing(bounds.closing.clone());
             let ended = drive(
                 conn,
                 |c| c.graceful_shutdown(),
                 activity,
                 limits.header_read,
                 limits.idle,
-                shutdown,
+                // The tunnel has no graceful shutdown of its own.
+                std::future::pending(),
             );
             if let Ended::Finished(Err(e)) = ended.await {
                 tracing::debug!(%remote, error = %e, "tunnel HTTP connection ended with an error");
