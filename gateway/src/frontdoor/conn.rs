@@ -170,13 +170,19 @@ impl<C: Future, S: Future<Output = ()>> Future for Driven<C, S> {
             }
             let act = &**this.activity;
             let due = || close_at(act.snapshot(), *this.header_read, *this.idle);
-            // With requests in flight nothing can expire; look again after `idle`.
             let wake = match *this.closing_idle {
-                Some(deadline) => deadline,
-                None => due().map_or_else(|| Instant::now() + *this.idle, |d| act.started + d),
+                Some(deadline) => Some(deadline),
+                None => due().map(|d| act.started + d),
             };
-            if this.timer.deadline() != wake {
-                this.timer.as_mut().reset(wake);
+            match wake {
+                Some(w) if this.timer.deadline() != w => this.timer.as_mut().reset(w),
+                Some(_) => {}
+                // With requests in flight nothing can expire; look again after `idle`
+                // (without touching the timer on every poll of a busy connection).
+                None if this.timer.deadline() <= Instant::now() => {
+                    this.timer.as_mut().reset(Instant::now() + *this.idle)
+                }
+                None => {}
             }
             if this.timer.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
