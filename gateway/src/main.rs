@@ -131,7 +131,7 @@ struct LimitArgs {
     /// Open connections per listener; past it new connections are closed at once.
     #[arg(long, default_value_t = 10_000)]
     max_connections: usize,
-    /// Requests in flight per listener; past it requests get 503 with Retry-After at once.
+    /// Requests in flight in the gateway; past it requests get 503 with Retry-After at once.
     #[arg(long, default_value_t = 4096)]
     max_inflight_requests: usize,
     /// The Retry-After of a shed request.

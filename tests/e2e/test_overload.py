@@ -16,12 +16,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import h2.events
+import httpx
 import h2.settings
 import hpack
 import pytest
 from hyperframe.frame import ContinuationFrame, HeadersFrame
 
-from conftest import DOMAIN, assert_error_body
+from conftest import DOMAIN, assert_error_body, free_port
 from rawclients import H2, RawUpstream, is_closed, rss_kib, tls_socket
 from standin import StandIn
 
@@ -353,8 +354,16 @@ def test_h2_continuation_flood_is_cut_off(start_gateway):
 
 # --------------------------------------------------------------------------------------------
 # Connection cap, idle connections, shedding.
+def metrics(port: int) -> dict[str, float]:
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    return {k: float(v) for k, v in (line.rsplit(" ", 1) for line in text.splitlines()
+                                     if line and not line.startswith("#"))}
+
+
 def test_connections_past_the_cap_are_closed_at_once(start_gateway):
-    gw = start_gateway(extra_args=["--max-connections", "4", "--header-timeout", "60s"])
+    mport = free_port()
+    gw = start_gateway(extra_args=["--max-connections", "4", "--header-timeout", "60s",
+                                   "--metrics-listen", f"127.0.0.1:{mport}"])
     held = [tls_socket(gw) for _ in range(4)]
     time.sleep(0.3)
     start = time.monotonic()
@@ -364,6 +373,7 @@ def test_connections_past_the_cap_are_closed_at_once(start_gateway):
         assert is_closed(s, 2.0)
         raise ConnectionError("closed")
     assert time.monotonic() - start < 3, "an extra connection waited instead of being closed"
+    assert metrics(mport)["postern_connections_refused_total"] == 1
     held.pop().close()
     time.sleep(0.3)
     assert healthz(gw) == 200
@@ -385,7 +395,9 @@ def test_idle_h2_connection_gets_goaway_at_idle_timeout(start_gateway):
 
 
 def test_overload_sheds_with_503_and_retry_after(start_gateway):
-    gw = start_gateway(extra_args=["--max-inflight-requests", "3", "--retry-after", "2s"])
+    mport = free_port()
+    gw = start_gateway(extra_args=["--max-inflight-requests", "3", "--retry-after", "2s",
+                                   "--metrics-listen", f"127.0.0.1:{mport}"])
     with StandIn("slow", api_key=None, prefix="", request_delay=4.0) as up:
         token = setup(gw, up.url)
         url = gw.url("open", "/v1/models")
@@ -402,6 +414,7 @@ def test_overload_sheds_with_503_and_retry_after(start_gateway):
             while len(up.requests) < 3 and time.monotonic() < deadline:
                 time.sleep(0.05)
             assert len(up.requests) == 3
+            assert metrics(mport)["postern_requests_in_flight"] == 3
             with ThreadPoolExecutor(8) as pool:
                 shed = list(pool.map(call, range(16)))
             for r, took in shed:
@@ -413,6 +426,8 @@ def test_overload_sheds_with_503_and_retry_after(start_gateway):
         r, _ = call(0)
         assert r.status_code == 200
         assert len(up.requests) == 4, "shed requests must not reach the upstream"
+        m = metrics(mport)
+        assert (m["postern_requests_shed_total"], m["postern_requests_in_flight"]) == (16, 0)
 
 
 # --------------------------------------------------------------------------------------------

@@ -41,8 +41,8 @@ pub struct Limits {
     pub max_h2_error_resets: usize,
     /// Open connections per listener; a connection past it is closed as soon as accepted.
     pub max_connections: usize,
-    /// Requests in flight per listener (until their response body ends); past it a request
-    /// gets 503 with `Retry-After` at once.
+    /// Requests in flight in the gateway (until their response body ends); past it a
+    /// request gets 503 with `Retry-After` at once.
     pub max_inflight: usize,
     /// What `Retry-After` says on a shed request.
     pub retry_after: Duration,

@@ -40,11 +40,10 @@ pub async fn serve(
     let limits = Arc::new(gw.settings.client_limits.clone());
     let acceptor = TlsAcceptor::from(tls);
     let builder = Arc::new(limits.server_builder());
-    let shedder = Shedder::new(limits.max_inflight, limits.retry_after);
+    let shedder = gw.shedder.clone();
     let max_connections = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
     let permits = Arc::new(Semaphore::new(max_connections as usize));
     let (closing, closing_rx) = watch::channel(false);
-    let mut refused: u64 = 0;
     tokio::pin!(shutdown);
     loop {
         let (tcp, peer) = tokio::select! {
@@ -61,7 +60,7 @@ pub async fn serve(
         // Past the cap a connection is closed at once rather than left in the kernel's
         // queue, so the client learns now and can go elsewhere.
         let Ok(permit) = permits.clone().try_acquire_owned() else {
-            refused += 1;
+            let refused = shedder.refuse_connection();
             if refused.is_power_of_two() {
                 tracing::warn!(
                     %peer,

@@ -1,4 +1,4 @@
-//! Load shedding: a cap on requests in flight per listener. A request past the cap gets
+//! Load shedding: a cap on requests in flight in the whole gateway. A request past the cap gets
 //! 503 with `Retry-After` at once, so overload costs the gateway one small response per
 //! request instead of an ever-growing queue of waiting requests and their buffers.
 
@@ -15,12 +15,14 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-/// Counts a listener's requests in flight against its cap.
+/// Counts the gateway's requests in flight against its cap (public listener and tunnel
+/// together), and what overload turned away, for the metrics.
 #[derive(Debug)]
 pub struct Shedder {
     max: usize,
     current: AtomicUsize,
     shed: AtomicU64,
+    refused_connections: AtomicU64,
     retry_after: Duration,
 }
 
@@ -31,6 +33,7 @@ impl Shedder {
             max,
             current: AtomicUsize::new(0),
             shed: AtomicU64::new(0),
+            refused_connections: AtomicU64::new(0),
             retry_after,
         })
     }
@@ -65,6 +68,16 @@ impl Shedder {
     /// Requests shed since the start.
     pub fn shed_total(&self) -> u64 {
         self.shed.load(Ordering::Relaxed)
+    }
+
+    /// Counts a connection closed at the connection cap; returns the count so far.
+    pub fn refuse_connection(&self) -> u64 {
+        self.refused_connections.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Connections closed at the connection cap since the start.
+    pub fn refused_connections(&self) -> u64 {
+        self.refused_connections.load(Ordering::Relaxed)
     }
 
     /// The answer to a shed request.

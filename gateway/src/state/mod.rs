@@ -66,6 +66,8 @@ pub struct Gateway {
     pub limits: Arc<Limiter>,
     /// The WireGuard tunnel, when `--wg-listen` started one; set once at startup.
     pub tunnel: OnceLock<Arc<crate::tunnel::Tunnel>>,
+    /// Requests in flight against `--max-inflight-requests`, and what overload turned away.
+    pub shedder: Arc<crate::frontdoor::shed::Shedder>,
 }
 
 /// Everything [`Gateway::open`] needs.
@@ -96,6 +98,10 @@ impl Gateway {
             telemetry: parts.telemetry,
             limits: Arc::new(Limiter::new(parts.settings.limit_default_completion_tokens)),
             tunnel: OnceLock::new(),
+            shedder: crate::frontdoor::shed::Shedder::new(
+                parts.settings.client_limits.max_inflight,
+                parts.settings.client_limits.retry_after,
+            ),
         };
         gw.limits.load(&gw.store, now_unix())?;
         gw.reload()?;

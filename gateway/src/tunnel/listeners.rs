@@ -20,8 +20,8 @@ use tokio::task::JoinHandle;
 /// How often the snapshot is checked for changes (a pointer comparison when unchanged).
 const RESYNC: Duration = Duration::from_millis(100);
 
-/// The bounds every tunnel HTTP connection meets: those of the front door, with one
-/// in-flight cap for the whole tunnel.
+/// The bounds every tunnel HTTP connection meets: those of the front door, and the
+/// gateway's in-flight cap.
 struct Bounds {
     limits: Limits,
     shedder: Arc<Shedder>,
@@ -29,10 +29,9 @@ struct Bounds {
 
 /// Keeps a listener on every port some Service uses, until the process ends.
 pub(super) async fn run(gw: Arc<Gateway>, tunnel: Arc<Tunnel>) {
-    let limits = gw.settings.client_limits.clone();
     let bounds = Arc::new(Bounds {
-        shedder: Shedder::new(limits.max_inflight, limits.retry_after),
-        limits,
+        shedder: gw.shedder.clone(),
+        limits: gw.settings.client_limits.clone(),
     });
     let mut running: HashMap<u16, JoinHandle<()>> = HashMap::new();
     let mut tick = tokio::time::interval(RESYNC);
