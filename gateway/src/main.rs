@@ -129,22 +129,22 @@ struct ServeArgs {
 #[command(next_help_heading = "Limits and overload")]
 struct LimitArgs {
     /// Open connections per listener; past it new connections are closed at once.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = 10_000, value_parser = parse_count::<usize>)]
     max_connections: usize,
     /// Requests in flight in the gateway; past it requests get 503 with Retry-After at once.
-    #[arg(long, default_value_t = 4096)]
+    #[arg(long, default_value_t = 4096, value_parser = parse_count::<usize>)]
     max_inflight_requests: usize,
     /// The Retry-After of a shed request.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     retry_after: Duration,
     /// Concurrent streams per HTTP/2 connection.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, value_parser = parse_count::<u32>)]
     max_concurrent_streams: u32,
     /// Largest request head / HTTP/2 header list in bytes (431 past it; HTTP/1.1 at least 8192).
     #[arg(long, default_value_t = 64 * 1024)]
     max_header_bytes: usize,
     /// Most header fields in one request (431 past it).
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 100, value_parser = parse_count::<usize>)]
     max_headers: usize,
     /// Time to finish the TLS handshake.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
@@ -174,8 +174,8 @@ impl LimitArgs {
             max_header_bytes: self.max_header_bytes,
             max_headers: self.max_headers,
             max_h2_streams: self.max_concurrent_streams,
-            max_connections: self.max_connections.max(1),
-            max_inflight: self.max_inflight_requests.max(1),
+            max_connections: self.max_connections,
+            max_inflight: self.max_inflight_requests,
             retry_after: self.retry_after,
             body: BodyTimeouts {
                 timeout: self.body_timeout,
@@ -195,6 +195,14 @@ fn open_files_limit(limits: &str) -> Option<u64> {
         .next()?
         .parse()
         .ok()
+}
+
+/// A count that must be at least 1.
+fn parse_count<T: std::str::FromStr + PartialOrd + From<u8>>(s: &str) -> Result<T, String> {
+    match s.trim().parse::<T>() {
+        Ok(n) if n >= T::from(1) => Ok(n),
+        _ => Err(format!("{s:?}: give a whole number of at least 1")),
+    }
 }
 
 /// `30s`, `15m`, `1h`, `7d`, or plain seconds.
