@@ -469,4 +469,11 @@ mod tests {
             None
         );
     }
+
+    #[test]
+    fn counts_are_at_least_one() {
+        assert_eq!(super::parse_count::<usize>("7"), Ok(7));
+        assert!(super::parse_count::<u32>("0").is_err());
+        assert!(super::parse_count::<usize>("-1").is_err());
+    }
 }
