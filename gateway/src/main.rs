@@ -3,7 +3,9 @@
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use postern_gateway::datadir::{self, DataDir, InitOptions};
+use postern_gateway::frontdoor::limits::Limits;
 use postern_gateway::identity::{SecretBox, TokenSigner};
+use postern_gateway::proxy::buffer::BodyTimeouts;
 use postern_gateway::proxy::upstream::{UpstreamClient, UpstreamOptions};
 use postern_gateway::state::{Gateway, GatewayParts, Settings};
 use postern_gateway::store::Store;
@@ -118,6 +120,89 @@ struct ServeArgs {
     /// Remove tunnel peers silent for this long (their addresses are freed).
     #[arg(long, default_value = "10m", value_parser = parse_duration, requires = "wg_listen")]
     wg_idle_timeout: Duration,
+    #[command(flatten)]
+    limits: LimitArgs,
+}
+
+/// Bounds on what clients may hold or send (see docs/operations.md, "Limits and overload").
+#[derive(Args)]
+#[command(next_help_heading = "Limits and overload")]
+struct LimitArgs {
+    /// Open connections per listener; past it new connections are closed at once.
+    #[arg(long, default_value_t = 10_000, value_parser = parse_count::<usize>)]
+    max_connections: usize,
+    /// Requests in flight in the gateway; past it requests get 503 with Retry-After at once.
+    #[arg(long, default_value_t = 4096, value_parser = parse_count::<usize>)]
+    max_inflight_requests: usize,
+    /// The Retry-After of a shed request.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    retry_after: Duration,
+    /// Concurrent streams per HTTP/2 connection.
+    #[arg(long, default_value_t = 256, value_parser = parse_count::<u32>)]
+    max_concurrent_streams: u32,
+    /// Largest request head / HTTP/2 header list in bytes (431 past it; HTTP/1.1 at least 8192).
+    #[arg(long, default_value_t = 64 * 1024)]
+    max_header_bytes: usize,
+    /// Most header fields in one request (431 past it).
+    #[arg(long, default_value_t = 100, value_parser = parse_count::<usize>)]
+    max_headers: usize,
+    /// Time to finish the TLS handshake.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    tls_handshake_timeout: Duration,
+    /// Time to send a request head: from connecting to the first request, and (HTTP/1.1)
+    /// from the end of a response to the end of the next request head.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    header_timeout: Duration,
+    /// Close a connection with no request in flight for this long (HTTP/2: GOAWAY).
+    #[arg(long, default_value = "2m", value_parser = parse_duration)]
+    idle_timeout: Duration,
+    /// Time a client may keep the gateway waiting for a request body, before any byte.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    body_timeout: Duration,
+    /// Bytes per second of request body that earn one more second of --body-timeout
+    /// (0: --body-timeout is the total).
+    #[arg(long, default_value_t = 1024)]
+    body_min_rate: u64,
+}
+
+impl LimitArgs {
+    fn limits(&self) -> Limits {
+        Limits {
+            tls_handshake: self.tls_handshake_timeout,
+            header_read: self.header_timeout,
+            idle: self.idle_timeout,
+            max_header_bytes: self.max_header_bytes,
+            max_headers: self.max_headers,
+            max_h2_streams: self.max_concurrent_streams,
+            max_connections: self.max_connections,
+            max_inflight: self.max_inflight_requests,
+            retry_after: self.retry_after,
+            body: BodyTimeouts {
+                timeout: self.body_timeout,
+                min_rate: self.body_min_rate,
+            },
+            ..Limits::default()
+        }
+    }
+}
+
+/// The soft "Max open files" limit from the text of `/proc/self/limits`.
+fn open_files_limit(limits: &str) -> Option<u64> {
+    limits
+        .lines()
+        .find_map(|l| l.strip_prefix("Max open files"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// A count that must be at least 1.
+fn parse_count<T: std::str::FromStr + PartialOrd + From<u8>>(s: &str) -> Result<T, String> {
+    match s.trim().parse::<T>() {
+        Ok(n) if n >= T::from(1) => Ok(n),
+        _ => Err(format!("{s:?}: give a whole number of at least 1")),
+    }
 }
 
 /// `30s`, `15m`, `1h`, `7d`, or plain seconds.
@@ -251,6 +336,7 @@ async fn serve(a: ServeArgs) -> Result<()> {
             login_ttl: a.login_ttl,
             max_body_bytes: a.max_body_bytes,
             limit_default_completion_tokens: a.limit_default_completion_tokens,
+            client_limits: a.limits.limits(),
         },
         store,
         secretbox,
@@ -272,6 +358,19 @@ async fn serve(a: ServeArgs) -> Result<()> {
         Tunnel::start(gw.clone(), options)
             .await
             .context("starting the WireGuard tunnel (--wg-listen)")?;
+    }
+    let max_connections = a.limits.max_connections as u64;
+    if let Some(files) = std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|l| open_files_limit(&l))
+    {
+        if max_connections + 256 > files {
+            tracing::warn!(
+                "--max-connections {max_connections} leaves too few of the {files} open files \
+                 this process may have for upstreams and the store; raise the limit \
+                 (ulimit -n, LimitNOFILE=) or lower --max-connections"
+            );
+        }
     }
     let tls = postern_gateway::frontdoor::tls::server_config(&config.tls_cert, &config.tls_key)?;
     let listener = tokio::net::TcpListener::bind(a.https_listen)
@@ -355,4 +454,26 @@ async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {},
     }
     tracing::info!("shutting down: no new connections, finishing in-flight requests");
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn open_files_limit_reads_the_soft_limit() {
+        let text = "Limit                     Soft Limit           Hard Limit           Units\n\
+                    Max processes             95000                95000                processes\n\
+                    Max open files            20000                524288               files\n";
+        assert_eq!(super::open_files_limit(text), Some(20000));
+        assert_eq!(
+            super::open_files_limit("Max open files unlimited unlimited files"),
+            None
+        );
+    }
+
+    #[test]
+    fn counts_are_at_least_one() {
+        assert_eq!(super::parse_count::<usize>("7"), Ok(7));
+        assert!(super::parse_count::<u32>("0").is_err());
+        assert!(super::parse_count::<usize>("-1").is_err());
+    }
 }

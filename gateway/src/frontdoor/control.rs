@@ -49,6 +49,7 @@ async fn body_json<T: DeserializeOwned>(req: ClientRequest) -> Result<T, Respons
         .map_err(|e| match e {
             BufferError::TooLarge(_) => error(StatusCode::PAYLOAD_TOO_LARGE, e.to_string(), None),
             BufferError::Read(_) => error(StatusCode::BAD_REQUEST, e.to_string(), None),
+            BufferError::TimedOut(_) => error(StatusCode::REQUEST_TIMEOUT, e.to_string(), None),
         })?;
     serde_json::from_slice(&bytes).map_err(|e| {
         error(

@@ -2,46 +2,36 @@
 //! bare domain to the control plane (OAuth2, control API, health) and `<svc>.<domain>` to
 //! the request pipeline.
 
+pub mod conn;
 pub mod control;
 pub mod host;
+pub mod limits;
 pub mod metrics;
 pub mod oauth2;
 pub mod observe;
 pub mod respond;
+pub mod shed;
 pub mod tls;
 
+use crate::proxy::buffer::{read_limited, BufferError, TimedBody};
 use crate::proxy::inbound::{self, ClientRequest};
 use crate::proxy::pipeline;
 use crate::proxy::BoxBody;
 use crate::state::Gateway;
-use http::{Method, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use limits::Limits;
+use shed::Shedder;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
-/// Limits on what a stranger can send before being authenticated.
-pub mod limits {
-    use std::time::Duration;
-    /// Time to finish the TLS handshake.
-    pub const TLS_HANDSHAKE: Duration = Duration::from_secs(10);
-    /// Time to send the request head (HTTP/1.1).
-    pub const HEADER_READ: Duration = Duration::from_secs(15);
-    /// Largest request head (HTTP/1.1 buffer, HTTP/2 header list).
-    pub const MAX_HEADER_BYTES: usize = 64 * 1024;
-    /// Concurrent streams per HTTP/2 connection.
-    pub const MAX_H2_STREAMS: u32 = 256;
-    /// Open connections at once; more wait in the kernel's accept queue.
-    pub const MAX_CONNECTIONS: usize = 20_000;
-    /// Largest OAuth2 token request form.
-    pub const MAX_TOKEN_FORM: usize = 16 * 1024;
-}
-
 /// Accepts connections on `listener` until `shutdown` resolves, then lets in-flight
-/// requests finish (up to `grace`).
+/// requests finish (up to `grace`). The bounds come from `gw.settings.client_limits`.
 pub async fn serve(
     gw: Arc<Gateway>,
     listener: TcpListener,
@@ -49,28 +39,15 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()>,
     grace: Duration,
 ) {
+    let limits = Arc::new(gw.settings.client_limits.clone());
     let acceptor = TlsAcceptor::from(tls);
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits::HEADER_READ)
-        .max_buf_size(limits::MAX_HEADER_BYTES);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(limits::MAX_HEADER_BYTES as u32)
-        .max_concurrent_streams(limits::MAX_H2_STREAMS)
-        .keep_alive_interval(Some(Duration::from_secs(30)));
-    let builder = Arc::new(builder);
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let permits = Arc::new(tokio::sync::Semaphore::new(limits::MAX_CONNECTIONS));
+    let builder = Arc::new(limits.server_builder());
+    let shedder = gw.shedder.clone();
+    let max_connections = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
+    let permits = Arc::new(Semaphore::new(max_connections as usize));
+    let (closing, closing_rx) = watch::channel(false);
     tokio::pin!(shutdown);
     loop {
-        let permit = tokio::select! {
-            _ = &mut shutdown => break,
-            p = permits.clone().acquire_owned() => p.expect("semaphore never closes"),
-        };
         let (tcp, peer) = tokio::select! {
             _ = &mut shutdown => break,
             r = listener.accept() => match r {
@@ -82,15 +59,35 @@ pub async fn serve(
                 }
             },
         };
+        // Past the cap a connection is closed at once rather than left in the kernel's
+        // queue, so the client learns now and can go elsewhere.
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            let refused = shedder.refuse_connection();
+            if refused.is_power_of_two() {
+                tracing::warn!(
+                    %peer,
+                    refused_so_far = refused,
+                    "at --max-connections ({}): closing new connections",
+                    limits.max_connections
+                );
+            }
+            drop(tcp);
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let gw = gw.clone();
         let builder = builder.clone();
-        let watcher = graceful.watcher();
+        let limits = limits.clone();
+        let shedder = shedder.clone();
+        let closing_rx = closing_rx.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let tls = match tokio::time::timeout(limits::TLS_HANDSHAKE, acceptor.accept(tcp)).await
-            {
+            let handshake = tokio::time::timeout(limits.tls_handshake, acceptor.accept(tcp));
+            let tls = match tokio::select! {
+                r = handshake => r,
+                _ = conn::closing(closing_rx.clone()) => return,
+            } {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
                     tracing::debug!(%peer, error = %e, "TLS handshake failed");
@@ -101,26 +98,70 @@ pub async fn serve(
                     return;
                 }
             };
-            let svc = hyper::service::service_fn(move |req| {
-                let gw = gw.clone();
-                async move {
-                    let (req, leftover) = inbound::wrap(req);
-                    let resp = route(gw, req, peer).await;
-                    leftover.drain_in_background();
-                    Ok::<_, std::convert::Infallible>(resp)
+            let activity = conn::Activity::new();
+            let svc = {
+                let activity = activity.clone();
+                let limits = limits.clone();
+                hyper::service::service_fn(move |req| {
+                    let gw = gw.clone();
+                    let activity = activity.clone();
+                    let shedder = shedder.clone();
+                    let limits = limits.clone();
+                    async move {
+                        Ok::<_, std::convert::Infallible>(
+                            admit(gw, req, peer, &activity, &shedder, &limits).await,
+                        )
+                    }
+                })
+            };
+            let conn = builder
+                .serve_connection(TokioIo::new(tls), svc)
+                .into_owned();
+            let ended = conn::drive(
+                conn,
+                |c| c.graceful_shutdown(),
+                activity,
+                limits.header_read,
+                limits.idle,
+                conn::closing(closing_rx),
+            );
+            match ended.await {
+                conn::Ended::Finished(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error")
                 }
-            });
-            let conn = builder.serve_connection(TokioIo::new(tls), svc);
-            if let Err(e) = watcher.watch(conn.into_owned()).await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+                conn::Ended::Dropped => tracing::debug!(%peer, "idle connection closed"),
+                conn::Ended::Finished(Ok(())) => {}
             }
         });
     }
     drop(listener);
+    let _ = closing.send(true);
     tokio::select! {
-        _ = graceful.shutdown() => tracing::info!("all connections closed"),
+        _ = permits.acquire_many(max_connections) => tracing::info!("all connections closed"),
         _ = tokio::time::sleep(grace) => tracing::warn!("shutdown grace period over; closing remaining connections"),
     }
+}
+
+/// Serves one request once [`shed::admit`] lets it in. Whatever answers it, a request body
+/// left unread is drained afterwards ([`inbound`]), so the answer reaches HTTP/2 clients.
+async fn admit(
+    gw: Arc<Gateway>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    activity: &Arc<conn::Activity>,
+    shedder: &Arc<Shedder>,
+    limits: &Limits,
+) -> Response<BoxBody> {
+    let (req, leftover) = inbound::wrap(req);
+    let resp = match shed::admit(activity, shedder, limits, req.headers()) {
+        Ok(admitted) => admitted.hold(route(gw, req, peer).await),
+        Err(refused) => {
+            drop(req);
+            *refused
+        }
+    };
+    leftover.drain_in_background();
+    resp
 }
 
 async fn route(gw: Arc<Gateway>, req: ClientRequest, peer: SocketAddr) -> Response<BoxBody> {
@@ -158,9 +199,12 @@ async fn control_plane(gw: &Gateway, req: ClientRequest) -> Response<BoxBody> {
         }
         (Method::POST, "/oauth2/token") => {
             let headers = req.headers().clone();
-            match crate::proxy::buffer::read_limited(req.into_body(), limits::MAX_TOKEN_FORM).await
-            {
+            let body = TimedBody::new(req.into_body(), gw.settings.client_limits.body);
+            match read_limited(body, limits::MAX_TOKEN_FORM).await {
                 Ok(body) => oauth2::token(gw, &headers, &body),
+                Err(e @ BufferError::TimedOut(_)) => {
+                    respond::error(StatusCode::REQUEST_TIMEOUT, e.to_string(), None)
+                }
                 Err(e) => respond::error(StatusCode::PAYLOAD_TOO_LARGE, e.to_string(), None),
             }
         }

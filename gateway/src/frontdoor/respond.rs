@@ -40,6 +40,10 @@ pub fn error(
         StatusCode::NOT_FOUND => ("not_found_error", "not_found"),
         StatusCode::PAYLOAD_TOO_LARGE => ("invalid_request_error", "request_too_large"),
         StatusCode::CONFLICT => ("invalid_request_error", "conflict"),
+        StatusCode::REQUEST_TIMEOUT => ("invalid_request_error", "request_timeout"),
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => {
+            ("invalid_request_error", "request_header_fields_too_large")
+        }
         StatusCode::METHOD_NOT_ALLOWED => ("invalid_request_error", "method_not_allowed"),
         StatusCode::BAD_GATEWAY => ("api_error", "bad_gateway"),
         StatusCode::GATEWAY_TIMEOUT => ("api_error", "gateway_timeout"),

@@ -2,7 +2,7 @@
 //! authenticate -> authorize (policies) -> pick a config (dynamicConfig rules) -> rewrite
 //! (path, headers, CORS, upstream credentials) -> forward -> stream back, logging once.
 
-use super::buffer::{declared_too_large, read_limited, BufferError};
+use super::buffer::{declared_too_large, read_limited, BufferError, TimedBody};
 use super::forward::{forward, Origin};
 use super::inbound::ClientRequest;
 use super::replay::RequestBody;
@@ -20,6 +20,9 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
+
+/// What a client that sent its body too slowly is told.
+const BODY_TOO_SLOW: &str = "the request body did not arrive in time";
 
 /// What the access log line needs, filled in as the request moves along.
 struct Trace {
@@ -232,6 +235,7 @@ async fn serve(
 
     let (mut parts, body) = req.into_parts();
     rewrite::drop_client_forwarding(&mut parts.headers);
+    let (body, body_timed_out) = TimedBody::watched(body, gw.settings.client_limits.body);
     let limit = gw.settings.max_body_bytes;
     let (buffered, body_json, streamed) = if needs_body {
         if declared_too_large(&parts.headers, limit) {
@@ -246,6 +250,14 @@ async fn serve(
             Err(BufferError::TooLarge(_)) => {
                 let msg = format!("request body is larger than the {limit}-byte limit");
                 return trace.fail(&gw, StatusCode::PAYLOAD_TOO_LARGE, &msg, msg.clone());
+            }
+            Err(e @ BufferError::TimedOut(_)) => {
+                return trace.fail(
+                    &gw,
+                    StatusCode::REQUEST_TIMEOUT,
+                    BODY_TOO_SLOW,
+                    e.to_string(),
+                )
             }
             Err(e) => {
                 return trace.fail(
@@ -376,6 +388,9 @@ async fn serve(
             trace.record.config = e.config;
             if e.attempts.len() > 1 {
                 trace.record.attempts = e.attempts;
+            }
+            if body_timed_out.load(Ordering::Relaxed) {
+                return trace.fail(&gw, StatusCode::REQUEST_TIMEOUT, BODY_TOO_SLOW, e.detail);
             }
             return trace.fail(&gw, e.status, e.public, e.detail);
         }

@@ -31,6 +31,8 @@ pub struct Settings {
     pub max_body_bytes: usize,
     /// Tokens a token limit reserves for a request that sets no `max_tokens`.
     pub limit_default_completion_tokens: u64,
+    /// Connection, head, body-time and overload bounds of every HTTP listener.
+    pub client_limits: crate::frontdoor::limits::Limits,
 }
 
 impl Default for Settings {
@@ -40,6 +42,7 @@ impl Default for Settings {
             login_ttl: Duration::from_secs(24 * 3600),
             max_body_bytes: 8 << 20,
             limit_default_completion_tokens: crate::limits::DEFAULT_COMPLETION_TOKENS,
+            client_limits: crate::frontdoor::limits::Limits::default(),
         }
     }
 }
@@ -66,6 +69,8 @@ pub struct Gateway {
     /// Round-robin positions, retry budgets and in-flight counts per Service config, kept
     /// across snapshot rebuilds.
     upstream_states: crate::proxy::upstream_state::UpstreamStates,
+    /// Requests in flight against `--max-inflight-requests`, and what overload turned away.
+    pub shedder: Arc<crate::frontdoor::shed::Shedder>,
 }
 
 /// Everything [`Gateway::open`] needs.
@@ -97,6 +102,10 @@ impl Gateway {
             limits: Arc::new(Limiter::new(parts.settings.limit_default_completion_tokens)),
             tunnel: OnceLock::new(),
             upstream_states: Default::default(),
+            shedder: crate::frontdoor::shed::Shedder::new(
+                parts.settings.client_limits.max_inflight,
+                parts.settings.client_limits.retry_after,
+            ),
         };
         gw.limits.load(&gw.store, now_unix())?;
         gw.reload()?;

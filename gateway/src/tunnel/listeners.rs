@@ -3,10 +3,12 @@
 //! sent to its Service by the address it was made to.
 
 use super::{service_port, tcp, Tunnel};
+use crate::frontdoor::conn::{drive, Activity, Ended};
+use crate::frontdoor::limits::Limits;
+use crate::frontdoor::shed::{self, Shedder};
 use crate::proxy::{inbound, pipeline};
 use crate::state::Gateway;
-use hyper::server::conn::http1;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use postern_common::netstack::{TcpListener, TcpStream};
 use postern_common::resources::ServiceMode;
 use std::collections::{BTreeSet, HashMap};
@@ -18,8 +20,19 @@ use tokio::task::JoinHandle;
 /// How often the snapshot is checked for changes (a pointer comparison when unchanged).
 const RESYNC: Duration = Duration::from_millis(100);
 
+/// The bounds every tunnel HTTP connection meets: those of the front door, and the
+/// gateway's in-flight cap.
+struct Bounds {
+    limits: Limits,
+    shedder: Arc<Shedder>,
+}
+
 /// Keeps a listener on every port some Service uses, until the process ends.
 pub(super) async fn run(gw: Arc<Gateway>, tunnel: Arc<Tunnel>) {
+    let bounds = Arc::new(Bounds {
+        shedder: gw.shedder.clone(),
+        limits: gw.settings.client_limits.clone(),
+    });
     let mut running: HashMap<u16, JoinHandle<()>> = HashMap::new();
     let mut tick = tokio::time::interval(RESYNC);
     let mut seen: std::sync::Weak<crate::state::Snapshot> = std::sync::Weak::new();
@@ -55,7 +68,7 @@ pub(super) async fn run(gw: Arc<Gateway>, tunnel: Arc<Tunnel>) {
                     tracing::debug!(port, "tunnel listener started");
                     running.insert(
                         port,
-                        tokio::spawn(accept_loop(gw.clone(), tunnel.clone(), l)),
+                        tokio::spawn(accept_loop(gw.clone(), tunnel.clone(), bounds.clone(), l)),
                     );
                 }
                 Err(e) => tracing::warn!(port, error = %e, "tunnel listener failed"),
@@ -64,13 +77,19 @@ pub(super) async fn run(gw: Arc<Gateway>, tunnel: Arc<Tunnel>) {
     }
 }
 
-async fn accept_loop(gw: Arc<Gateway>, tunnel: Arc<Tunnel>, listener: TcpListener) {
+async fn accept_loop(
+    gw: Arc<Gateway>,
+    tunnel: Arc<Tunnel>,
+    bounds: Arc<Bounds>,
+    listener: TcpListener,
+) {
     loop {
         match listener.accept().await {
             Ok((stream, local, remote)) => {
                 tokio::spawn(connection(
                     gw.clone(),
                     tunnel.clone(),
+                    bounds.clone(),
                     stream,
                     local,
                     remote,
@@ -88,6 +107,7 @@ async fn accept_loop(gw: Arc<Gateway>, tunnel: Arc<Tunnel>, listener: TcpListene
 async fn connection(
     gw: Arc<Gateway>,
     tunnel: Arc<Tunnel>,
+    bounds: Arc<Bounds>,
     stream: TcpStream,
     local: SocketAddr,
     remote: SocketAddr,
@@ -108,24 +128,49 @@ async fn connection(
         ServiceMode::Tcp => tcp::serve(gw, tunnel, service, stream, remote).await,
         ServiceMode::Http => {
             let name = service.name.clone();
-            let svc = hyper::service::service_fn(move |req| {
-                let gw = gw.clone();
-                let tunnel = tunnel.clone();
-                let name = name.clone();
-                async move {
-                    let principal = tunnel.principal_at(&gw, remote.ip());
-                    let (req, leftover) = inbound::wrap(req);
-                    let resp = pipeline::handle_tunnel(gw, &name, req, remote, principal).await;
-                    leftover.drain_in_background();
-                    Ok::<_, std::convert::Infallible>(resp)
-                }
-            });
-            let conn = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(crate::frontdoor::limits::HEADER_READ)
-                .max_buf_size(crate::frontdoor::limits::MAX_HEADER_BYTES)
+            let activity = Activity::new();
+            let svc = {
+                let (activity, bounds) = (activity.clone(), bounds.clone());
+                hyper::service::service_fn(move |req| {
+                    let gw = gw.clone();
+                    let tunnel = tunnel.clone();
+                    let name = name.clone();
+                    let admitted =
+                        shed::admit(&activity, &bounds.shedder, &bounds.limits, req.headers());
+                    async move {
+                        let (req, leftover) = inbound::wrap(req);
+                        let resp = match admitted {
+                            Ok(admitted) => {
+                                let principal = tunnel.principal_at(&gw, remote.ip());
+                                admitted.hold(
+                                    pipeline::handle_tunnel(gw, &name, req, remote, principal)
+                                        .await,
+                                )
+                            }
+                            Err(refused) => {
+                                drop(req);
+                                *refused
+                            }
+                        };
+                        leftover.drain_in_background();
+                        Ok::<_, std::convert::Infallible>(resp)
+                    }
+                })
+            };
+            let limits = &bounds.limits;
+            let conn = limits
+                .http1_builder()
                 .serve_connection(TokioIo::new(stream), svc);
-            if let Err(e) = conn.await {
+            let ended = drive(
+                conn,
+                |c| c.graceful_shutdown(),
+                activity,
+                limits.header_read,
+                limits.idle,
+                // The tunnel has no graceful shutdown of its own.
+                std::future::pending(),
+            );
+            if let Ended::Finished(Err(e)) = ended.await {
                 tracing::debug!(%remote, error = %e, "tunnel HTTP connection ended with an error");
             }
         }

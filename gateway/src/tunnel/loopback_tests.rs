@@ -22,6 +22,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 async fn gateway(dir: &std::path::Path) -> Arc<Gateway> {
+    gateway_with(dir, Settings::default()).await
+}
+
+/// A gateway in `dir` with `settings`.
+pub(super) async fn gateway_with(dir: &std::path::Path, settings: Settings) -> Arc<Gateway> {
     datadir::init(
         dir,
         &InitOptions {
@@ -34,7 +39,7 @@ async fn gateway(dir: &std::path::Path) -> Arc<Gateway> {
     let dd = DataDir::new(dir);
     Gateway::open(GatewayParts {
         domain: "postern.test".into(),
-        settings: Settings::default(),
+        settings,
         store: Store::open(&dd.database()).unwrap(),
         secretbox: SecretBox::load(&dd.secret_key()).unwrap(),
         signer: TokenSigner::load(&dd.signing_key()).unwrap(),
@@ -50,7 +55,7 @@ async fn gateway(dir: &std::path::Path) -> Arc<Gateway> {
 }
 
 /// An upstream answering every request with `hello`.
-async fn upstream() -> SocketAddr {
+pub(super) async fn upstream() -> SocketAddr {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     tokio::spawn(async move {
@@ -76,12 +81,16 @@ async fn upstream() -> SocketAddr {
 }
 
 /// The agent side: our own WireGuard endpoint and network stack.
-struct Agent {
+pub(super) struct Agent {
     _endpoint: Endpoint,
-    stack: NetStack,
+    pub(super) stack: NetStack,
 }
 
-async fn agent(keys: KeyPair, conn: &TunnelConnectResponse, gateway: SocketAddr) -> Agent {
+pub(super) async fn agent(
+    keys: KeyPair,
+    conn: &TunnelConnectResponse,
+    gateway: SocketAddr,
+) -> Agent {
     let (endpoint, mut delivered) = Endpoint::bind(
         keys,
         EndpointConfig {
@@ -159,7 +168,7 @@ async fn get(agent: &Agent, addr: SocketAddr, path: &str) -> Result<u16, String>
         .ok_or_else(|| format!("not HTTP: {text:?}"))
 }
 
-const RESOURCES: &str = r#"
+pub(super) const RESOURCES: &str = r#"
 kind: User
 metadata: {name: alice}
 spec: {type: HUMAN}
@@ -182,7 +191,7 @@ spec:
               condition: {match: 'ctx.user.metadata.name == "alice"'}
 "#;
 
-fn login(gw: &Gateway, user: &str) -> crate::state::Principal {
+pub(super) fn login(gw: &Gateway, user: &str) -> crate::state::Principal {
     let cred = gw
         .create_credential(&CreateCredentialRequest {
             name: format!("{user}-token"),

@@ -16,6 +16,8 @@ mod dns_server;
 pub mod keyfile;
 mod listeners;
 #[cfg(test)]
+mod loopback_limits_tests;
+#[cfg(test)]
 mod loopback_tests;
 pub mod registry;
 mod tcp;

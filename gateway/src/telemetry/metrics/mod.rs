@@ -18,6 +18,12 @@ pub struct Gauges {
     pub access_log_dropped: u64,
     /// Usage rows dropped because the store writer could not keep up.
     pub usage_dropped: u64,
+    /// Requests whose response has not ended (the in-flight cap's count).
+    pub requests_in_flight: u64,
+    /// Requests answered 503 because the in-flight cap was reached.
+    pub requests_shed: u64,
+    /// Connections closed at once because the connection cap was reached.
+    pub connections_refused: u64,
 }
 
 /// The gateway's metric families.
@@ -133,6 +139,27 @@ impl Metrics {
             "counter",
             gauges.usage_dropped,
         );
+        single(
+            &mut out,
+            "postern_requests_in_flight",
+            "Requests whose response has not ended, against --max-inflight-requests.",
+            "gauge",
+            gauges.requests_in_flight,
+        );
+        single(
+            &mut out,
+            "postern_requests_shed_total",
+            "Requests answered 503 with Retry-After because --max-inflight-requests was reached.",
+            "counter",
+            gauges.requests_shed,
+        );
+        single(
+            &mut out,
+            "postern_connections_refused_total",
+            "Connections closed at once because --max-connections was reached.",
+            "counter",
+            gauges.connections_refused,
+        );
         out
     }
 }
@@ -204,6 +231,9 @@ mod tests {
             tunnel_peers: 0,
             access_log_dropped: 1,
             usage_dropped: 0,
+            requests_in_flight: 5,
+            requests_shed: 6,
+            connections_refused: 7,
         });
         for line in [
             "postern_requests_total{service=\"ai\",status=\"200\",decision=\"allow\"} 2",
@@ -218,6 +248,9 @@ mod tests {
             "postern_active_sessions 3",
             "postern_tunnel_peers 0",
             "postern_access_log_dropped_total 1",
+            "postern_requests_in_flight 5",
+            "postern_requests_shed_total 6",
+            "postern_connections_refused_total 7",
             "postern_usage_dropped_total 0",
             "# TYPE postern_request_duration_seconds histogram",
             "# TYPE postern_active_sessions gauge",
