@@ -209,6 +209,7 @@ mod tests {
                 port: 8080,
                 mode: "HTTP".into(),
             }],
+            new_peer: true,
         }
     }
 
