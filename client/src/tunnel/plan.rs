@@ -187,7 +187,7 @@ pub fn resolve_endpoint(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn response() -> TunnelConnectResponse {
