@@ -160,7 +160,7 @@ impl ControlPlane for Control {
         let session = match saved {
             Ok(s) if !s.is_expired(Utc::now()) => s,
             Ok(s) => {
-                let why = format!("the session expired at {}", s.expires_at.to_rfc3339());
+                let why = format!("the session expired at {}", s.expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
                 match self.relog(&why) {
                     Ok(s) => s,
                     Err(c) => return c,
