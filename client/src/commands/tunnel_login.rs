@@ -160,7 +160,11 @@ impl ControlPlane for Control {
         let session = match saved {
             Ok(s) if !s.is_expired(Utc::now()) => s,
             Ok(s) => {
-                let why = format!("the session expired at {}", s.expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+                let why = format!(
+                    "the session expired at {}",
+                    s.expires_at
+                        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                );
                 match self.relog(&why) {
                     Ok(s) => s,
                     Err(c) => return c,
