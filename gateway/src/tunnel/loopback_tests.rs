@@ -383,6 +383,7 @@ async fn revoked_sessions_have_their_connections_reset() {
     };
     let bob = login(&gw, "bob");
     let (bob_keys, bob_conn) = connect(&bob);
+    let bob_key = bob_keys.public;
     let b = agent(bob_keys, &bob_conn, udp).await;
     let web = SocketAddr::new(bob_conn.services[0].address.parse().unwrap(), 80);
 
@@ -484,5 +485,13 @@ async fn revoked_sessions_have_their_connections_reset() {
         .unwrap();
     assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
     assert_eq!(tunnel.peer_count(), 1);
+
+    // Disconnecting and connecting again at once with the same key (its old peer is still
+    // draining) gets a working peer.
+    assert!(tunnel.disconnect(&bob.session.info.name));
+    let back = tunnel.connect(&gw, &bob, &bob_key.to_base64()).unwrap();
+    assert!(back.new_peer);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(tunnel.endpoint().peer_stats(&bob_key).is_some());
     std::fs::remove_dir_all(&dir).unwrap();
 }

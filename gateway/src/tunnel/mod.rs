@@ -294,7 +294,14 @@ impl Tunnel {
                     AllowedIp::host(IpAddr::V4(a.v4)),
                     AllowedIp::host(IpAddr::V6(a.v6)),
                 ];
-                if let Err(e) = self.endpoint.add_peer(key, &allowed, None, None) {
+                let mut added = self.endpoint.add_peer(key, &allowed, None, None);
+                if let Err(PeerError::DuplicatePeer(_)) = added {
+                    // Only a revoked peer still draining its resets can hold a key the
+                    // registry just gave this Session: it goes now.
+                    self.endpoint.remove_peer(&key);
+                    added = self.endpoint.add_peer(key, &allowed, None, None);
+                }
+                if let Err(e) = added {
                     reg.disconnect(&sid);
                     return Err(e.into());
                 }
