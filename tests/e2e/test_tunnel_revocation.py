@@ -329,4 +329,32 @@ def test_agent_reconnects_after_gateway_restart(env: Env):
     assert env.peers() == 1
     assert erin.poll() is None
     log = env.topo.output("erin")
-    assert "registered this agent anew" in log or "bringing the tunnel up again" in log, log
+    assert "registered this agent's key anew" in log or "bringing the tunnel up again" in log, log
+
+
+def test_kernel_agent_logs_in_again_with_its_auth_token(env: Env):
+    gw = env.gw
+    token = gw.create_auth_token("alice")
+    home = env.home("alice-sidecar")
+    agent, st = env.agent("alice-sidecar", home, ["--interface", "ptr2", "--check-interval", "1s"],
+                          POSTERN_DOMAIN=f"{DOMAIN}:{gw.port}", POSTERN_AUTH_TOKEN=token, POSTERN_CA_FILE=gw.ca)
+    web, raw = addresses(st)
+    assert curl_ok(env, f"http://{web}:{WEB_PORT}/before")
+    first = json.loads((home / "session.json").read_text())["session"]
+    hold = Holder(env, targets(web, WEB_PORT, raw, RAW_PORT))
+    t0 = time.time()
+    gw.ctl("delete", "session", first)
+    assert_cut(hold.ends(), t0, "session deleted (kernel mode, agent with an auth token)", ("reset",))
+    m0 = time.monotonic()
+
+    def back():
+        st = json.loads((home / "tunnel.json").read_text())
+        return curl_ok(env, f"http://{addresses(st)[0]}:{WEB_PORT}/again", max_time=1)
+
+    wait_for(back, 15, "the agent to log in again and reach web", interval=0.2)
+    print(f"kernel agent logged in again with its auth token and reached web {time.monotonic() - m0:.2f}s "
+          "after its Session was deleted")
+    second = json.loads((home / "session.json").read_text())["session"]
+    assert second != first and second in gw.names("sessions")
+    assert agent.poll() is None
+    assert "no longer accepts the session" in env.topo.output("alice-sidecar"), env.topo.output("alice-sidecar")

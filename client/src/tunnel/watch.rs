@@ -140,8 +140,8 @@ pub(crate) async fn watchdog(
                 match add_gateway_peer(&endpoint, &plan, gateway) {
                     Ok(()) => {
                         log(
-                            "the gateway registered this agent anew (it restarted or dropped \
-                             the peer); handshaking again",
+                            "the gateway registered this agent's key anew (a new Session, a gateway \
+                             restart, or a peer dropped as idle); handshaking again",
                         );
                         None
                     }
