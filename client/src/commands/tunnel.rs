@@ -83,6 +83,7 @@ pub fn connect(ctx: &Context, args: &ConnectArgs, out: &mut dyn Write) -> Result
         relogin: Relogin::from_args(args),
         ca_file: args.ca_file.clone(),
         request: request.clone(),
+        client: Default::default(),
     });
     let plan = TunnelPlan::from_response(&response)?;
     let gateway_override = match std::env::var(GATEWAY_ADDRESS_ENV) {

@@ -119,11 +119,25 @@ pub(super) struct Control {
     pub(super) relogin: Relogin,
     pub(super) ca_file: Option<PathBuf>,
     pub(super) request: TunnelConnectRequest,
+    /// The client of the last check-in and its token: kept so check-ins reuse one TLS
+    /// connection instead of a handshake each.
+    pub(super) client: std::sync::Mutex<Option<(String, std::sync::Arc<ApiClient>)>>,
 }
 
 impl Control {
     fn connect(&self, s: &Session) -> Result<TunnelConnectResponse> {
-        client_for(s, Some(s.access_token.clone()))?.post(&["tunnel", "connect"], &self.request)
+        let client = {
+            let mut cached = self.client.lock().unwrap_or_else(|e| e.into_inner());
+            match &*cached {
+                Some((token, c)) if *token == s.access_token => c.clone(),
+                _ => {
+                    let c = std::sync::Arc::new(client_for(s, Some(s.access_token.clone()))?);
+                    *cached = Some((s.access_token.clone(), c.clone()));
+                    c
+                }
+            }
+        };
+        client.post(&["tunnel", "connect"], &self.request)
     }
 
     /// A new Session, or why there is none.
@@ -245,6 +259,7 @@ mod tests {
             request: TunnelConnectRequest {
                 public_key: "k".into(),
             },
+            client: Default::default(),
         };
         match c.check_in() {
             CheckIn::CannotLogIn(m) => {
