@@ -57,20 +57,44 @@ async fn reset_reaches_the_client_and_ends_the_server_side() {
             .await,
         "the RST was handed to the link"
     );
-    // The idle client, which would otherwise wait forever, sees the end of the stream.
+    // The idle client, which would otherwise wait forever, sees the reset, as a kernel
+    // socket reports it (not as an orderly end of stream).
     let mut rest = Vec::new();
     let n = tokio::time::timeout(Duration::from_secs(1), client.read_to_end(&mut rest))
         .await
         .expect("the client saw the reset within a second");
-    assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+    assert_eq!(
+        n.map_err(|e| e.kind()),
+        Err(std::io::ErrorKind::ConnectionReset)
+    );
     assert!(t0.elapsed() < Duration::from_secs(1));
     // The gateway's side ends too: reads end, writes fail.
     let mut rest = Vec::new();
     let n = tokio::time::timeout(Duration::from_secs(1), server.read_to_end(&mut rest))
         .await
         .expect("the server side ended");
-    assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+    assert_eq!(
+        n.map_err(|e| e.kind()),
+        Err(std::io::ErrorKind::ConnectionReset)
+    );
     assert!(server.write_all(b"late").await.is_err());
     // Nothing left to reset.
     assert_eq!(gw.reset_connections(&[IpAddr::V4(CLIENT_IP)]), 0);
+}
+
+#[tokio::test]
+async fn an_orderly_close_is_still_an_end_of_stream() {
+    let (gw, ag) = cable();
+    let listener = gw.listen("0.0.0.0:8080".parse().unwrap()).unwrap();
+    let target = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 100, 0, 5)), 8080);
+    let mut client = ag.connect(target).await.expect("connect");
+    let (mut server, _, _) = listener.accept().await.expect("accept");
+    server.write_all(b"bye").await.unwrap();
+    server.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(2), client.read_to_end(&mut got))
+        .await
+        .expect("the FIN arrived")
+        .expect("a FIN is the end of the stream, not an error");
+    assert_eq!(got, b"bye");
 }

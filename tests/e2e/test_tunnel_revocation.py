@@ -260,7 +260,7 @@ def test_deleted_session_and_disabled_user_are_cut(env: Env):
     assert curl_ok(env, f"http://127.0.0.1:18080/still")
     t0 = time.time()
     env.gw.apply_text(resources(bob_disabled=True), "services.yaml")
-    assert_cut(bob_hold.ends(), t0, "user disabled (userspace mode)", ("reset", "eof"))
+    assert_cut(bob_hold.ends(), t0, "user disabled (userspace mode)", ("reset",))
     wait_for(lambda: env.peers() == 0, 2, "bob's peer to go")
     time.sleep(0.7)
     status, body = env.topo.curl_c("http://127.0.0.1:18080/after", max_time=1)
@@ -289,7 +289,7 @@ def test_expiry_cuts_and_the_agent_logs_in_again_or_says_it_cannot(env: Env):
     hold = Holder(env, targets("127.0.0.1", 18081, "127.0.0.1", 19001))
     assert expires - time.time() > 1, "the session expired before the connections were up; raise --token-ttl"
     # Nothing is sent: the gateway must notice the expiry by itself.
-    assert_cut(hold.ends(), expires, "session expired (OAuth2 workload)", ("reset", "eof"))
+    assert_cut(hold.ends(), expires, "session expired (OAuth2 workload)", ("reset",))
 
     # carol's agent gets a new token and the tunnel works again, without anyone's help.
     t0 = time.monotonic()
@@ -363,3 +363,39 @@ def test_kernel_agent_logs_in_again_with_its_auth_token(env: Env):
     assert second != first and second in gw.names("sessions")
     assert agent.poll() is None
     assert "no longer accepts the session" in env.topo.output("alice-sidecar"), env.topo.output("alice-sidecar")
+
+
+def test_userspace_agent_comes_back_on_a_new_address_after_login(env: Env):
+    """A revoked agent with nothing to log in with waits; a `postern login` revives it, and
+    when its old address went to someone else it rebuilds the tunnel on the new one, keeping
+    its local ports."""
+    gw = env.gw
+    home, session = env.login("bob")
+    agent, st = env.agent("bob-rebuild", home, ["--userspace", "-p", f"18083:web:{WEB_PORT}",
+                                                "--check-interval", "1s"])
+    old = st["address"]
+    assert curl_ok(env, "http://127.0.0.1:18083/before")
+    gw.ctl("delete", "session", session["session"])
+
+    def problem():
+        text = env.status(home)
+        return text if "Problem:" in text else None
+
+    wait_for(problem, 10, "the agent to report that it cannot log in again", interval=0.3)
+    # Someone else takes the freed address (alice registers a peer through the API).
+    with gw.http() as http:
+        login = http.post(gw.url(None, "/api/v1/login"), json={"authToken": gw.create_auth_token("alice")})
+        access = login.json()["accessToken"]
+        taken = http.post(gw.url(None, "/api/v1/tunnel/connect"), json={"publicKey": "A" * 43 + "="},
+                          headers={"authorization": f"Bearer {access}"})
+    assert taken.status_code == 200 and taken.json()["address"] == old, taken.text
+    # bob logs in again; the running agent picks the session up on a new address.
+    env.topo.exec_c(env.postern, "login", "--domain", f"{DOMAIN}:{gw.port}", "--auth-token",
+                    gw.create_auth_token("bob", "bob-token-2"), "--ca-file", gw.ca, env=env.agent_env(home))
+    wait_for(lambda: curl_ok(env, "http://127.0.0.1:18083/after", max_time=1), 15,
+             "the agent to come back on its local port", interval=0.2)
+    st = json.loads((home / "tunnel.json").read_text())
+    assert st["address"] != old and st["reconnects"] == 1, st
+    assert "Reconnects: 1" in env.status(home)
+    assert agent.poll() is None
+    print(f"agent rebuilt on {st['address']} (was {old}), same local port")

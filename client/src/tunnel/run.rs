@@ -112,21 +112,39 @@ pub async fn run(
     let mut opts = opts;
     let mut plan = plan;
     let mut reconnects = 0u32;
+    let mut failures = 0u32;
     loop {
         let round = Round {
-            plan: Arc::new(plan),
+            plan: Arc::new(plan.clone()),
             keys: copy_keys(&keys)?,
             started,
             reconnects,
         };
         match round
             .run(&mut opts, out, &control, &mut sigterm, &mut sigint)
-            .await?
+            .await
         {
-            Ended::Stop(r) => return r,
-            Ended::Rebuild(next) => {
+            Ok(Ended::Stop(r)) => return r,
+            Ok(Ended::Rebuild(next)) => {
                 plan = *next;
                 reconnects += 1;
+                failures = 0;
+            }
+            // The first bring-up reports its error (bad flags, no privileges); later ones
+            // may meet a passing condition, so the agent keeps trying.
+            Err(e) if reconnects == 0 => return Err(e),
+            Err(e) => {
+                failures = failures.saturating_add(1);
+                let wait = super::backoff::delay(failures, rand::random::<f64>());
+                log(&format!(
+                    "cannot bring the tunnel up again: {e}; retrying in {} ms",
+                    wait.as_millis()
+                ));
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    _ = sigterm.recv() => return Ok(()),
+                    _ = sigint.recv() => return Ok(()),
+                }
             }
         }
     }
@@ -253,7 +271,7 @@ impl Round {
         let down = match running {
             Running::Kernel(k) => k.down(),
             Running::Userspace(u) => {
-                drop(u);
+                u.stop().await;
                 Ok(())
             }
         };

@@ -278,6 +278,15 @@ impl Tunnel {
             return Err(ConnectError::OwnKey);
         }
         let sid = principal.session.info.name.clone();
+        // The agent's previous Session may own the key still: it expired a moment ago and the
+        // sweep has not run yet, and the agent logged in again at once. Only an owner that is
+        // no longer valid gives it up; a live one keeps it (409).
+        let owner = self.registry().session_of_key(&key);
+        if let Some(owner) = owner.filter(|o| **o != *sid) {
+            if let Err(why) = gw.session_principal(&owner) {
+                self.revoke(&owner, &why.to_string());
+            }
+        }
         let (entry, new_peer) = {
             let mut reg = self.registry();
             let previous = reg.get(&sid).map(|e| e.key);
