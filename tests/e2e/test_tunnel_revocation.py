@@ -12,13 +12,19 @@ peer was removed, nothing told the client).
 
 * ``test_deleted_session_and_disabled_user_are_cut``: deleting alice's Session (kernel-mode
   agent) and disabling bob (userspace agent) end all their connections within 1.5 s
-  (RST in kernel mode), their peers go, new connections fail; the others are untouched.
+  (with an RST, passed on to the local connection in userspace mode), their peers go and
+  nothing answers them any more; the others are untouched.
 * ``test_expiry_cuts_and_the_agent_logs_in_again_or_says_it_cannot``: with ``--token-ttl`` and
   ``--login-ttl`` short, carol's OAuth2 agent is cut at expiry with nothing arriving, logs in
   again by itself and reaches the Services again; dave's agent (a ``postern login`` session,
   nothing to log in again with) says so in ``postern status`` and its log.
 * ``test_agent_reconnects_after_gateway_restart``: the gateway restarts on the same data
   directory under a connected agent, which handshakes again and reaches the Service.
+* ``test_kernel_agent_logs_in_again_with_its_auth_token``: a kernel-mode agent started with
+  an auth token is cut (RST) when its Session is deleted and logs in again by itself.
+* ``test_userspace_agent_comes_back_on_a_new_address_after_login``: a cut agent with nothing
+  to log in with waits; after ``postern login`` it rebuilds the tunnel on a new address (its
+  old one was taken meanwhile) and serves the same local port again.
 
 Root, ``ip``, ``curl``, ``python3`` and /dev/net/tun are needed; otherwise skipped with the
 reason printed.
@@ -40,7 +46,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DOMAIN, free_port, name_of
+from conftest import DOMAIN, free_port
 from test_tunnel_e2e import (A_C, B_A, WG_PORT, GatewayInA, Topology, in_netns, skip_reason,
                              wait_for)
 
