@@ -345,8 +345,8 @@ async fn start_tunnel(gw: &Arc<Gateway>, dir: &std::path::Path) -> Arc<Tunnel> {
     .unwrap()
 }
 
-/// Deleted, expired, disabled: each cuts the Session's open keep-alive connection within a
-/// second (it stalled forever before) and removes its peer; the other Session keeps going.
+/// Session deleted, User disabled, Session expired, User deleted: each cuts the Session's
+/// open keep-alive connection within a second (it stalled forever before) and removes its peer; the other Session keeps going.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoked_sessions_have_their_connections_reset() {
     let dir = std::env::temp_dir().join(format!("postern-tunnel-rv-{}", std::process::id()));
@@ -472,6 +472,18 @@ async fn revoked_sessions_have_their_connections_reset() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(!listed(), "the expired session is gone from `get sessions`");
+
+    // 4. User deleted.
+    let alice = login(&gw, "alice");
+    let (keys, conn) = connect(&alice);
+    let a = agent(keys, &conn, udp).await;
+    let mut s = keep_alive(&a, web).await;
+    gw.delete(Kind::User, "alice").unwrap();
+    let took = time_to_end(&mut s)
+        .await
+        .expect("reset after deleting the user");
+    assert!(took < Duration::from_secs(1), "{took:?}");
+    assert_eq!(tunnel.peer_count(), 1);
 
     // bob, valid all along, still has his connection and his peer.
     bob_s
