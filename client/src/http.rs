@@ -109,6 +109,37 @@ impl ApiClient {
         }
     }
 
+    /// An access token from `https://<domain>/oauth2/token` (client credentials grant,
+    /// `client_secret_post`): how a workload agent logs in with an OAuth2 credential.
+    pub fn oauth2_token(
+        &self,
+        client_id: &str,
+        client_secret: &str,
+    ) -> Result<postern_common::api::TokenResponse> {
+        let url = format!(
+            "{}/oauth2/token",
+            self.domain.base_url().trim_end_matches('/')
+        );
+        let result = self
+            .agent
+            .post(&url)
+            .set("Accept", "application/json")
+            .send_form(&[
+                ("grant_type", "client_credentials"),
+                ("client_id", client_id),
+                ("client_secret", client_secret),
+            ]);
+        let response = match result {
+            Ok(r) => r,
+            Err(ureq::Error::Status(status, r)) => return Err(self.status_error(status, r)),
+            Err(ureq::Error::Transport(t)) => return Err(self.transport_error(&t)),
+        };
+        response.into_json().map_err(|e| ClientError::BadResponse {
+            url,
+            detail: e.to_string(),
+        })
+    }
+
     /// [`ApiClient::url`] with `query` appended (empty values are left out).
     pub fn url_with_query(&self, segments: &[&str], query: &[(&str, String)]) -> String {
         let mut url = url::Url::parse(&self.url(segments)).expect("url() builds valid URLs");

@@ -175,6 +175,11 @@ pub struct TunnelConnectResponse {
     pub keepalive_seconds: u16,
     /// The Services this user may see, with their tunnel addresses.
     pub services: Vec<TunnelService>,
+    /// True when this call added the agent's key on the gateway: its first connect, or the
+    /// gateway had lost the peer (restarted, idle expiry). An agent that was already up
+    /// must then start a fresh WireGuard handshake; false when the agent checks in again.
+    #[serde(default)]
+    pub new_peer: bool,
 }
 
 /// One Service as seen inside the tunnel.

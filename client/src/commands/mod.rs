@@ -9,6 +9,7 @@ pub mod logs;
 pub mod policy;
 pub mod session;
 pub mod tunnel;
+mod tunnel_login;
 pub mod usage;
 
 use crate::config::{self, Session};

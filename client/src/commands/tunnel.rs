@@ -1,8 +1,9 @@
 //! `postern connect`, `status` and `disconnect`: the WireGuard tunnel to the gateway.
 
-use super::{client_for, session, writeln_out, Context};
+use super::tunnel_login::{log_in, Control, Relogin};
+use super::{client_for, writeln_out, Context};
 use crate::config::{self, Session};
-use crate::duration::format_duration;
+use crate::duration::{format_duration, parse_duration};
 use crate::error::{ClientError, Result};
 use crate::http::GATEWAY_ADDRESS_ENV;
 use crate::tunnel::{self, state, Mode, Publish, RunOptions, TunnelError, TunnelPlan};
@@ -12,6 +13,7 @@ use postern_common::wireguard::KeyPair;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Arguments of `postern connect`.
@@ -43,6 +45,22 @@ pub struct ConnectArgs {
     /// A PEM file with an extra CA certificate, for that login.
     #[arg(long, env = "POSTERN_CA_FILE", value_name = "FILE")]
     pub ca_file: Option<PathBuf>,
+    /// An OAuth2 credential's client id, to log in (and in again when the Session expires)
+    /// with the client credentials grant instead of an auth token (workloads).
+    #[arg(long, env = "POSTERN_CLIENT_ID", requires = "client_secret")]
+    pub client_id: Option<String>,
+    /// That credential's client secret.
+    #[arg(
+        long,
+        env = "POSTERN_CLIENT_SECRET",
+        hide_env_values = true,
+        requires = "client_id"
+    )]
+    pub client_secret: Option<String>,
+    /// How often the agent checks in with the gateway (to notice a revoked Session or a
+    /// restarted gateway), e.g. 30s or 1m.
+    #[arg(long, default_value = "30s", value_name = "DURATION")]
+    pub check_interval: String,
 }
 
 /// Brings the tunnel up and stays in the foreground until Ctrl-C or SIGTERM.
@@ -52,6 +70,7 @@ pub fn connect(ctx: &Context, args: &ConnectArgs, out: &mut dyn Write) -> Result
             "--userspace needs -p LOCAL:SERVICE:PORT or --socks5 ADDR to reach Services".into(),
         ));
     }
+    let check_interval = Duration::from_secs(parse_duration(&args.check_interval)?.max(1));
     let session = ensure_session(ctx, args, out)?;
     let client = client_for(&session, Some(session.access_token.clone()))?;
     let keys = KeyPair::generate();
@@ -59,6 +78,13 @@ pub fn connect(ctx: &Context, args: &ConnectArgs, out: &mut dyn Write) -> Result
         public_key: keys.public.to_base64(),
     };
     let response: TunnelConnectResponse = client.post(&["tunnel", "connect"], &request)?;
+    let control = Arc::new(Control {
+        ctx: ctx.clone(),
+        relogin: Relogin::from_args(args),
+        ca_file: args.ca_file.clone(),
+        request: request.clone(),
+        client: Default::default(),
+    });
     let plan = TunnelPlan::from_response(&response)?;
     let gateway_override = match std::env::var(GATEWAY_ADDRESS_ENV) {
         Ok(raw) => Some(
@@ -82,42 +108,42 @@ pub fn connect(ctx: &Context, args: &ConnectArgs, out: &mut dyn Write) -> Result
         mode,
         home: ctx.home.clone(),
         gateway_override,
+        check_interval,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| TunnelError::io("cannot start the async runtime", e))?;
-    let result = runtime.block_on(tunnel::run(plan, keys, opts, out));
+    let result = runtime.block_on(tunnel::run(plan, keys, opts, out, control));
     runtime.shutdown_timeout(Duration::from_secs(2));
-    // Tell the gateway the peer is gone; it expires idle peers anyway.
+    // Tell the gateway the peer is gone (with the Session in use now, which may be newer
+    // than the one we started with); it expires idle peers anyway.
+    let client = match config::load(&ctx.home) {
+        Ok(s) => client_for(&s, Some(s.access_token.clone())).unwrap_or(client),
+        Err(_) => client,
+    };
     let _ = client.post::<_, serde_json::Value>(&["tunnel", "disconnect"], &request);
     result?;
     writeln_out(out, format_args!("Disconnected"))
 }
 
-/// The saved session, or a new one from --domain/--auth-token (POSTERN_DOMAIN,
-/// POSTERN_AUTH_TOKEN) when there is none or it expired.
+/// The saved session, or a new one from --domain with --auth-token (POSTERN_DOMAIN,
+/// POSTERN_AUTH_TOKEN) or with --client-id/--client-secret (OAuth2) when there is none or it
+/// expired.
 fn ensure_session(ctx: &Context, args: &ConnectArgs, out: &mut dyn Write) -> Result<Session> {
     let saved = config::load(&ctx.home).and_then(|s| {
         s.ensure_valid(Utc::now())?;
         Ok(s)
     });
-    match (saved, &args.domain, &args.auth_token) {
-        (Ok(s), _, _) => Ok(s),
-        (
-            Err(ClientError::NotLoggedIn { .. } | ClientError::SessionExpired { .. }),
-            Some(domain),
-            Some(token),
-        ) => {
-            let login = session::LoginArgs {
-                domain: domain.clone(),
-                auth_token: token.clone(),
-                ca_file: args.ca_file.clone(),
-            };
-            session::login(ctx, &login, out)?;
-            config::load(&ctx.home)
+    let relogin = Relogin::from_args(args);
+    match saved {
+        Ok(s) => Ok(s),
+        Err(ClientError::NotLoggedIn { .. } | ClientError::SessionExpired { .. })
+            if !matches!(relogin, Relogin::Nothing) =>
+        {
+            log_in(ctx, &relogin, args.ca_file.as_ref(), out)
         }
-        (Err(e), _, _) => Err(e),
+        Err(e) => Err(e),
     }
 }
 
@@ -151,6 +177,18 @@ pub fn status(ctx: &Context, out: &mut dyn Write) -> Result<()> {
         st.gateway, st.gateway_address
     ));
     text.push_str(&format!("Up:        {}\n", age(st.started)));
+    match &st.problem {
+        Some(p) => text.push_str(&format!("Problem:   {p}\n")),
+        None => text.push_str(&format!(
+            "Checked:   {}\n",
+            st.last_check_in
+                .map(|t| format!("{} ago", age(t)))
+                .unwrap_or_else(|| "not yet".into())
+        )),
+    }
+    if st.reconnects > 0 {
+        text.push_str(&format!("Reconnects: {}\n", st.reconnects));
+    }
     text.push_str(&format!(
         "Handshake: {}\n",
         st.last_handshake

@@ -11,10 +11,14 @@
 //!   by [`dns`] inside the tunnel); needs no privileges.
 //!
 //! [`state`] keeps `tunnel.json` up to date for `postern status` and `postern disconnect`.
+//! [`watch`] checks in with the gateway while the agent runs: it logs in again when the
+//! Session expired or was revoked (if it can), handshakes again after a gateway restart,
+//! brings the tunnel up again with a new address, and backs off ([`backoff`]) meanwhile.
 //!
 //! [`Endpoint`]: postern_common::wireguard::Endpoint
 //! [`NetStack`]: postern_common::netstack::NetStack
 
+pub mod backoff;
 pub mod dns;
 mod error;
 pub mod kernel;
@@ -25,8 +29,10 @@ pub mod socks5;
 pub mod state;
 pub mod system;
 pub mod userspace;
+pub mod watch;
 
 pub use error::TunnelError;
 pub use plan::{Cidr, TunnelPlan};
 pub use publish::Publish;
 pub use run::{run, Mode, RunOptions};
+pub use watch::{CheckIn, ControlPlane};

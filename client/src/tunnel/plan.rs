@@ -187,7 +187,7 @@ pub fn resolve_endpoint(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn response() -> TunnelConnectResponse {
@@ -209,6 +209,7 @@ mod tests {
                 port: 8080,
                 mode: "HTTP".into(),
             }],
+            new_peer: true,
         }
     }
 

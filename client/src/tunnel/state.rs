@@ -52,6 +52,16 @@ pub struct TunnelState {
     pub tx_bytes: u64,
     /// When this file was last written.
     pub updated: DateTime<Utc>,
+    /// Why the tunnel does not work right now (gateway unreachable, Session gone and no way
+    /// to log in again), as `postern status` shows it; none when the last check-in worked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+    /// When the last check-in with the gateway worked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_check_in: Option<DateTime<Utc>>,
+    /// How many times the tunnel was brought up again (new Session, gateway restarted).
+    #[serde(default)]
+    pub reconnects: u32,
 }
 
 /// Where the state file lives.
@@ -140,6 +150,9 @@ mod tests {
             rx_bytes: 1,
             tx_bytes: 2,
             updated: Utc::now(),
+            problem: Some("session expired".into()),
+            last_check_in: None,
+            reconnects: 1,
         };
         save(&home, &state).unwrap();
         let mode = std::fs::metadata(path(&home)).unwrap().permissions().mode();

@@ -141,6 +141,7 @@ mod tests {
             dns_domain: "local".into(),
             keepalive_seconds: 25,
             services: vec![],
+            new_peer: true,
         };
         TunnelPlan::from_response(&r).unwrap()
     }

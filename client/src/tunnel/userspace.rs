@@ -39,6 +39,16 @@ impl Drop for Userspace {
 }
 
 impl Userspace {
+    /// Stops the stack and the listeners and waits until their sockets are closed, so the
+    /// same local ports can be bound again at once (a tunnel brought up again).
+    pub async fn stop(mut self) {
+        self.stack.shutdown();
+        for t in std::mem::take(&mut self.tasks) {
+            t.abort();
+            let _ = t.await;
+        }
+    }
+
     /// Starts the stack, the links to the endpoint and the listeners.
     pub async fn start(
         plan: Arc<TunnelPlan>,
@@ -114,6 +124,14 @@ impl Userspace {
     }
 }
 
+/// When the tunnel side was reset (the gateway revoked the Session), resets the local
+/// connection too, so the application sees what it would see in kernel mode.
+fn pass_reset_on(local: &TcpStream, copied: std::io::Result<(u64, u64)>) {
+    if copied.is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset) {
+        let _ = local.set_zero_linger();
+    }
+}
+
 fn cidr(addr: IpAddr, prefix: u8) -> IpCidr {
     IpCidr::new(addr.into(), prefix)
 }
@@ -133,7 +151,8 @@ async fn serve_publish(listener: TcpListener, stack: Arc<NetStack>, target: Sock
         tokio::spawn(async move {
             match stack.connect(target).await {
                 Ok(mut remote) => {
-                    let _ = tokio::io::copy_bidirectional(&mut local, &mut remote).await;
+                    let copied = tokio::io::copy_bidirectional(&mut local, &mut remote).await;
+                    pass_reset_on(&local, copied);
                 }
                 Err(e) => tracing::warn!(%peer, %target, error = %e, "cannot reach the Service"),
             }
@@ -194,7 +213,8 @@ async fn socks5_session(
             client
                 .write_all(&socks5::reply(Reply::Succeeded, Some(remote.local_addr())))
                 .await?;
-            tokio::io::copy_bidirectional(&mut client, &mut remote).await?;
+            let copied = tokio::io::copy_bidirectional(&mut client, &mut remote).await;
+            pass_reset_on(&client, copied);
         }
         Err(e) => {
             tracing::debug!(%addr, error = %e, "SOCKS5 connect failed");

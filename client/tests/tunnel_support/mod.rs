@@ -27,6 +27,8 @@ pub const OTHER: Ipv4Addr = Ipv4Addr::new(100, 65, 0, 9);
 /// The running fake gateway.
 pub struct TunnelGateway {
     pub api: FakeGateway,
+    /// When set, `tunnel/connect` answers this instead (a revoked Session, a failing gateway).
+    pub refuse: Arc<std::sync::Mutex<Option<(u16, serde_json::Value)>>>,
     pub endpoint: Endpoint,
     pub stack: Arc<NetStack>,
     pub home: PathBuf,
@@ -92,13 +94,19 @@ impl TunnelGateway {
 
         let wg_port = endpoint.local_addr().unwrap().port();
         let peers = endpoint.handle();
+        let refuse: Arc<std::sync::Mutex<Option<(u16, serde_json::Value)>>> = Arc::default();
+        let refusal = refuse.clone();
         let api = FakeGateway::start(&home, move |req| match req.path.as_str() {
             "/api/v1/tunnel/connect" => {
+                if let Some(answer) = refusal.lock().unwrap().clone() {
+                    return answer;
+                }
                 let key =
                     PublicKey::from_base64(req.json()["publicKey"].as_str().unwrap()).unwrap();
-                peers
+                // A check-in with the key already there keeps the peer, as posternd does.
+                let new_peer = peers
                     .add_peer(key, &[AllowedIp::host(IpAddr::V4(AGENT))], None, None)
-                    .unwrap();
+                    .is_ok();
                 (
                     200,
                     json!({
@@ -107,7 +115,8 @@ impl TunnelGateway {
                         "endpoint": format!("{HOST}:{wg_port}"),
                         "serviceRange": "100.65.0.0/16", "serviceRange6": "",
                         "dns": "100.65.0.53", "dnsDomain": "local", "keepaliveSeconds": 25,
-                        "services": [{"name": "svc", "address": SVC.to_string(), "port": 80, "mode": "HTTP"}]
+                        "services": [{"name": "svc", "address": SVC.to_string(), "port": 80, "mode": "HTTP"}],
+                        "newPeer": new_peer
                     }),
                 )
             }
@@ -122,6 +131,7 @@ impl TunnelGateway {
         std::fs::write(home.join("session.json"), session.to_string()).unwrap();
         TunnelGateway {
             api,
+            refuse,
             endpoint,
             stack,
             home,

@@ -2,7 +2,7 @@
 
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -169,6 +169,33 @@ impl NetStack {
     pub fn shutdown(&self) {
         self.shared.lock().shut_down();
         self.shared.kick();
+    }
+
+    /// Resets (RST) every TCP connection from or to `ips`, at once: the gateway cuts a
+    /// revoked Session's connections this way instead of letting them stall. Their readers
+    /// see the end of the stream and their writers an error. Returns how many were reset.
+    pub fn reset_connections(&self, ips: &[IpAddr]) -> usize {
+        let n = self.shared.lock().reset_from(ips);
+        if n > 0 {
+            self.shared.kick();
+        }
+        n
+    }
+
+    /// Waits (at most `limit`) until the RSTs of [`NetStack::reset_connections`] for `ips`
+    /// have been handed to the link; true when they all were.
+    pub async fn resets_sent(&self, ips: &[IpAddr], limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if self.shared.lock().resets_unsent(ips) == 0 {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            self.shared.kick();
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     /// Number of TCP sockets alive (listening, open or closing), for metrics.

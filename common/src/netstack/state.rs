@@ -88,6 +88,11 @@ pub(crate) fn ip_addr(a: IpAddress) -> IpAddr {
     }
 }
 
+/// Whether a socket's remote endpoint is one of `ips` (a listening socket has none).
+pub(crate) fn remote_in(remote: Option<IpEndpoint>, ips: &[IpAddr]) -> bool {
+    remote.is_some_and(|ep| ips.contains(&ip_addr(ep.addr)))
+}
+
 /// A listen endpoint where the unspecified address means every address.
 pub(crate) fn listen_endpoint(addr: SocketAddr) -> IpListenEndpoint {
     IpListenEndpoint {
@@ -253,8 +258,13 @@ impl Core {
         let mut i = 0;
         while i < self.orphans.len() {
             let (h, deadline) = self.orphans[i];
-            let state = self.tcp(h).state();
-            if matches!(state, State::Closed | State::TimeWait) {
+            let s = self.tcp(h);
+            let state = s.state();
+            // An aborted socket keeps its remote endpoint until its RST has gone out: keep it
+            // until then (or its deadline), or a revoked peer's reset could be lost.
+            let rst_pending = state == State::Closed && s.remote_endpoint().is_some();
+            if matches!(state, State::Closed | State::TimeWait) && (!rst_pending || now >= deadline)
+            {
                 self.orphans.swap_remove(i);
                 self.remove_tcp(h);
             } else if now >= deadline {
@@ -280,6 +290,36 @@ impl Core {
         }
     }
 
+    /// Aborts every TCP connection whose remote address is one of `ips` (an RST goes out on
+    /// the next poll) and wakes its readers and writers; returns how many.
+    pub(crate) fn reset_from(&mut self, ips: &[IpAddr]) -> usize {
+        let mut n = 0;
+        for (_, socket) in self.sockets.iter_mut() {
+            if let smoltcp::socket::Socket::Tcp(s) = socket {
+                if !matches!(s.state(), State::Closed | State::TimeWait)
+                    && remote_in(s.remote_endpoint(), ips)
+                {
+                    s.abort();
+                    n += 1;
+                }
+            }
+        }
+        n
+    }
+
+    /// Aborted connections to `ips` whose RST has not been handed to the link yet.
+    pub(crate) fn resets_unsent(&mut self, ips: &[IpAddr]) -> usize {
+        self.sockets
+            .iter()
+            .filter(|(_, socket)| match socket {
+                smoltcp::socket::Socket::Tcp(s) => {
+                    s.state() == State::Closed && remote_in(s.remote_endpoint(), ips)
+                }
+                _ => false,
+            })
+            .count()
+    }
+
     /// Resets every connection and wakes every waiter: the stack is going away.
     pub(crate) fn shut_down(&mut self) {
         self.closed = true;
@@ -292,5 +332,26 @@ impl Core {
         for l in self.listeners.values_mut() {
             l.wakers.drain(..).for_each(Waker::wake);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remote_in_matches_only_the_given_addresses() {
+        let peer: IpAddr = "100.64.0.2".parse().unwrap();
+        let peer6: IpAddr = "fd70:7374::2".parse().unwrap();
+        let other: IpAddr = "100.64.0.3".parse().unwrap();
+        let ep = |ip: IpAddr| Some(IpEndpoint::new(ip.into(), 40000));
+        assert!(remote_in(ep(peer), &[peer, peer6]));
+        assert!(remote_in(ep(peer6), &[peer, peer6]));
+        assert!(!remote_in(ep(other), &[peer, peer6]));
+        assert!(
+            !remote_in(None, &[peer]),
+            "a listening socket belongs to nobody"
+        );
+        assert!(!remote_in(ep(peer), &[]));
     }
 }

@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use smoltcp::iface::SocketHandle;
-use smoltcp::socket::tcp::State;
+use smoltcp::socket::tcp::{RecvError, State};
 use smoltcp::time::Instant;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -204,8 +204,14 @@ impl AsyncRead for TcpStream {
             return Poll::Ready(Ok(()));
         }
         if !s.may_recv() && s.state() != State::SynSent && s.state() != State::SynReceived {
-            // FIN received, or the connection is gone: end of stream.
-            return Poll::Ready(Ok(()));
+            // After the peer's FIN: end of stream. Reset (by the peer, or here by an abort or
+            // a timeout): an error, as a kernel socket says, so a pipe can pass the reset on.
+            return match s.recv(|_| (0, ())) {
+                Err(RecvError::InvalidState) => {
+                    Poll::Ready(Err(io::ErrorKind::ConnectionReset.into()))
+                }
+                _ => Poll::Ready(Ok(())),
+            };
         }
         s.register_recv_waker(cx.waker());
         Poll::Pending

@@ -112,6 +112,8 @@ async fn connection(
     local: SocketAddr,
     remote: SocketAddr,
 ) {
+    // Before anything is authorised: a revocation from now on stops this connection.
+    let cut = tunnel.cut_signal(remote.ip());
     let snap = gw.snapshot();
     let map = tunnel.services(&snap);
     let Some(service) = map
@@ -125,7 +127,7 @@ async fn connection(
     };
     drop(snap);
     match service.spec.mode {
-        ServiceMode::Tcp => tcp::serve(gw, tunnel, service, stream, remote).await,
+        ServiceMode::Tcp => tcp::serve(gw, tunnel, service, stream, remote, cut).await,
         ServiceMode::Http => {
             let name = service.name.clone();
             let activity = Activity::new();
@@ -170,9 +172,26 @@ async fn connection(
                 // The tunnel has no graceful shutdown of its own.
                 std::future::pending(),
             );
-            if let Ended::Finished(Err(e)) = ended.await {
-                tracing::debug!(%remote, error = %e, "tunnel HTTP connection ended with an error");
+            tokio::select! {
+                ended = ended => if let Ended::Finished(Err(e)) = ended {
+                    tracing::debug!(%remote, error = %e, "tunnel HTTP connection ended with an error");
+                },
+                () = revoked(cut) => {
+                    tracing::debug!(%remote, "tunnel HTTP connection cut: its Session was revoked");
+                }
             }
         }
+    }
+}
+
+/// Resolves when the Session behind a connection is revoked; never for a connection that
+/// no Session owns (nothing it asks for is allowed anyway).
+pub(super) async fn revoked(cut: Option<tokio::sync::watch::Receiver<bool>>) {
+    match cut {
+        // An error means the signal's sender is gone, which only a revocation does.
+        Some(mut rx) => {
+            let _ = rx.wait_for(|cut| *cut).await;
+        }
+        None => std::future::pending().await,
     }
 }

@@ -191,10 +191,15 @@ spec:
               condition: {match: 'ctx.user.metadata.name == "alice"'}
 "#;
 
+static LOGINS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 pub(super) fn login(gw: &Gateway, user: &str) -> crate::state::Principal {
     let cred = gw
         .create_credential(&CreateCredentialRequest {
-            name: format!("{user}-token"),
+            name: format!(
+                "{user}-token-{}",
+                LOGINS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            ),
             user: user.into(),
             credential_type: CredentialType::AuthToken,
             ttl_seconds: None,
@@ -293,5 +298,217 @@ async fn agent_reaches_private_service_by_address_identity() {
     gw.delete(Kind::Session, &alice.session.info.name).unwrap();
     assert_eq!(tunnel.peer_count(), 1);
     assert!(get(&a, web_addr, "/after").await.is_err());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// An HTTP/1.1 keep-alive connection through the agent that has answered one request and
+/// stays open.
+async fn keep_alive(agent: &Agent, addr: SocketAddr) -> postern_common::netstack::TcpStream {
+    let mut s = agent.stack.connect(addr).await.unwrap();
+    s.write_all(b"GET /first HTTP/1.1\r\nhost: web.local\r\n\r\n")
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !seen.ends_with(b"hello") {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "closed early: {:?}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+    assert!(seen.starts_with(b"HTTP/1.1 200"), "{seen:?}");
+    s
+}
+
+/// How long until `s` ends (EOF or error), at most 3 s.
+async fn time_to_end(s: &mut postern_common::netstack::TcpStream) -> Option<Duration> {
+    let t0 = std::time::Instant::now();
+    let mut buf = [0u8; 256];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf)).await {
+            Err(_) => return None,
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(t0.elapsed()),
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+async fn start_tunnel(gw: &Arc<Gateway>, dir: &std::path::Path) -> Arc<Tunnel> {
+    Tunnel::start(
+        gw.clone(),
+        TunnelOptions {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            public_endpoint: "postern.test:51820".into(),
+            key_path: dir.join("wg.key"),
+            idle_timeout: Duration::from_secs(600),
+            keepalive: 25,
+        },
+    )
+    .await
+    .unwrap()
+}
+
+/// Session deleted, User disabled, Session expired, User deleted: each cuts the Session's
+/// open keep-alive connection within a second (it stalled forever before) and removes its peer; the other Session keeps going.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_sessions_have_their_connections_reset() {
+    let dir = std::env::temp_dir().join(format!("postern-tunnel-rv-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let settings = Settings {
+        token_ttl: Duration::from_secs(3),
+        ..Settings::default()
+    };
+    let gw = gateway_with(&dir, settings).await;
+    let up = upstream().await;
+    let everyone = RESOURCES.replace("UPSTREAM", &up.to_string()).replace(
+        r#"match: 'ctx.user.metadata.name == "alice"'"#,
+        "match: 'true'",
+    );
+    let apply = |text: String| {
+        gw.apply(
+            &[ApplyFile {
+                file: "t.yaml".into(),
+                content: text,
+            }],
+            false,
+        )
+        .unwrap()
+    };
+    apply(everyone.clone());
+    let tunnel = start_tunnel(&gw, &dir).await;
+    let udp = tunnel.local_addr().unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let connect = |p: &crate::state::Principal| {
+        let keys = KeyPair::generate();
+        let conn = tunnel.connect(&gw, p, &keys.public.to_base64()).unwrap();
+        (keys, conn)
+    };
+    let bob = login(&gw, "bob");
+    let (bob_keys, bob_conn) = connect(&bob);
+    let bob_key = bob_keys.public;
+    let b = agent(bob_keys, &bob_conn, udp).await;
+    let web = SocketAddr::new(bob_conn.services[0].address.parse().unwrap(), 80);
+
+    // 1. Session deleted.
+    let alice = login(&gw, "alice");
+    let (keys, conn) = connect(&alice);
+    assert!(conn.new_peer);
+    // Checking in again with the same key keeps the peer as it is.
+    let again = tunnel
+        .connect(&gw, &alice, &keys.public.to_base64())
+        .unwrap();
+    assert!(!again.new_peer);
+    assert_eq!(again.address, conn.address);
+    let alice_key = keys.public;
+    let a = agent(keys, &conn, udp).await;
+    let mut s = keep_alive(&a, web).await;
+    let mut bob_s = keep_alive(&b, web).await;
+    gw.delete(Kind::Session, &alice.session.info.name).unwrap();
+    let took = time_to_end(&mut s).await.expect("reset after deletion");
+    assert!(took < Duration::from_secs(1), "{took:?}");
+    assert_eq!(tunnel.peer_count(), 1);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(
+        tunnel.endpoint().peer_stats(&alice_key).is_none(),
+        "the WireGuard peer is removed once the resets are out"
+    );
+
+    // 2. User disabled (an apply, not a deletion: only the sweep can notice).
+    let alice = login(&gw, "alice");
+    let (keys, conn) = connect(&alice);
+    let a = agent(keys, &conn, udp).await;
+    let mut s = keep_alive(&a, web).await;
+    apply(everyone.replacen(
+        "metadata: {name: alice}\nspec: {type: HUMAN}",
+        "metadata: {name: alice}\nspec: {type: HUMAN, isDisabled: true}",
+        1,
+    ));
+    let took = time_to_end(&mut s).await.expect("reset after disabling");
+    assert!(took < Duration::from_secs(1), "{took:?}");
+    assert_eq!(tunnel.peer_count(), 1);
+    apply(everyone.clone());
+
+    // 3. Session expired (a workload's OAuth2 token, 3 s TTL), with no request arriving.
+    let cred = gw
+        .create_credential(&CreateCredentialRequest {
+            name: "alice-oauth".into(),
+            user: "alice".into(),
+            credential_type: CredentialType::Oauth2,
+            ttl_seconds: None,
+        })
+        .unwrap();
+    let token = gw
+        .grant_client_credentials(
+            cred.client_id.as_deref().unwrap(),
+            cred.client_secret.as_deref().unwrap(),
+        )
+        .unwrap()
+        .unwrap();
+    let alice = gw.authenticate(&token.access_token).unwrap();
+    let expires = alice.session.expires_unix;
+    let (keys, conn) = connect(&alice);
+    let a = agent(keys, &conn, udp).await;
+    let mut s = keep_alive(&a, web).await;
+    let t0 = std::time::Instant::now();
+    let took = time_to_end(&mut s).await;
+    let took = match took {
+        Some(t) => t,
+        None => time_to_end(&mut s).await.expect("reset after expiry"),
+    };
+    let late = crate::state::now_unix() - expires;
+    assert!(
+        late <= 1,
+        "cut {late}s after expiry ({:?})",
+        t0.elapsed() + took
+    );
+    assert_eq!(tunnel.peer_count(), 1);
+    let listed = || {
+        gw.list_sessions()
+            .iter()
+            .any(|x| x.name == alice.session.info.name)
+    };
+    for _ in 0..20 {
+        if !listed() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!listed(), "the expired session is gone from `get sessions`");
+
+    // 4. User deleted.
+    let alice = login(&gw, "alice");
+    let (keys, conn) = connect(&alice);
+    let a = agent(keys, &conn, udp).await;
+    let mut s = keep_alive(&a, web).await;
+    gw.delete(Kind::User, "alice").unwrap();
+    let took = time_to_end(&mut s)
+        .await
+        .expect("reset after deleting the user");
+    assert!(took < Duration::from_secs(1), "{took:?}");
+    assert_eq!(tunnel.peer_count(), 1);
+
+    // bob, valid all along, still has his connection and his peer.
+    bob_s
+        .write_all(b"GET /still HTTP/1.1\r\nhost: web.local\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 512];
+    let n = tokio::time::timeout(Duration::from_secs(5), bob_s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    assert_eq!(tunnel.peer_count(), 1);
+
+    // Disconnecting and connecting again at once with the same key (its old peer is still
+    // draining) gets a working peer.
+    assert!(tunnel.disconnect(&bob.session.info.name));
+    let back = tunnel.connect(&gw, &bob, &bob_key.to_base64()).unwrap();
+    assert!(back.new_peer);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(tunnel.endpoint().peer_stats(&bob_key).is_some());
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -20,6 +20,7 @@ mod loopback_limits_tests;
 #[cfg(test)]
 mod loopback_tests;
 pub mod registry;
+pub mod revoke;
 mod tcp;
 
 use crate::state::{AuthError, Gateway, Principal, ServiceEntry, Snapshot};
@@ -31,11 +32,12 @@ use postern_common::wireguard::{
     AllowedIp, Endpoint, EndpointConfig, EndpointHandle, KeyError, PeerError, PublicKey,
 };
 use registry::{Registry, RegistryError};
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 /// How often idle peers are looked for.
 pub const IDLE_CHECK: Duration = Duration::from_secs(30);
@@ -93,6 +95,10 @@ pub struct Tunnel {
     endpoint: Endpoint,
     stack: NetStack,
     registry: Mutex<Registry>,
+    /// Per connected Session, the signal its connections' tasks wait on to stop (their
+    /// upstream side goes with them). Locked after `registry`, never before.
+    cuts: Mutex<HashMap<Arc<str>, watch::Sender<bool>>>,
+    runtime: tokio::runtime::Handle,
     services: Mutex<(Weak<Snapshot>, Arc<ServiceMap>)>,
     options: TunnelOptions,
 }
@@ -177,6 +183,8 @@ impl Tunnel {
             endpoint,
             stack,
             registry: Mutex::new(Registry::default()),
+            cuts: Mutex::new(HashMap::new()),
+            runtime: tokio::runtime::Handle::current(),
             services: Mutex::new((Weak::new(), Arc::new(ServiceMap::default()))),
             options,
         });
@@ -186,6 +194,7 @@ impl Tunnel {
         dns_server::start(gw.clone(), tunnel.clone())?;
         tokio::spawn(listeners::run(gw.clone(), tunnel.clone()));
         tokio::spawn(expire_idle(tunnel.clone()));
+        tokio::spawn(sweep(gw.clone(), tunnel.clone()));
         tracing::info!(
             "WireGuard tunnel on udp {} (public key {}), agents use {}",
             tunnel
@@ -200,6 +209,24 @@ impl Tunnel {
 
     fn registry(&self) -> MutexGuard<'_, Registry> {
         self.registry.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn cuts(&self) -> MutexGuard<'_, HashMap<Arc<str>, watch::Sender<bool>>> {
+        self.cuts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// For a connection from tunnel address `ip`: a signal that turns true when the Session
+    /// owning it is revoked (`None` when no Session owns it). Taken before the connection is
+    /// authorised, so a revocation in between is never missed.
+    pub(crate) fn cut_signal(&self, ip: IpAddr) -> Option<watch::Receiver<bool>> {
+        let reg = self.registry();
+        let session = reg.owner_at(ip)?;
+        let rx = self
+            .cuts()
+            .entry(session)
+            .or_insert_with(|| watch::channel(false).0)
+            .subscribe();
+        Some(rx)
     }
 
     /// The bound UDP address.
@@ -243,7 +270,7 @@ impl Tunnel {
 
     /// Registers `public_key` for `principal`'s Session and says how to reach the gateway.
     pub fn connect(
-        &self,
+        self: &Arc<Self>,
         gw: &Gateway,
         principal: &Principal,
         public_key: &str,
@@ -253,31 +280,56 @@ impl Tunnel {
             return Err(ConnectError::OwnKey);
         }
         let sid = principal.session.info.name.clone();
-        let entry = {
+        // The agent's previous Session may own the key still: it expired a moment ago and the
+        // sweep has not run yet, and the agent logged in again at once. Only an owner that is
+        // no longer valid gives it up; a live one keeps it (409).
+        let owner = self.registry().session_of_key(&key);
+        if let Some(owner) = owner.filter(|o| **o != *sid) {
+            if let Err(why) = gw.session_principal(&owner) {
+                self.revoke(&owner, &why.to_string());
+            }
+        }
+        let (entry, new_peer) = {
             let mut reg = self.registry();
             let previous = reg.get(&sid).map(|e| e.key);
-            let connected = reg.connect(&sid, key)?;
-            if let Some(old) = previous {
-                self.endpoint.remove_peer(&old);
+            let connected = reg.connect(&sid, key, principal.session.expires_unix)?;
+            // The same key again (the agent checking in) keeps the peer and its WireGuard
+            // session as they are.
+            let new_peer = previous != Some(key);
+            if new_peer {
+                if let Some(old) = previous {
+                    self.endpoint.remove_peer(&old);
+                }
+                let a = connected.entry.addresses;
+                let allowed = [
+                    AllowedIp::host(IpAddr::V4(a.v4)),
+                    AllowedIp::host(IpAddr::V6(a.v6)),
+                ];
+                let mut added = self.endpoint.add_peer(key, &allowed, None, None);
+                if let Err(PeerError::DuplicatePeer(_)) = added {
+                    // Only a revoked peer still draining its resets can hold a key the
+                    // registry just gave this Session: it goes now.
+                    self.endpoint.remove_peer(&key);
+                    added = self.endpoint.add_peer(key, &allowed, None, None);
+                }
+                if let Err(e) = added {
+                    reg.disconnect(&sid);
+                    return Err(e.into());
+                }
             }
-            let a = connected.entry.addresses;
-            let allowed = [
-                AllowedIp::host(IpAddr::V4(a.v4)),
-                AllowedIp::host(IpAddr::V6(a.v6)),
-            ];
-            if let Err(e) = self.endpoint.add_peer(key, &allowed, None, None) {
-                reg.disconnect(&sid);
-                return Err(e.into());
-            }
-            connected.entry
+            (connected.entry, new_peer)
         };
         // A deletion that raced with this connect has already run its hook: undo.
         if gw.session_principal(&sid).is_err() {
             self.sessions_removed(std::slice::from_ref(&sid));
             return Err(ConnectError::SessionGone);
         }
-        tracing::info!(session = %sid, user = %principal.user.name, address = %entry.addresses.v4, "tunnel peer connected");
-        Ok(self.response(gw, principal, &entry.addresses))
+        if new_peer {
+            tracing::info!(session = %sid, user = %principal.user.name, address = %entry.addresses.v4, "tunnel peer connected");
+        }
+        let mut response = self.response(gw, principal, &entry.addresses);
+        response.new_peer = new_peer;
+        Ok(response)
     }
 
     fn response(
@@ -317,24 +369,56 @@ impl Tunnel {
             dns_domain: "local".into(),
             keepalive_seconds: self.options.keepalive,
             services,
+            new_peer: false,
         }
     }
 
-    /// Removes the peer of `session`; true when there was one.
-    pub fn disconnect(&self, session: &str) -> bool {
-        let removed = self.registry().disconnect(session);
-        if let Some(e) = &removed {
-            self.endpoint.remove_peer(&e.key);
-            tracing::info!(session, "tunnel peer disconnected");
-        }
-        removed.is_some()
+    /// Removes the peer of `session` (the agent disconnects); true when there was one.
+    pub fn disconnect(self: &Arc<Self>, session: &str) -> bool {
+        self.revoke(session, "disconnected by the agent")
     }
 
     /// Called by the state when Sessions are deleted or expire: their peers go at once.
-    pub fn sessions_removed(&self, sessions: &[String]) {
+    pub fn sessions_removed(self: &Arc<Self>, sessions: &[String]) {
         for s in sessions {
-            self.disconnect(s);
+            self.revoke(s, "session removed");
         }
+    }
+
+    /// Cuts `session` off: its address is nobody's from now on, its open connections are
+    /// reset (RST to the agent, their tasks and upstream connections stopped), and once the
+    /// resets have left, its WireGuard peer is removed and its address freed. True when it
+    /// was connected.
+    pub fn revoke(self: &Arc<Self>, session: &str, reason: &str) -> bool {
+        let (entry, cut) = {
+            let mut reg = self.registry();
+            let Some(entry) = reg.begin_revoke(session) else {
+                return false;
+            };
+            let cut = self.cuts().remove(session);
+            (entry, cut)
+        };
+        let a = entry.addresses;
+        let ips = [IpAddr::V4(a.v4), IpAddr::V6(a.v6)];
+        // Resets first: a task stopped before would close its stream with a FIN instead.
+        let reset = self.stack.reset_connections(&ips);
+        if let Some(cut) = cut {
+            let _ = cut.send(true);
+        }
+        tracing::info!(session, reason, connections_reset = reset, address = %a.v4, "tunnel peer revoked");
+        let tunnel = self.clone();
+        self.runtime.spawn(async move {
+            if reset > 0 {
+                tunnel.stack.resets_sent(&ips, revoke::RESET_DRAIN).await;
+                tokio::time::sleep(revoke::RESET_GRACE).await;
+            }
+            let mut reg = tunnel.registry();
+            if !reg.key_in_use(&entry.key) {
+                tunnel.endpoint.remove_peer(&entry.key);
+            }
+            reg.release(entry.addresses);
+        });
+        true
     }
 
     /// Number of connected Sessions.
@@ -348,8 +432,45 @@ async fn expire_idle(tunnel: Arc<Tunnel>) {
     loop {
         tick.tick().await;
         for key in tunnel.endpoint.expire_idle(tunnel.options.idle_timeout) {
-            if let Some(e) = tunnel.registry().disconnect_key(&key) {
-                tracing::info!(session = %e.session, "tunnel peer idle; removed");
+            let session = tunnel.registry().session_of_key(&key);
+            if let Some(s) = session {
+                tunnel.revoke(&s, "idle");
+            }
+        }
+    }
+}
+
+/// Cuts connected Sessions that stopped being valid with nothing arriving to notice it:
+/// expired, User disabled or deleted, Credential deleted (see [`revoke`]).
+async fn sweep(gw: Arc<Gateway>, tunnel: Arc<Tunnel>) {
+    let mut tick = tokio::time::interval(revoke::SWEEP);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut seen: Weak<Snapshot> = Weak::new();
+    loop {
+        tick.tick().await;
+        let snap = gw.snapshot();
+        let changed = !std::ptr::eq(seen.as_ptr(), Arc::as_ptr(&snap));
+        seen = Arc::downgrade(&snap);
+        drop(snap);
+        let connected: Vec<Arc<str>> = {
+            let reg = tunnel.registry();
+            if !revoke::due(changed, reg.earliest_expiry(), crate::state::now_unix()) {
+                continue;
+            }
+            reg.sessions().cloned().collect()
+        };
+        let gone = revoke::revoked(&connected, |s| gw.session_principal(s).map(|_| ()));
+        let mut expired = false;
+        for (session, why) in gone {
+            expired |= why == AuthError::Expired;
+            tunnel.revoke(&session, &why.to_string());
+        }
+        if expired {
+            // Also out of the store and `get sessions` now, not at the next 30 s expiry run.
+            let gw = gw.clone();
+            let done = tokio::task::spawn_blocking(move || gw.expire_sessions()).await;
+            if let Ok(Err(e)) = done {
+                tracing::warn!(error = %e, "expiring sessions failed");
             }
         }
     }

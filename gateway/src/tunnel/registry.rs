@@ -15,6 +15,9 @@ pub struct PeerEntry {
     pub session: Arc<str>,
     pub key: PublicKey,
     pub addresses: AddressPair,
+    /// When the Session expires (unix seconds): the tunnel cuts it then, with no request
+    /// needed to notice.
+    pub expires_unix: i64,
 }
 
 /// Why a connect was refused.
@@ -45,7 +48,12 @@ pub struct Registry {
 
 impl Registry {
     /// Registers `key` for `session`; a Session keeps its address when it reconnects.
-    pub fn connect(&mut self, session: &str, key: PublicKey) -> Result<Connected, RegistryError> {
+    pub fn connect(
+        &mut self,
+        session: &str,
+        key: PublicKey,
+        expires_unix: i64,
+    ) -> Result<Connected, RegistryError> {
         if let Some(owner) = self.by_key.get(&key) {
             if &**owner != session {
                 return Err(RegistryError::KeyInUse);
@@ -66,6 +74,7 @@ impl Registry {
             session: name.clone(),
             key,
             addresses,
+            expires_unix,
         };
         self.by_key.insert(key, name.clone());
         self.by_index.insert(addresses.index, name.clone());
@@ -85,16 +94,52 @@ impl Registry {
         Some(entry)
     }
 
-    /// Forgets the peer with `key` (it went idle).
-    pub fn disconnect_key(&mut self, key: &PublicKey) -> Option<PeerEntry> {
-        let session = self.by_key.get(key)?.clone();
-        self.disconnect(&session)
+    /// The Session of the peer with `key`.
+    pub fn session_of_key(&self, key: &PublicKey) -> Option<Arc<str>> {
+        self.by_key.get(key).cloned()
+    }
+
+    /// First step of a revocation: `session` no longer owns its key or address (new
+    /// connections from it are nobody's), but the address stays allocated until
+    /// [`Registry::release`], so the resets still on their way to the old peer can never
+    /// reach a new Session given the same address.
+    pub fn begin_revoke(&mut self, session: &str) -> Option<PeerEntry> {
+        let entry = self.by_session.remove(session)?;
+        self.by_key.remove(&entry.key);
+        self.by_index.remove(&entry.addresses.index);
+        Some(entry)
+    }
+
+    /// Frees the address of a revoked peer once its WireGuard peer is gone.
+    pub fn release(&mut self, addresses: AddressPair) {
+        self.pool.release(addresses);
+    }
+
+    /// Whether a connected Session uses `key` (then its WireGuard peer must stay).
+    pub fn key_in_use(&self, key: &PublicKey) -> bool {
+        self.by_key.contains_key(key)
+    }
+
+    /// The connected Sessions.
+    pub fn sessions(&self) -> impl Iterator<Item = &Arc<str>> {
+        self.by_session.keys()
+    }
+
+    /// The earliest expiry of a connected Session (unix seconds).
+    pub fn earliest_expiry(&self) -> Option<i64> {
+        self.by_session.values().map(|e| e.expires_unix).min()
     }
 
     /// The Session that owns tunnel address `ip`.
     pub fn session_at(&self, ip: IpAddr) -> Option<&str> {
         let index = client_index(ip)?;
         self.by_index.get(&index).map(|s| &**s)
+    }
+
+    /// The Session that owns tunnel address `ip`, as the shared name.
+    pub fn owner_at(&self, ip: IpAddr) -> Option<Arc<str>> {
+        let index = client_index(ip)?;
+        self.by_index.get(&index).cloned()
     }
 
     /// The peer of `session`.
@@ -126,27 +171,54 @@ mod tests {
             KeyPair::generate().public,
             KeyPair::generate().public,
         );
-        let a = r.connect("s1", k1).unwrap();
+        let a = r.connect("s1", k1, 100).unwrap();
         assert_eq!(a.entry.addresses.v4.to_string(), "100.64.0.2");
         assert_eq!(a.replaced, None);
         // Same key again: nothing replaced, same address.
-        assert_eq!(r.connect("s1", k1).unwrap().entry, a.entry);
+        assert_eq!(r.connect("s1", k1, 100).unwrap().entry, a.entry);
         // New key for the same session: the old one is replaced, the address kept.
-        let b = r.connect("s1", k2).unwrap();
+        let b = r.connect("s1", k2, 100).unwrap();
         assert_eq!(b.replaced, Some(k1));
         assert_eq!(b.entry.addresses, a.entry.addresses);
         // Another session cannot take a key in use.
-        assert_eq!(r.connect("s2", k2), Err(RegistryError::KeyInUse));
-        let c = r.connect("s2", k3).unwrap();
+        assert_eq!(r.connect("s2", k2, 100), Err(RegistryError::KeyInUse));
+        let c = r.connect("s2", k3, 50).unwrap();
         assert_eq!(c.entry.addresses.v4.to_string(), "100.64.0.3");
         assert_eq!(r.session_at("100.64.0.3".parse().unwrap()), Some("s2"));
         assert_eq!(r.session_at("fd70:7374::2".parse().unwrap()), Some("s1"));
-        assert_eq!(&*r.disconnect_key(&k2).unwrap().session, "s1");
+        assert_eq!(r.earliest_expiry(), Some(50));
+        let s1 = r.session_of_key(&k2).unwrap();
+        assert_eq!(&*r.disconnect(&s1).unwrap().session, "s1");
         assert_eq!(r.session_at("100.64.0.2".parse().unwrap()), None);
         assert_eq!(r.len(), 1);
         // The freed address goes to the next session.
-        let d = r.connect("s3", k1).unwrap();
+        let d = r.connect("s3", k1, 100).unwrap();
         assert_eq!(d.entry.addresses.v4.to_string(), "100.64.0.2");
         assert!(r.disconnect("nope").is_none());
+    }
+
+    #[test]
+    fn a_revoked_address_is_not_reused_until_released() {
+        let mut r = Registry::default();
+        let (k1, k2, k3) = (
+            KeyPair::generate().public,
+            KeyPair::generate().public,
+            KeyPair::generate().public,
+        );
+        let a = r.connect("s1", k1, 100).unwrap().entry;
+        let gone = r.begin_revoke("s1").unwrap();
+        assert_eq!(gone, a);
+        // The Session no longer owns anything...
+        assert_eq!(r.session_at(IpAddr::V4(a.addresses.v4)), None);
+        assert!(!r.key_in_use(&k1));
+        assert!(r.begin_revoke("s1").is_none());
+        assert_eq!(r.earliest_expiry(), None);
+        // ...but its address stays taken while its resets drain.
+        let b = r.connect("s2", k2, 100).unwrap().entry;
+        assert_ne!(b.addresses, a.addresses);
+        r.release(gone.addresses);
+        let c = r.connect("s3", k3, 100).unwrap().entry;
+        assert_eq!(c.addresses, a.addresses);
+        assert_eq!(r.sessions().count(), 2);
     }
 }

@@ -26,6 +26,7 @@ pub(super) async fn serve(
     service: Arc<ServiceEntry>,
     mut stream: TcpStream,
     remote: SocketAddr,
+    cut: Option<tokio::sync::watch::Receiver<bool>>,
 ) {
     let started = Instant::now();
     let mut record = AccessRecord::new(AccessRecord::new_request_id(), "CONNECT", "/");
@@ -82,7 +83,15 @@ pub(super) async fn serve(
         Err(_) => return finish(record, 502, Some("connect: timed out".into())),
     };
     let _ = upstream.set_nodelay(true);
-    match tokio::io::copy_bidirectional(&mut stream, &mut upstream).await {
+    let copied = tokio::select! {
+        r = tokio::io::copy_bidirectional(&mut stream, &mut upstream) => r,
+        // The upstream connection is dropped with this task: a silent upstream cannot keep
+        // a revoked Session's connection alive.
+        () = super::listeners::revoked(cut) => {
+            return finish(record, 200, Some("cut: the Session was revoked".into()));
+        }
+    };
+    match copied {
         Ok((to_upstream, to_client)) => {
             record.bytes_in = to_upstream;
             record.bytes_out = to_client;
