@@ -38,7 +38,10 @@ pub fn run(data: &[u8]) {
         assert!(data.len() < 12 || data[2] & 0x80 != 0, "silent on a query");
         return;
     };
-    assert!(data.len() >= 12 && data[2] & 0x80 == 0, "answered a non-query");
+    assert!(
+        data.len() >= 12 && data[2] & 0x80 == 0,
+        "answered a non-query"
+    );
     let m = Message::from_vec(&reply).expect("a reply hickory can read back");
     assert_eq!(m.metadata.message_type, MessageType::Response);
     assert_eq!(m.metadata.id, u16::from_be_bytes([data[0], data[1]]));
@@ -47,7 +50,11 @@ pub fn run(data: &[u8]) {
     if !m.answers.is_empty() {
         assert_eq!(m.metadata.response_code, ResponseCode::NoError);
         let name = name.as_deref().expect("an answer has its question");
-        assert_eq!(service_label(name, DOMAIN), Some(OWNED), "answered {name:?}");
+        assert_eq!(
+            service_label(name, DOMAIN),
+            Some(OWNED),
+            "answered {name:?}"
+        );
         for r in &m.answers {
             assert!(
                 r.data == RData::A(A(V4)) || r.data == RData::AAAA(AAAA(V6)),

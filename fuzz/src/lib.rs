@@ -12,4 +12,3 @@ pub mod resources;
 pub mod socks5;
 pub mod token;
 pub mod wireguard;
-

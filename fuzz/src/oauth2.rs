@@ -41,10 +41,18 @@ pub fn run(data: &[u8]) {
     };
     // Arbitrary request: any outcome but a panic, and a client only from one method.
     let mut headers = HeaderMap::new();
-    if let Some(v) = input.content_type.as_deref().and_then(|v| HeaderValue::from_str(v).ok()) {
+    if let Some(v) = input
+        .content_type
+        .as_deref()
+        .and_then(|v| HeaderValue::from_str(v).ok())
+    {
         headers.insert(header::CONTENT_TYPE, v);
     }
-    if let Some(v) = input.authorization.as_deref().and_then(|v| HeaderValue::from_str(v).ok()) {
+    if let Some(v) = input
+        .authorization
+        .as_deref()
+        .and_then(|v| HeaderValue::from_str(v).ok())
+    {
         headers.insert(header::AUTHORIZATION, v);
     }
     if read_request(&headers, &input.body).is_ok() {

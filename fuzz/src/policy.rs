@@ -39,7 +39,8 @@ fn context() -> EvalContext {
         "spec": {"type": "HUMAN", "groups": ["dev"], "attrs": {"tier": "gold"}}}));
     let groups = CelValue::from_json(&json!([{"metadata": {"name": "dev"}, "spec": {}}]));
     let session = CelValue::from_json(&json!({"metadata": {"name": "s1"}}));
-    let service = CelValue::from_json(&json!({"metadata": {"name": "api"}, "spec": {"port": 8080}}));
+    let service =
+        CelValue::from_json(&json!({"metadata": {"name": "api"}, "spec": {"port": 8080}}));
     EvalContext::new(&user, &session, &groups, &service, &facts)
 }
 

@@ -27,7 +27,9 @@ pub fn run(data: &[u8]) {
     let lines = yaml_lines(&text);
     match parse_documents("fuzz.yaml", &text) {
         Err(e) => {
-            let line = e.line.unwrap_or_else(|| panic!("error without a line: {e}"));
+            let line = e
+                .line
+                .unwrap_or_else(|| panic!("error without a line: {e}"));
             assert!(
                 (1..=lines + 1).contains(&line),
                 "line {line} outside a file of {lines} lines: {e}"
@@ -35,7 +37,11 @@ pub fn run(data: &[u8]) {
         }
         Ok(docs) => {
             for doc in docs {
-                assert!((1..=lines).contains(&doc.line), "document at line {}", doc.line);
+                assert!(
+                    (1..=lines).contains(&doc.line),
+                    "document at line {}",
+                    doc.line
+                );
                 let _ = doc.location();
                 for finding in validate(&doc.resource) {
                     assert!(!finding.field.is_empty(), "{finding:?}");

@@ -75,7 +75,9 @@ pub fn run(data: &[u8]) {
             ArbTarget::Domain(..) => return,
         };
         let bytes = request_bytes(&target);
-        let read = read_request(&mut &bytes[..]).await.expect("a valid CONNECT");
+        let read = read_request(&mut &bytes[..])
+            .await
+            .expect("a valid CONNECT");
         assert_eq!(read, target);
         if let Target::Addr(a) = target {
             let r = reply(Reply::Succeeded, Some(a));

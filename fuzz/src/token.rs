@@ -17,14 +17,30 @@ const NOW: i64 = 1_800_000_000;
 
 #[derive(Debug, Arbitrary)]
 enum Mutation {
-    Flip { at: u16, bit: u8 },
-    Replace { at: u16, byte: u8 },
-    Insert { at: u16, byte: u8 },
-    Remove { at: u16 },
-    Truncate { len: u16 },
+    Flip {
+        at: u16,
+        bit: u8,
+    },
+    Replace {
+        at: u16,
+        byte: u8,
+    },
+    Insert {
+        at: u16,
+        byte: u8,
+    },
+    Remove {
+        at: u16,
+    },
+    Truncate {
+        len: u16,
+    },
     Append(String),
     /// Other claims under the genuine signature.
-    SwapClaims { sid: String, exp: i64 },
+    SwapClaims {
+        sid: String,
+        exp: i64,
+    },
     /// The same claims signed by another gateway's key.
     OtherKey,
     /// Arbitrary text in place of the token.
@@ -87,7 +103,9 @@ pub fn run(data: &[u8]) {
         sid: input.sid,
         tid: input.tid,
         iat: input.iat,
-        exp: NOW.saturating_add(i64::from(input.lifetime)).saturating_add(1),
+        exp: NOW
+            .saturating_add(i64::from(input.lifetime))
+            .saturating_add(1),
     };
     let token = signer.issue(&claims);
     let cache = VerifiedTokens::with_capacity(4);
@@ -105,7 +123,10 @@ pub fn run(data: &[u8]) {
             continue;
         }
         let direct = signer.verify(&forged, NOW);
-        assert!(direct.is_err(), "accepted {forged:?} ({m:?}) from {token:?}");
+        assert!(
+            direct.is_err(),
+            "accepted {forged:?} ({m:?}) from {token:?}"
+        );
         let cached = cache.verify(&signer, &forged, NOW);
         assert!(cached.is_err(), "cache accepted {forged:?} ({m:?})");
     }

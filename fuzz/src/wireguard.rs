@@ -19,8 +19,7 @@ use tokio::sync::mpsc;
 use crate::packets::{ip_packet, Transport};
 
 const GW_ENDPOINT: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)), 51820);
-const CLIENT_ENDPOINT: SocketAddr =
-    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2)), 40000);
+const CLIENT_ENDPOINT: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2)), 40000);
 const CLIENT_V4: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 2);
 const CLIENT_V6: Ipv6Addr = Ipv6Addr::new(0xfd70, 0x7375, 0, 0, 0, 0, 0, 2);
 const SERVICE_V4: Ipv4Addr = Ipv4Addr::new(100, 65, 1, 2);
@@ -56,8 +55,12 @@ fn keys() -> &'static (KeyPair, KeyPair) {
 
 fn inner_source(packet: &[u8]) -> Option<IpAddr> {
     match packet.first()? >> 4 {
-        4 => Some(IpAddr::V4(<[u8; 4]>::try_from(packet.get(12..16)?).ok()?.into())),
-        6 => Some(IpAddr::V6(<[u8; 16]>::try_from(packet.get(8..24)?).ok()?.into())),
+        4 => Some(IpAddr::V4(
+            <[u8; 4]>::try_from(packet.get(12..16)?).ok()?.into(),
+        )),
+        6 => Some(IpAddr::V6(
+            <[u8; 16]>::try_from(packet.get(8..24)?).ok()?.into(),
+        )),
         _ => None,
     }
 }
@@ -169,8 +172,14 @@ async fn drive(ops: Vec<Op>) {
     let (stack_out, mut from_stack) = mpsc::channel::<Vec<u8>>(64);
     let config = NetConfig {
         addresses: vec![
-            IpCidr::new(IpAddress::from(IpAddr::V4(Ipv4Addr::new(100, 65, 0, 1))), 16),
-            IpCidr::new(IpAddress::from(IpAddr::V6(Ipv6Addr::new(0xfd70, 0x7376, 0, 0, 0, 0, 0, 1))), 64),
+            IpCidr::new(
+                IpAddress::from(IpAddr::V4(Ipv4Addr::new(100, 65, 0, 1))),
+                16,
+            ),
+            IpCidr::new(
+                IpAddress::from(IpAddr::V6(Ipv6Addr::new(0xfd70, 0x7376, 0, 0, 0, 0, 0, 1))),
+                64,
+            ),
         ],
         any_ip: true,
         max_tcp_sockets: 64,
@@ -215,7 +224,8 @@ async fn drive(ops: Vec<Op>) {
                 let from = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(198, 51, 100, 7)), from_port);
                 let out = link.gw.handle_datagram(from, &bytes, link.now);
                 assert!(
-                    !out.iter().any(|a| matches!(a, Action::DeliverPacket { .. })),
+                    !out.iter()
+                        .any(|a| matches!(a, Action::DeliverPacket { .. })),
                     "a stranger's datagram delivered a packet"
                 );
                 link.pump(true, out).await;
