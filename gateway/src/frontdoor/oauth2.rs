@@ -45,8 +45,27 @@ fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
     Some((dec(id)?, dec(secret)?))
 }
 
-/// Handles the token endpoint; `body` is the whole form (size-limited by the caller).
-pub fn token(gw: &Gateway, headers: &HeaderMap, body: &[u8]) -> Response<BoxBody> {
+/// Why a token request is refused before any credential is looked at: the status, the
+/// RFC 6749 section 5.2 error code and a description saying what to send instead.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub status: StatusCode,
+    pub error: &'static str,
+    pub description: String,
+}
+
+fn refuse(status: StatusCode, error: &'static str, description: &str) -> Refusal {
+    Refusal {
+        status,
+        error,
+        description: description.into(),
+    }
+}
+
+/// Reads a client credentials token request (pure, no store access): the form in `body`,
+/// the client from the Basic header or the form, never both. Returns the client id and
+/// secret to check.
+pub fn read_request(headers: &HeaderMap, body: &[u8]) -> Result<(String, String), Refusal> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -55,11 +74,11 @@ pub fn token(gw: &Gateway, headers: &HeaderMap, body: &[u8]) -> Response<BoxBody
         .to_ascii_lowercase()
         .starts_with("application/x-www-form-urlencoded")
     {
-        return oauth_error(
+        return Err(refuse(
             StatusCode::BAD_REQUEST,
             "invalid_request",
             "send the request as application/x-www-form-urlencoded",
-        );
+        ));
     }
     let mut grant_type = None;
     let mut post_id = None;
@@ -72,49 +91,52 @@ pub fn token(gw: &Gateway, headers: &HeaderMap, body: &[u8]) -> Response<BoxBody
             _ => continue,
         };
         if slot.is_some() {
-            return oauth_error(
+            return Err(refuse(
                 StatusCode::BAD_REQUEST,
                 "invalid_request",
                 &format!("parameter {k} is repeated"),
-            );
+            ));
         }
         *slot = Some(v.into_owned());
     }
     match grant_type.as_deref() {
         None => {
-            return oauth_error(
+            return Err(refuse(
                 StatusCode::BAD_REQUEST,
                 "invalid_request",
                 "grant_type is missing",
-            )
+            ))
         }
         Some("client_credentials") => {}
         Some(_) => {
-            return oauth_error(
+            return Err(refuse(
                 StatusCode::BAD_REQUEST,
                 "unsupported_grant_type",
                 "only grant_type=client_credentials is supported",
-            )
+            ))
         }
     }
-    let basic = basic_credentials(headers);
-    let (id, secret) = match (basic, post_id, post_secret) {
-        (Some(_), Some(_), _) | (Some(_), _, Some(_)) => {
-            return oauth_error(
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                "use one client authentication method, not both",
-            )
-        }
-        (Some(b), None, None) => b,
-        (None, Some(id), Some(secret)) => (id, secret),
-        _ => {
-            return oauth_error(
-                StatusCode::UNAUTHORIZED,
-                "invalid_client",
-                "client authentication is missing",
-            )
-        }
+    match (basic_credentials(headers), post_id, post_secret) {
+        (Some(_), Some(_), _) | (Some(_), _, Some(_)) => Err(refuse(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "use one client authentication method, not both",
+        )),
+        (Some(b), None, None) => Ok(b),
+        (None, Some(id), Some(secret)) => Ok((id, secret)),
+        _ => Err(refuse(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "client authentication is missing",
+        )),
+    }
+}
+
+/// Handles the token endpoint; `body` is the whole form (size-limited by the caller).
+pub fn token(gw: &Gateway, headers: &HeaderMap, body: &[u8]) -> Response<BoxBody> {
+    let (id, secret) = match read_request(headers, body) {
+        Ok(client) => client,
+        Err(r) => return oauth_error(r.status, r.error, &r.description),
     };
     match gw.grant_client_credentials(&id, &secret) {
         Ok(Some(tok)) => json(StatusCode::OK, &tok),
@@ -146,4 +168,69 @@ pub fn metadata(issuer: &str) -> Response<BoxBody> {
             "response_types_supported": ["token"],
         }),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn headers(basic: Option<&str>) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/x-www-form-urlencoded; charset=utf-8"),
+        );
+        if let Some(b) = basic {
+            h.insert(header::AUTHORIZATION, HeaderValue::from_str(b).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn reads_either_client_authentication() {
+        let body = b"grant_type=client_credentials&client_id=a%2Bb&client_secret=s+t";
+        assert_eq!(
+            read_request(&headers(None), body),
+            Ok(("a+b".into(), "s t".into()))
+        );
+        // "a:b" and "s:t" form-encoded inside Basic: the colon inside the id survives.
+        let basic = format!(
+            "basic {}",
+            base64::engine::general_purpose::STANDARD.encode("a%3Ab:s%3At")
+        );
+        assert_eq!(
+            read_request(&headers(Some(&basic)), b"grant_type=client_credentials"),
+            Ok(("a:b".into(), "s:t".into()))
+        );
+    }
+
+    #[test]
+    fn refusals_say_what_to_send() {
+        let r = |h: &HeaderMap, b: &[u8]| read_request(h, b).unwrap_err();
+        let both = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode("a:b")
+        );
+        let refused = r(
+            &headers(Some(&both)),
+            b"grant_type=client_credentials&client_id=a",
+        );
+        assert_eq!(refused.status, StatusCode::BAD_REQUEST);
+        assert!(refused.description.contains("not both"));
+        let repeated = r(
+            &headers(None),
+            b"grant_type=client_credentials&grant_type=client_credentials",
+        );
+        assert!(repeated.description.contains("repeated"));
+        assert_eq!(
+            r(&headers(None), b"grant_type=password").error,
+            "unsupported_grant_type"
+        );
+        assert_eq!(
+            r(&headers(None), b"grant_type=client_credentials&client_id=a").status,
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(r(&HeaderMap::new(), b"").error, "invalid_request");
+    }
 }

@@ -161,3 +161,20 @@ fn parser_panic_becomes_a_compile_error() {
         "{errs:?}"
     );
 }
+
+#[test]
+fn parser_panic_in_the_tree_visitor_becomes_a_compile_error() {
+    // Found by `scripts/fuzz policy`: a member access on a run of invalid characters makes
+    // cel-parser's tree visitor reach an `unreachable!()`.
+    let mut bytes = b"ctx.".to_vec();
+    bytes.extend([0xff; 10]);
+    bytes.extend([0x9f; 9]);
+    bytes.extend([0xff; 24]);
+    bytes.extend_from_slice(
+        b"bodyMap\x0b.http.path.matches('^/admin') || size(ctx.request.http.headers['x-tag']) > =0",
+    );
+    let source = String::from_utf8_lossy(&bytes);
+    let errs = CompiledCondition::compile(&not(&source), "c").unwrap_err();
+    assert_eq!(errs.len(), 1);
+    assert_eq!(errs[0].field, "c.not");
+}

@@ -1,5 +1,10 @@
 //! A small Prometheus registry: labelled counters and histograms whose series are atomics
 //! behind a read-mostly map, rendered in the text exposition format 0.0.4.
+//!
+//! Measured against `prometheus-client` 0.26 with the same five updates per request
+//! (callgrind): 4,170 instructions here, 3,090 there, and its rendering is about 4x faster.
+//! Not swapped yet because it writes only OpenMetrics 1.0 (another content type, `# TYPE`
+//! names without `_total`, `# EOF`), which changes what scrapers and the e2e test read.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
