@@ -12,7 +12,8 @@
 //! - a non-boolean is an error, treated as not matched (logged at debug);
 //! - an evaluation error (including the time limit below) => not matched (logged at debug).
 //!
-//! Limits: modules over [`MAX_MODULE_BYTES`] are rejected at compile time, and every
+//! Limits: modules over [`MAX_MODULE_BYTES`] or nesting brackets deeper than
+//! [`MAX_REGO_NESTING`] are rejected at compile time, and every
 //! evaluation runs under a wall-clock budget of [`EVAL_TIME_LIMIT`] (regorus checks it
 //! cooperatively while it works), so a pathological policy cannot stall the gateway.
 //! regorus 0.14 offers no instruction budget for its tree interpreter and its memory limit
@@ -62,6 +63,13 @@ impl RegoCondition {
             return Err(err(format!(
                 "Rego module is {} bytes, more than the limit of {MAX_MODULE_BYTES}",
                 source.len()
+            )));
+        }
+        let depth = nesting_depth(source);
+        if depth > MAX_REGO_NESTING {
+            return Err(err(format!(
+                "Rego module nests brackets {depth} deep, over the limit of {MAX_REGO_NESTING}; \
+                 split the rule into helper rules"
             )));
         }
         let mut engine = Engine::new();
@@ -150,6 +158,54 @@ impl RegoCondition {
             }
         }
     }
+}
+
+/// Deepest nesting of `(`, `[`, `{` accepted in a Rego module. regorus' parser backtracks
+/// over unclosed brackets in time exponential in their depth (found by fuzzing: 19 `[` took
+/// seconds), so deeper modules are refused before parsing; real rules nest a handful deep.
+pub const MAX_REGO_NESTING: usize = 16;
+
+/// The deepest bracket nesting of `source` outside strings, raw strings and comments.
+/// Strings end at their line's end, as Rego's do.
+fn nesting_depth(source: &str) -> usize {
+    let (mut depth, mut max) = (0usize, 0usize);
+    let mut chars = source.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '#' => {
+                for c in chars.by_ref() {
+                    if c == '\n' {
+                        break;
+                    }
+                }
+            }
+            '"' => {
+                while let Some(c) = chars.next() {
+                    match c {
+                        '\\' => {
+                            chars.next();
+                        }
+                        '"' | '\n' => break,
+                        _ => {}
+                    }
+                }
+            }
+            '`' => {
+                for c in chars.by_ref() {
+                    if c == '`' {
+                        break;
+                    }
+                }
+            }
+            '(' | '[' | '{' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            ')' | ']' | '}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
 }
 
 /// regorus' own length limits, aligned with [`MAX_MODULE_BYTES`].

@@ -457,3 +457,27 @@ fn ctx_json_is_lazy_and_cached() {
     assert_eq!(ctx.ctx_json()["session"], json!({}));
     assert_eq!(ctx.ctx_json()["groups"], json!([]));
 }
+
+#[test]
+fn deeply_nested_brackets_are_refused_before_parsing() {
+    // Found by `scripts/fuzz policy`: regorus' parser takes time exponential in the depth of
+    // unclosed `[` and `{` (a 127-byte module took 8 s; each further bracket doubles the time).
+    let module =
+        |open: &str| format!("package p\nimport rego.v1\nmatch if p.im{open}Zhes('^/a')\n");
+    let started = std::time::Instant::now();
+    let errs = CompiledCondition::compile(&opa(&module(&"[".repeat(22))), "c").unwrap_err();
+    assert!(started.elapsed() < std::time::Duration::from_secs(1));
+    assert_eq!(errs[0].field, "c.opa.inline");
+    assert!(
+        errs[0].message.contains("nests brackets 23 deep"),
+        "{errs:?}"
+    );
+    let errs = CompiledCondition::compile(&opa(&module(&"[{(".repeat(6))), "c").unwrap_err();
+    assert!(errs[0].message.contains("over the limit of 16"), "{errs:?}");
+    // Brackets in strings, raw strings and comments do not count.
+    let quiet = format!(
+        "package p\nimport rego.v1\n# {b}\nmatch if {{\n  x := \"{b}\"\n  y := `{b}`\n  x != y\n}}\n",
+        b = "[".repeat(40)
+    );
+    assert!(CompiledCondition::compile(&opa(&quiet), "c").is_ok());
+}
