@@ -124,10 +124,12 @@ impl Userspace {
     }
 }
 
-/// When the tunnel side was reset (the gateway revoked the Session), resets the local
-/// connection too, so the application sees what it would see in kernel mode.
+/// When the copy ended abnormally (the gateway reset the tunnel side because it revoked the
+/// Session, or the agent stopped its stack to bring the tunnel up again), resets the local
+/// connection too: the application sees what it would see in kernel mode, never a clean end
+/// of a stream that was cut off.
 fn pass_reset_on(local: &TcpStream, copied: std::io::Result<(u64, u64)>) {
-    if copied.is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset) {
+    if copied.is_err() {
         let _ = local.set_zero_linger();
     }
 }

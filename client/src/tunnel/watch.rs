@@ -24,8 +24,10 @@ use std::time::Duration;
 /// Default time between two check-ins when all is well.
 pub const CHECK_INTERVAL: Duration = Duration::from_secs(30);
 
-/// How long after the Session's expiry the agent checks in (the gateway cuts it at expiry).
-pub const EXPIRY_SLACK: Duration = Duration::from_millis(500);
+/// How long after the Session's expiry the agent checks in. The gateway cuts an expired
+/// Session's connections itself (its sweep runs every 200 ms); checking in well after that
+/// leaves the cut to the gateway, and the agent then logs in again and rebuilds.
+pub const EXPIRY_SLACK: Duration = Duration::from_millis(1500);
 
 /// What checking in with the gateway gave (the command layer does the HTTP and the login).
 #[derive(Debug)]
