@@ -415,6 +415,19 @@ def with_upstreams(text: str, url_for: Callable[[str | None], str], make_public:
     return yaml.safe_dump_all(docs, sort_keys=False)
 
 
+ALLOW_ALL = [{"effect": "ALLOW", "condition": {"matchAny": True}}]
+
+
+def public_service(name: str, url: str, rules: list[dict] | None = None, **spec: Any) -> str:
+    """YAML of a public Service ``name`` forwarding to ``url`` with inline policy ``rules``
+    (default: allow everyone); extra ``spec`` fields (``limits=[...]``) are added as given."""
+    doc = {"kind": "Service", "metadata": {"name": name},
+           "spec": {"isPublic": True, "config": {"upstream": {"url": url}},
+                    "authorization": {"inlinePolicies": [{"spec": {"rules": rules or ALLOW_ALL}}]},
+                    **spec}}
+    return yaml.safe_dump(doc, sort_keys=False)
+
+
 APP_USER = """\
 kind: User
 metadata:

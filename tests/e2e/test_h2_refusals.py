@@ -20,71 +20,25 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import APP_USER, WAIT, assert_error_body
+from conftest import ALLOW_ALL, APP_USER, WAIT, assert_error_body, public_service
 from standin import StandIn
 
 MAX_BODY = 64 * 1024
 SIZES = [0, 1000, 70_000, 1_000_000, 4_000_000]
 TRIES = 12
 
-SERVICES = """\
-kind: Service
-metadata:
-  name: plain
-spec:
-  isPublic: true
-  config:
-    upstream:
-      url: {url}
-  authorization:
-    inlinePolicies:
-      - spec:
-          rules:
-            - name: no-denied
-              effect: DENY
-              condition:
-                match: ctx.request.http.path.startsWith("/denied")
-            - effect: ALLOW
-              condition:
-                matchAny: true
----
-kind: Service
-metadata:
-  name: bodyread
-spec:
-  isPublic: true
-  config:
-    upstream:
-      url: {url}
-  authorization:
-    inlinePolicies:
-      - spec:
-          rules:
-            - effect: ALLOW
-              condition:
-                match: has(ctx.request.http.bodyMap.model)
----
-kind: Service
-metadata:
-  name: limited
-spec:
-  isPublic: true
-  config:
-    upstream:
-      url: {url}
-  authorization:
-    inlinePolicies:
-      - spec:
-          rules:
-            - effect: ALLOW
-              condition:
-                matchAny: true
-  limits:
-    - name: one-per-hour
-      requests: 1
-      per: 1h
-      by: service
-"""
+def services(url: str) -> str:
+    """``plain`` (denies paths under /denied without reading the body), ``bodyread`` (a
+    policy that reads the body) and ``limited`` (one request per hour for everyone)."""
+    deny_denied = {"name": "no-denied", "effect": "DENY",
+                   "condition": {"match": 'ctx.request.http.path.startsWith("/denied")'}}
+    reads_body = {"effect": "ALLOW", "condition": {"match": "has(ctx.request.http.bodyMap.model)"}}
+    one_per_hour = {"name": "one-per-hour", "requests": 1, "per": "1h", "by": "service"}
+    return "---\n".join([
+        public_service("plain", url, [deny_denied, *ALLOW_ALL]),
+        public_service("bodyread", url, [reads_body]),
+        public_service("limited", url, limits=[one_per_hour]),
+    ])
 
 
 class Env:
@@ -128,7 +82,7 @@ def env(bin_dir, tmp_path_factory):
     with StandIn("h2r", api_key=None, prefix="") as up:
         gw.start()
         try:
-            gw.apply_text(SERVICES.format(url=up.url))
+            gw.apply_text(services(up.url))
             gw.apply_text(APP_USER, "app-user.yaml")
             cid, secret = gw.create_oauth2("app", "app-oauth2")
             token = gw.token(cid, secret)
