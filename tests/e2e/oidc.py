@@ -33,6 +33,7 @@ from typing import Any, Callable
 from urllib.parse import parse_qs, urlencode, urljoin, urlsplit
 
 import httpx
+import yaml
 import pytest
 from joserfc import jwt
 from joserfc.jwk import RSAKey
@@ -413,3 +414,130 @@ def with_query(url: str, **params: str | None) -> str:
         else:
             q[k] = v
     return u._replace(query=urlencode(q)).geturl()
+
+
+# --------------------------------------------------------------------------------------------
+# A gateway with an IdentityProvider, a public Service and people.
+IDP_NAME = "corp-sso"
+SECRET_NAME = "corp-sso-secret"
+CLIENT_ID = "postern"
+SESSION_COOKIE = "postern_session"
+
+ALICE = account("alice", "alice@corp.example", groups=["eng", "staff"], name="Alice Doe")
+BOB = account("bob", "bob@corp.example", groups=["eng"])                  # no User at the gateway
+CAROL = account("carol", "carol@corp.example", email_verified=False)      # unverified email
+DAVE = account("dave", "dave@corp.example", groups=["eng"])               # disabled User
+ERIN = account("erin", "erin@corp.example", email_verified=None)          # no email_verified
+FRANK = account("frank", "Frank@Corp.Example", groups=["sales"])         # case differs from User
+ACCOUNTS = [ALICE, BOB, CAROL, DAVE, ERIN, FRANK]
+
+
+def human(name: str, email: str, disabled: bool = False, groups: list[str] | None = None) -> str:
+    doc: dict[str, Any] = {"kind": "User", "metadata": {"name": name},
+                           "spec": {"type": "HUMAN", "email": email}}
+    if disabled:
+        doc["spec"]["isDisabled"] = True
+    if groups:
+        doc["spec"]["groups"] = groups
+    return yaml.safe_dump(doc, sort_keys=False)
+
+
+def identity_provider(name: str, issuer: str, client_id: str = CLIENT_ID, secret: str | None = SECRET_NAME,
+                      display_name: str | None = None, scopes: list[str] | None = None) -> str:
+    oidc: dict[str, Any] = {"issuerURL": issuer, "clientID": client_id}
+    if secret:
+        oidc["clientSecret"] = {"fromSecret": secret}
+    if scopes:
+        oidc["scopes"] = scopes
+    spec: dict[str, Any] = {"oidc": oidc}
+    if display_name:
+        spec["displayName"] = display_name
+    return yaml.safe_dump({"kind": "IdentityProvider", "metadata": {"name": name}, "spec": spec}, sort_keys=False)
+
+
+USERS = "---\n".join([
+    human("alice", "alice@corp.example"),
+    human("carol", "carol@corp.example"),
+    human("dave", "dave@corp.example", disabled=True),
+    human("erin", "erin@corp.example"),
+    human("frank", "frank@corp.example"),
+])
+
+
+def cookie_attrs(set_cookie: str) -> tuple[str, str, dict[str, str]]:
+    """(name, value, {lower-cased attribute: value}) of one ``Set-Cookie`` header."""
+    parts = [p.strip() for p in set_cookie.split(";")]
+    name, _, value = parts[0].partition("=")
+    attrs = {}
+    for p in parts[1:]:
+        k, _, v = p.partition("=")
+        attrs[k.strip().lower()] = v.strip()
+    return name, value, attrs
+
+
+def session_set_cookie(walk: Walk) -> str | None:
+    """The ``Set-Cookie`` header that gave the browser its session, if any hop did."""
+    for h in walk.hops:
+        for sc in h.set_cookies:
+            name, value, _ = cookie_attrs(sc)
+            if name == SESSION_COOKIE and value:
+                return sc
+    return None
+
+
+@dataclass
+class SignInEnv:
+    gw: Any            # conftest.Gateway
+    idp: Idp
+    svc: Any           # standin.StandIn behind the public Service ``svc``
+    client_secret: str
+
+    def browser(self, **kw) -> Browser:
+        return Browser(self.gw.ca, **kw)
+
+    def url(self, path: str = "/", service: str | None = "svc") -> str:
+        return self.gw.url(service, path)
+
+    @property
+    def origin(self) -> str:
+        return self.gw.url(None, "")
+
+    def sign_in(self, browser: Browser, login: str = "alice", url: str | None = None, **kw) -> Walk:
+        return browser.walk(url or self.url("/"), login, **kw)
+
+    def sessions(self, user: str | None = None) -> list[dict]:
+        return [s for s in self.gw.get("sessions") if user is None or s.get("user") == user]
+
+    def api(self, url: str, cookie: str | None = None, bearer: str | None = None) -> httpx.Response:
+        """A request as an API client (no ``text/html`` in ``Accept``)."""
+        headers = {"Accept": "application/json"}
+        if cookie is not None:
+            headers["Cookie"] = f"{SESSION_COOKIE}={cookie}"
+        if bearer is not None:
+            headers["Authorization"] = f"Bearer {bearer}"
+        with self.gw.http() as h:
+            return h.get(url, headers=headers)
+
+    def with_cookie(self, value: str) -> Browser:
+        """A fresh browser holding only ``postern_session=value`` for the gateway's domain."""
+        b = self.browser()
+        b.client.cookies.set(SESSION_COOKIE, value, domain="." + self.gw.domain, path="/")
+        return b
+
+
+@pytest.fixture
+def signin_env(start_gateway, idp_factory):
+    """A gateway with IdentityProvider ``corp-sso`` (a running ``oidc-provider`` whose accounts
+    are ``ACCOUNTS``), the HUMAN Users in ``USERS`` and a public Service ``svc`` that allows
+    everyone, in front of a stand-in that echoes the request."""
+    from standin import StandIn
+    from conftest import public_service
+
+    gw = start_gateway()
+    secret = "idp-client-" + secrets.token_urlsafe(16)
+    with StandIn("svc") as svc:
+        idp = idp_factory([client(CLIENT_ID, secret, gw.url(None, "/callback"))], list(ACCOUNTS), name="corp")
+        gw.create_secret(SECRET_NAME, secret)
+        gw.apply_text("---\n".join([identity_provider(IDP_NAME, idp.issuer), USERS,
+                                    public_service("svc", svc.url)]), "signin.yaml")
+        yield SignInEnv(gw, idp, svc, secret)
