@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import pytest
 
@@ -145,6 +145,8 @@ def test_logout_ends_the_session(signin_env, method):
         assert cleared, hop.set_cookies
         _, value, attrs = cleared[-1]
         assert value == "" or attrs.get("max-age") == "0", cleared
+        # Cleared for the same Domain it was set for, or a browser keeps the old one.
+        assert attrs.get("domain", "").lstrip(".").lower() == env.gw.domain, cleared
         assert env.sessions("alice") == []
         assert b.cookie(SESSION_COOKIE) in (None, "")
         assert_signed_out(env, b, cookie)
@@ -172,10 +174,13 @@ def test_disabling_the_user_signs_the_browser_out(signin_env):
         assert hop.status in (302, 303, 401, 403), hop
         assert env.api(env.url("/after"), cookie=cookie).status_code in (401, 403)
         assert len(env.svc.requests) == before
-        # Signing in again is refused while the User is disabled.
-        walk = env.sign_in(b, "alice", env.url("/again"))
-        assert walk.final.status == 403, walk.hops
-        assert len(env.svc.requests) == before
+    # Signing in again is refused while the User is disabled.
+    with env.browser() as b:
+        walk = b.walk(f"{env.origin}/login?rd={quote(env.url('/again'), safe='')}", "alice")
+        assert walk.to_path("/callback").status == 403, walk.hops
+        assert walk.final.status == 403 and b.cookie(SESSION_COOKIE) is None, walk.hops
+    assert env.sessions("alice") == []
+    assert len(env.svc.requests) == before
 
 
 def test_policies_read_the_browser_session(signin_env):
@@ -215,3 +220,31 @@ def test_session_expires_with_the_login_ttl(signin_env):
     from datetime import datetime
     expires = datetime.fromisoformat(s["expiresAt"].replace("Z", "+00:00")).timestamp()
     assert abs((time.time() + max_age) - expires) < 60, (attrs, s)
+
+
+def test_identity_provider_shows_its_redirect_uri(signin_env):
+    env = signin_env
+    out = env.gw.ctl("get", "identityproviders", IDP_NAME).stdout
+    assert env.gw.url(None, "/callback") in out, out
+    out = env.gw.ctl("get", "identityproviders", IDP_NAME, "-o", "yaml").stdout
+    assert env.client_secret not in out
+
+
+def test_no_sign_in_secret_is_logged(signin_env):
+    """The client secret, the code, the ID token and the session cookie appear neither in the
+    gateway's stderr nor in the access log."""
+    env = signin_env
+    with env.browser() as b:
+        walk = env.sign_in(b, "alice", env.url("/x"))
+        cookie = b.cookie(SESSION_COOKIE)
+        assert walk.final.status == 200 and cookie
+        code = query_of(walk.to_path("/callback").url)["code"]
+        b.get(f"{env.origin}/logout")
+    id_token = env.idp.last()["idToken"]
+    time.sleep(0.5)
+    logs = {"stderr": env.gw.stderr(), "access log": env.gw.access_log.read_text()}
+    for where, text in logs.items():
+        for what, secret in (("client secret", env.client_secret), ("code", code),
+                             ("ID token", id_token), ("session cookie", cookie),
+                             ("ID token signature", id_token.split(".")[2])):
+            assert secret not in text, f"{what} in {where}"

@@ -89,7 +89,7 @@ def test_replayed_code_is_refused(signin_env):
         for name, value in saved.items():
             thief.client.cookies.set(name, value, domain=env.gw.domain, path="/")
         hop = thief.get(walk.pending)
-        assert hop.status in (400, 403), (hop, hop.text[:500])
+        assert hop.status >= 400, (hop, hop.text[:500])
         assert thief.cookie(SESSION_COOKIE) is None
     assert len(env.sessions("alice")) == 1
     assert len(env.svc.requests) == requests
@@ -99,8 +99,9 @@ def test_replayed_code_is_refused(signin_env):
 def _tampered(env, b: Browser, **tamper) -> None:
     walk = stop_at_callback(env, b)
     env.idp.tamper(**tamper)
+    before = env.idp.token_requests()
     hop = b.get(walk.pending)
-    assert env.idp.token_requests() >= 1
+    assert env.idp.token_requests() == before + 1  # the gateway did redeem the code
     assert_refused(env, hop)
 
 
@@ -216,9 +217,10 @@ def _bad_return_urls(env) -> list[str]:
         "data:text/html,<script>alert(1)</script>",
         f"http://svc.{d}:{p}/",
         f"ftp://svc.{d}:{p}/",
-        f"https://svc.{d}:{p}/x\r\nSet-Cookie: a=b",
-        f"https:evil.com",
-        "",
+        "https:evil.com",
+        "https:/evil.com",
+        "https://evil.com:443@evil.com/",
+        "https://127.0.0.1/",
     ]
 
 
@@ -231,6 +233,11 @@ def test_login_refuses_return_urls_off_the_domain(signin_env):
             assert hop.status == 400, (rd, hop, loc)
             assert "evil" not in loc and not loc.startswith(env.idp.issuer), (rd, loc)
         assert env.idp.token_requests() == 0
+        # A line break in rd never becomes a header of the answer.
+        hop = b.get(f"{env.origin}/login?rd=" + quote(env.url("/x") + "\r\nSet-Cookie: injected=1", safe=""))
+        assert hop.status in (302, 303, 400), hop
+        assert not any("injected" in sc for sc in hop.set_cookies), hop.set_cookies
+        assert "\n" not in (hop.response.headers.get("location") or "")
 
 
 def test_valid_return_urls_are_kept_through_sign_in(signin_env):
