@@ -23,7 +23,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from conftest import DOMAIN
-from oidc import SESSION_COOKIE, account, client, idp_factory, pkce_pair, signin_env  # noqa: F401
+pytest.register_assert_rewrite("oidc")
+from oidc import SESSION_COOKIE, account, client, pkce_pair
+
+pytest_plugins = ["oidc"]  # fixtures idp_factory, signin_env
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -13,8 +13,11 @@ from urllib.parse import quote, urlsplit
 import pytest
 
 from conftest import APP_USER, public_service
-from oidc import (IDP_NAME, SESSION_COOKIE, Browser, cookie_attrs, human, idp_factory,  # noqa: F401
-                  query_of, session_set_cookie, signin_env)
+pytest.register_assert_rewrite("oidc")
+from oidc import (IDP_NAME, SESSION_COOKIE, Browser,
+                  cookie_attrs, human, query_of, session_set_cookie)
+
+pytest_plugins = ["oidc"]  # fixtures idp_factory, signin_env
 
 
 def login_redirect(env, hop, target: str) -> None:

@@ -18,7 +18,10 @@ from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
-from oidc import Browser, account, client, decode_unverified, idp_factory, pkce_pair, query_of  # noqa: F401
+pytest.register_assert_rewrite("oidc")
+from oidc import Browser, account, client, decode_unverified, pkce_pair, query_of
+
+pytest_plugins = ["oidc"]  # fixtures idp_factory, signin_env
 
 REDIRECT = "https://rp.example.test/callback"  # never opened: the walk stops before it
 CLIENT = client("postern", "s3cret-" + secrets.token_hex(8), REDIRECT)

@@ -14,8 +14,11 @@ from urllib.parse import quote, urlsplit
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from oidc import (ACCOUNTS, CLIENT_ID, SESSION_COOKIE, Browser, Walk, cookie_attrs,  # noqa: F401
-                  idp_factory, make_jwk, mint, query_of, signin_env, with_query)
+pytest.register_assert_rewrite("oidc")
+from oidc import (ACCOUNTS, CLIENT_ID, SESSION_COOKIE, Browser, Walk,
+                  cookie_attrs, make_jwk, mint, query_of, with_query)
+
+pytest_plugins = ["oidc"]  # fixtures idp_factory, signin_env
 from test_attacks_identity import b64, forgeries, unb64
 
 
