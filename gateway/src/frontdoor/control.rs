@@ -245,7 +245,7 @@ fn is_admin(p: &Principal) -> bool {
 fn unknown_kind(kind: &str) -> Response<BoxBody> {
     error(
         StatusCode::NOT_FOUND,
-        format!("unknown kind {kind:?}; use services, users, groups, policies, secrets, credentials or sessions"),
+        format!("unknown kind {kind:?}; use services, users, groups, policies, identityproviders, secrets, credentials or sessions"),
         None,
     )
 }
@@ -261,7 +261,7 @@ fn item_name(v: &serde_json::Value) -> Option<&str> {
 fn list(gw: &Gateway, kind: Kind) -> Vec<serde_json::Value> {
     let snap = gw.snapshot();
     match kind {
-        Kind::Service | Kind::User | Kind::Group | Kind::Policy => snap
+        Kind::Service | Kind::User | Kind::Group | Kind::Policy | Kind::IdentityProvider => snap
             .resources
             .iter()
             .filter(|((k, _), _)| *k == kind)

@@ -3,12 +3,15 @@
 //! and keys. The hot path reads memory only; every change goes to the store first.
 
 mod changes;
+pub mod people;
 mod sessions;
 pub mod snapshot;
 
 pub use changes::{ChangeError, LoginOutcome};
 pub use sessions::{AuthError, Principal, SessionEntry};
-pub use snapshot::{BuildError, ServiceEntry, Snapshot, UpstreamConfig, UserEntry};
+pub use snapshot::{
+    BuildError, IdentityProviderEntry, ServiceEntry, Snapshot, UpstreamConfig, UserEntry,
+};
 
 use crate::identity::{SecretBox, TokenSigner};
 use crate::limits::Limiter;
