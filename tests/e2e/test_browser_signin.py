@@ -23,7 +23,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from conftest import DOMAIN
-pytest.register_assert_rewrite("oidc")
+
+pytest.register_assert_rewrite("oidc")  # before the import, so its asserts explain themselves
 from oidc import SESSION_COOKIE, account, client, pkce_pair
 
 pytest_plugins = ["oidc"]  # fixtures idp_factory, signin_env

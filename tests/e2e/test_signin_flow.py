@@ -13,9 +13,11 @@ from urllib.parse import quote, urlsplit
 import pytest
 
 from conftest import APP_USER, public_service
-pytest.register_assert_rewrite("oidc")
+
+pytest.register_assert_rewrite("oidc")  # before the import, so its asserts explain themselves
 from oidc import (IDP_NAME, SESSION_COOKIE, Browser,
-                  cookie_attrs, human, query_of, session_set_cookie)
+                  account, client, cookie_attrs, human,
+                  identity_provider, query_of, session_set_cookie)
 
 pytest_plugins = ["oidc"]  # fixtures idp_factory, signin_env
 
@@ -251,3 +253,24 @@ def test_no_sign_in_secret_is_logged(signin_env):
                              ("ID token", id_token), ("session cookie", cookie),
                              ("ID token signature", id_token.split(".")[2])):
             assert secret not in text, f"{what} in {where}"
+
+
+def test_several_providers_offer_a_choice_and_the_session_records_which(signin_env, idp_factory):
+    env = signin_env
+    partner = idp_factory([client("postern-partner", "partner-secret-1", env.gw.url(None, "/callback"))],
+                          [account("alice-p", "alice@corp.example", groups=["partners"])], name="partner")
+    env.gw.create_secret("partner-secret", "partner-secret-1")
+    env.gw.apply_text(identity_provider("partner", partner.issuer, client_id="postern-partner",
+                                        secret="partner-secret", display_name="Partner SSO"))
+    target = env.url("/chosen")
+    with env.browser() as b:
+        hop = b.get(f"{env.origin}/login?rd={quote(target, safe='')}")
+        assert hop.status == 200, hop
+        assert "Partner SSO" in hop.text and IDP_NAME in hop.text, hop.text[:2000]
+        walk = b.walk(hop.url, "alice-p", idp="partner")
+        assert walk.final.url == target and walk.final.status == 200, walk.hops
+        assert any(h.url.startswith(partner.issuer) for h in walk.hops)
+        assert not any(h.url.startswith(env.idp.issuer) for h in walk.hops)
+    [s] = env.sessions("alice")
+    assert s["authentication"]["identityProvider"] == "partner", s
+    assert s["authentication"]["claims"]["groups"] == ["partners"], s

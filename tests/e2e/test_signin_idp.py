@@ -18,7 +18,7 @@ from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
-pytest.register_assert_rewrite("oidc")
+pytest.register_assert_rewrite("oidc")  # before the import, so its asserts explain themselves
 from oidc import Browser, account, client, decode_unverified, pkce_pair, query_of
 
 pytest_plugins = ["oidc"]  # fixtures idp_factory, signin_env

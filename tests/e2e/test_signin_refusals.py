@@ -14,7 +14,7 @@ from urllib.parse import quote, urlsplit
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-pytest.register_assert_rewrite("oidc")
+pytest.register_assert_rewrite("oidc")  # before the import, so its asserts explain themselves
 from oidc import (ACCOUNTS, CLIENT_ID, SESSION_COOKIE, Browser, Walk,
                   cookie_attrs, make_jwk, mint, query_of, with_query)
 
