@@ -18,8 +18,9 @@ pytest.register_assert_rewrite("oidc")  # before the import, so its asserts expl
 from oidc import (ACCOUNTS, CLIENT_ID, SESSION_COOKIE, Browser, Walk,
                   cookie_attrs, make_jwk, mint, query_of, with_query)
 
-pytest_plugins = ["oidc"]  # fixtures idp_factory, signin_env
 from test_attacks_identity import b64, forgeries, unb64
+
+pytest_plugins = ["oidc"]  # fixtures idp_factory, signin_env
 
 
 PEOPLE = {a["id"] for a in ACCOUNTS}
