@@ -83,6 +83,11 @@ struct Doc<S> {
     api_version: Option<String>,
     metadata: Metadata,
     spec: S,
+    /// Server-set (e.g. an IdentityProvider's redirect URI); accepted so `get -o yaml`
+    /// output applies again, and ignored.
+    #[serde(default)]
+    #[allow(dead_code)]
+    status: Option<serde::de::IgnoredAny>,
 }
 
 #[derive(Deserialize)]
@@ -96,6 +101,9 @@ struct DocOptionalSpec<S: Default> {
     metadata: Metadata,
     #[serde(default)]
     spec: S,
+    #[serde(default)]
+    #[allow(dead_code)]
+    status: Option<serde::de::IgnoredAny>,
 }
 
 /// Splits `text` into its YAML documents, each with its 1-based starting line.
