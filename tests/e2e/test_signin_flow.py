@@ -8,18 +8,22 @@ from __future__ import annotations
 
 import json
 import time
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, urljoin, urlsplit
 
 import pytest
 
-from conftest import APP_USER, public_service
+from conftest import public_service
 
 pytest.register_assert_rewrite("oidc")  # before the import, so its asserts explain themselves
 from oidc import (IDP_NAME, SESSION_COOKIE, Browser,
                   account, client, cookie_attrs, human,
-                  identity_provider, query_of, session_set_cookie)
+                  identity_provider, parse_page, query_of, session_set_cookie)
 
 pytest_plugins = ["oidc"]  # fixtures idp_factory, signin_env
+
+
+# A workload with no policy of its own: only what a Service allows applies to it.
+ROBOT = "kind: User\nmetadata:\n  name: robot\nspec:\n  type: WORKLOAD\n"
 
 
 def login_redirect(env, hop, target: str) -> None:
@@ -117,14 +121,14 @@ def test_api_clients_still_get_401_json(signin_env):
 
 def test_bearer_token_wins_over_the_cookie(signin_env):
     env = signin_env
-    env.gw.apply_text("---\n".join([APP_USER, public_service(
+    env.gw.apply_text("---\n".join([ROBOT, public_service(
         "only-alice", env.svc.url,
         [{"effect": "ALLOW", "condition": {"match": 'ctx.user.metadata.name == "alice"'}}])]))
-    app_token = env.gw.token(*env.gw.create_oauth2("app"))
+    app_token = env.gw.token(*env.gw.create_oauth2("robot"))
     with env.browser() as b:
         cookie = signed_in(env, b)
         assert env.api(env.url("/", "only-alice"), cookie=cookie).status_code == 200
-        # app's bearer is used (and denied here), not alice's cookie.
+        # robot's bearer is used (and denied here), not alice's cookie.
         r = env.api(env.url("/", "only-alice"), cookie=cookie, bearer=app_token)
         assert r.status_code == 403, r.text
         # A bad bearer is refused, the cookie is no fallback.
@@ -133,7 +137,7 @@ def test_bearer_token_wins_over_the_cookie(signin_env):
         # And the other way round: the bearer's user is the one the Service answers.
         hop = b.get(env.url("/", "svc"), headers={"Authorization": f"Bearer {app_token}"})
         assert hop.status == 200
-    env.gw.wait_access(lambda e: e.get("service") == "svc" and e.get("user") == "app")
+    env.gw.wait_access(lambda e: e.get("service") == "svc" and e.get("user") == "robot")
 
 
 @pytest.mark.parametrize("method", ["GET", "POST"])
@@ -145,7 +149,7 @@ def test_logout_ends_the_session(signin_env, method):
         hop = b.request(method, env.gw.url(None, "/logout"))
         assert hop.status == 200, (hop, hop.text[:500])
         assert "html" in hop.response.headers.get("content-type", "")
-        assert "/login" in hop.text  # a sign-in link
+        page = hop.text
         cleared = [cookie_attrs(sc) for sc in hop.set_cookies if cookie_attrs(sc)[0] == SESSION_COOKIE]
         assert cleared, hop.set_cookies
         _, value, attrs = cleared[-1]
@@ -158,6 +162,10 @@ def test_logout_ends_the_session(signin_env, method):
         # The old cookie put back by hand does not revive it.
         with env.with_cookie(cookie) as again:
             login_redirect(env, again.get(env.url("/x")), env.url("/x"))
+        # The signed-out page links to signing in again.
+        links = [urljoin(hop.url, link) for link in parse_page(page).links]
+        assert any(urlsplit(link).path == "/login" and urlsplit(link).netloc == urlsplit(env.origin).netloc
+                   for link in links), page
 
 
 def test_deleting_the_session_signs_the_browser_out(signin_env):
@@ -173,6 +181,7 @@ def test_disabling_the_user_signs_the_browser_out(signin_env):
     env = signin_env
     with env.browser() as b:
         cookie = signed_in(env, b)
+        sessions = env.sessions("alice")
         env.gw.apply_text(human("alice", "alice@corp.example", disabled=True))
         before = len(env.svc.requests)
         hop = b.get(env.url("/after"))
@@ -184,7 +193,7 @@ def test_disabling_the_user_signs_the_browser_out(signin_env):
         walk = b.walk(f"{env.origin}/login?rd={quote(env.url('/again'), safe='')}", "alice")
         assert walk.to_path("/callback").status == 403, walk.hops
         assert walk.final.status == 403 and b.cookie(SESSION_COOKIE) is None, walk.hops
-    assert env.sessions("alice") == []
+    assert env.sessions("alice") == sessions  # no new one
     assert len(env.svc.requests) == before
 
 
@@ -194,12 +203,12 @@ def test_policies_read_the_browser_session(signin_env):
             f' && ctx.session.spec.authentication.identityProvider == "{IDP_NAME}"'
             ' && "eng" in ctx.session.spec.authentication.claims.groups')
     env.gw.apply_text("---\n".join([
-        APP_USER,
+        ROBOT,
         public_service("eng-web", env.svc.url, [{"effect": "ALLOW", "condition": {"match": cond}}]),
         public_service("agents-only", env.svc.url,
                        [{"effect": "ALLOW", "condition": {"match": 'ctx.session.spec.kind == "agent"'}}]),
     ]))
-    app_token = env.gw.token(*env.gw.create_oauth2("app"))
+    app_token = env.gw.token(*env.gw.create_oauth2("robot"))
     with env.browser() as alice, env.browser() as frank:
         a = signed_in(env, alice, "alice")
         f = signed_in(env, frank, "frank")
@@ -255,19 +264,36 @@ def test_no_sign_in_secret_is_logged(signin_env):
             assert secret not in text, f"{what} in {where}"
 
 
-def test_several_providers_offer_a_choice_and_the_session_records_which(signin_env, idp_factory):
-    env = signin_env
+def _partner(env, idp_factory):
     partner = idp_factory([client("postern-partner", "partner-secret-1", env.gw.url(None, "/callback"))],
                           [account("alice-p", "alice@corp.example", groups=["partners"])], name="partner")
     env.gw.create_secret("partner-secret", "partner-secret-1")
     env.gw.apply_text(identity_provider("partner", partner.issuer, client_id="postern-partner",
                                         secret="partner-secret", display_name="Partner SSO"))
+    return partner
+
+
+def test_several_providers_get_a_choice_page(signin_env, idp_factory):
+    env = signin_env
+    _partner(env, idp_factory)
     target = env.url("/chosen")
     with env.browser() as b:
         hop = b.get(f"{env.origin}/login?rd={quote(target, safe='')}")
         assert hop.status == 200, hop
         assert "Partner SSO" in hop.text and IDP_NAME in hop.text, hop.text[:2000]
+        choices = {query_of(urljoin(hop.url, link)).get("idp"): query_of(urljoin(hop.url, link)).get("rd")
+                   for link in parse_page(hop.text).links if urlsplit(link).path.endswith("/login")}
+        assert choices == {"partner": target, IDP_NAME: target}, (choices, hop.text[:2000])
         walk = b.walk(hop.url, "alice-p", idp="partner")
+        assert walk.final.url == target and walk.final.status == 200, walk.hops
+
+
+def test_the_session_records_which_provider_signed_in(signin_env, idp_factory):
+    env = signin_env
+    partner = _partner(env, idp_factory)
+    target = env.url("/chosen")
+    with env.browser() as b:
+        walk = b.walk(f"{env.origin}/login?rd={quote(target, safe='')}&idp=partner", "alice-p")
         assert walk.final.url == target and walk.final.status == 200, walk.hops
         assert any(h.url.startswith(partner.issuer) for h in walk.hops)
         assert not any(h.url.startswith(env.idp.issuer) for h in walk.hops)
