@@ -193,7 +193,7 @@ def test_disabling_the_user_signs_the_browser_out(signin_env):
         walk = b.walk(f"{env.origin}/login?rd={quote(env.url('/again'), safe='')}", "alice")
         assert walk.to_path("/callback").status == 403, walk.hops
         assert walk.final.status == 403 and b.cookie(SESSION_COOKIE) is None, walk.hops
-    assert env.sessions("alice") == sessions  # no new one
+    assert {x["name"] for x in env.sessions("alice")} <= {x["name"] for x in sessions}  # no new one
     assert len(env.svc.requests) == before
 
 
