@@ -102,6 +102,8 @@ pub struct Canned {
 
 pub struct TestIdp {
     pub issuer: String,
+    /// The CA that signed the TLS certificate, for [`TestIdp::start_tls`].
+    pub ca_pem: Option<String>,
     pub state: Arc<Mutex<IdpState>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -113,11 +115,25 @@ impl Drop for TestIdp {
 }
 
 impl TestIdp {
-    /// Starts the provider on 127.0.0.1 with one key, `k1`.
+    /// Starts the provider on http://127.0.0.1 with one key, `k1`.
     pub async fn start() -> (Self, TestKey) {
+        Self::start_on(None).await
+    }
+
+    /// Starts the provider on https://localhost with a certificate from a fresh private CA,
+    /// whose PEM is in `ca_pem`.
+    pub async fn start_tls() -> (Self, TestKey) {
+        Self::start_on(Some(private_ca_tls())).await
+    }
+
+    async fn start_on(tls: Option<(tokio_rustls::TlsAcceptor, String)>) -> (Self, TestKey) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr: SocketAddr = listener.local_addr().unwrap();
-        let issuer = format!("http://127.0.0.1:{}", addr.port());
+        let issuer = match tls {
+            Some(_) => format!("https://localhost:{}", addr.port()),
+            None => format!("http://127.0.0.1:{}", addr.port()),
+        };
+        let (acceptor, ca_pem) = tls.unzip();
         let key = TestKey::generate("k1");
         let state = Arc::new(Mutex::new(IdpState {
             advertised_issuer: None,
@@ -136,21 +152,27 @@ impl TestIdp {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
-                let (st, iss) = (st.clone(), iss.clone());
+                let (st, iss, acceptor) = (st.clone(), iss.clone(), acceptor.clone());
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| {
                         let (st, iss) = (st.clone(), iss.clone());
                         async move { Ok::<_, hyper::Error>(answer(req, &st, &iss).await) }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
+                    let conn = hyper::server::conn::http1::Builder::new();
+                    let _ = match acceptor {
+                        Some(a) => match a.accept(stream).await {
+                            Ok(tls) => conn.serve_connection(TokioIo::new(tls), svc).await,
+                            Err(_) => return,
+                        },
+                        None => conn.serve_connection(TokioIo::new(stream), svc).await,
+                    };
                 });
             }
         });
         (
             Self {
                 issuer,
+                ca_pem,
                 state,
                 task,
             },
@@ -161,6 +183,29 @@ impl TestIdp {
     pub fn state(&self) -> std::sync::MutexGuard<'_, IdpState> {
         self.state.lock().unwrap()
     }
+}
+
+/// A TLS acceptor for `localhost` with a certificate from a fresh private CA, and that CA's PEM.
+fn private_ca_tls() -> (tokio_rustls::TlsAcceptor, String) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&leaf_key, &ca, &ca_key)
+        .unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into());
+    let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![leaf.der().clone()], key)
+    .unwrap();
+    (tokio_rustls::TlsAcceptor::from(Arc::new(cfg)), ca.pem())
 }
 
 fn json_response(status: u16, body: &Value) -> http::Response<Full<Bytes>> {

@@ -542,3 +542,26 @@ async fn a_token_response_without_id_token_is_refused() {
         .unwrap_err();
     assert!(matches!(err, OidcError::NoIdToken), "{err}");
 }
+
+#[tokio::test]
+async fn an_https_idp_with_a_private_ca_works_only_with_that_ca() {
+    let (idp, key) = TestIdp::start_tls().await;
+    let err = OidcClient::discover(config(&idp.issuer, Some(SECRET)))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, OidcError::Http(http::HttpError::Transport { .. })),
+        "{err}"
+    );
+    assert!(err.to_string().contains("trusts its certificate"), "{err}");
+
+    let mut cfg = config(&idp.issuer, Some(SECRET));
+    cfg.extra_root_ca_pem = idp.ca_pem.clone().map(String::into_bytes);
+    let client = OidcClient::discover(cfg)
+        .await
+        .expect("trusted with the CA");
+    let id = exchange(&idp, &client, key.sign(&good_claims(&idp.issuer)))
+        .await
+        .unwrap();
+    assert_eq!(id.subject, "user-1");
+}
