@@ -250,11 +250,17 @@ async fn email_verified_is_none_when_absent() {
 async fn a_token_from_another_issuer_is_refused() {
     let (idp, key, client) = setup().await;
     let mut c = good_claims(&idp.issuer);
-    c["iss"] = json!("https://evil.example.com");
-    assert!(matches!(
-        refused(&idp, &client, key.sign(&c)).await,
-        IdTokenError::Issuer(_)
-    ));
+    // Exact match: not even a trailing slash more.
+    for iss in [
+        "https://evil.example.com".to_string(),
+        format!("{}/", idp.issuer),
+    ] {
+        c["iss"] = json!(iss);
+        assert!(matches!(
+            refused(&idp, &client, key.sign(&c)).await,
+            IdTokenError::Issuer(_)
+        ));
+    }
 }
 
 #[tokio::test]
