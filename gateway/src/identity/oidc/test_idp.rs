@@ -8,7 +8,6 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use p256::ecdsa::signature::Signer;
 use rand::RngCore;
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -16,14 +15,29 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use tokio::net::TcpListener;
 
-/// An ES256 signing key with its key id.
+/// A signing key with its key id: ES256 (fast to make) or RS256 (what most IdPs use).
 #[derive(Clone)]
 pub struct TestKey {
     pub kid: String,
-    key: p256::ecdsa::SigningKey,
+    key: KeyKind,
+}
+
+#[derive(Clone)]
+enum KeyKind {
+    Es256(p256::ecdsa::SigningKey),
+    Rs256(rsa::RsaPrivateKey),
+}
+
+/// One RSA key per test binary, 1024 bits: the checks do not depend on the size, and a
+/// 2048-bit key takes about 30 s to make in a debug build.
+fn shared_rsa_key() -> rsa::RsaPrivateKey {
+    static KEY: std::sync::OnceLock<rsa::RsaPrivateKey> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| rsa::RsaPrivateKey::new(&mut rand::rngs::OsRng, 1024).unwrap())
+        .clone()
 }
 
 impl TestKey {
+    /// A fresh ES256 key.
     pub fn generate(kid: &str) -> Self {
         loop {
             let mut secret = [0u8; 32];
@@ -31,26 +45,53 @@ impl TestKey {
             if let Ok(key) = p256::ecdsa::SigningKey::from_slice(&secret) {
                 return Self {
                     kid: kid.to_string(),
-                    key,
+                    key: KeyKind::Es256(key),
                 };
             }
         }
     }
 
-    pub fn jwk(&self) -> Value {
-        let point = self.key.verifying_key().to_sec1_point(false);
-        let bytes = point.as_bytes();
-        json!({
-            "kty": "EC", "crv": "P-256", "use": "sig", "alg": "ES256", "kid": self.kid,
-            "x": URL_SAFE_NO_PAD.encode(&bytes[1..33]),
-            "y": URL_SAFE_NO_PAD.encode(&bytes[33..65]),
-        })
+    /// An RS256 key (the same one for every call in a test run).
+    pub fn rsa(kid: &str) -> Self {
+        Self {
+            kid: kid.to_string(),
+            key: KeyKind::Rs256(shared_rsa_key()),
+        }
     }
 
-    /// A compact JWS of `claims` with the usual ES256 header.
+    fn alg(&self) -> &'static str {
+        match self.key {
+            KeyKind::Es256(_) => "ES256",
+            KeyKind::Rs256(_) => "RS256",
+        }
+    }
+
+    pub fn jwk(&self) -> Value {
+        match &self.key {
+            KeyKind::Es256(k) => {
+                let point = k.verifying_key().to_sec1_point(false);
+                let bytes = point.as_bytes();
+                json!({
+                    "kty": "EC", "crv": "P-256", "use": "sig", "alg": "ES256", "kid": self.kid,
+                    "x": URL_SAFE_NO_PAD.encode(&bytes[1..33]),
+                    "y": URL_SAFE_NO_PAD.encode(&bytes[33..65]),
+                })
+            }
+            KeyKind::Rs256(k) => {
+                use rsa::traits::PublicKeyParts;
+                json!({
+                    "kty": "RSA", "use": "sig", "alg": "RS256", "kid": self.kid,
+                    "n": URL_SAFE_NO_PAD.encode(k.n().to_bytes_be()),
+                    "e": URL_SAFE_NO_PAD.encode(k.e().to_bytes_be()),
+                })
+            }
+        }
+    }
+
+    /// A compact JWS of `claims` with the usual header.
     pub fn sign(&self, claims: &Value) -> String {
         self.sign_with_header(
-            &json!({"alg": "ES256", "typ": "JWT", "kid": self.kid}),
+            &json!({"alg": self.alg(), "typ": "JWT", "kid": self.kid}),
             claims,
         )
     }
@@ -61,8 +102,19 @@ impl TestKey {
             URL_SAFE_NO_PAD.encode(header.to_string()),
             URL_SAFE_NO_PAD.encode(claims.to_string())
         );
-        let sig: p256::ecdsa::Signature = self.key.sign(input.as_bytes());
-        format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig.to_bytes()))
+        let sig = match &self.key {
+            KeyKind::Es256(k) => {
+                let sig: p256::ecdsa::Signature =
+                    p256::ecdsa::signature::Signer::sign(k, input.as_bytes());
+                sig.to_bytes().to_vec()
+            }
+            KeyKind::Rs256(k) => {
+                use rsa::signature::{SignatureEncoding, Signer};
+                let signer = rsa::pkcs1v15::SigningKey::<sha2::Sha256>::new(k.clone());
+                signer.sign(input.as_bytes()).to_vec()
+            }
+        };
+        format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig))
     }
 }
 
@@ -244,7 +296,7 @@ async fn answer(
                 "jwks_uri": st.jwks_uri.clone().unwrap_or_else(|| format!("{issuer}/jwks")),
                 "response_types_supported": ["code"],
                 "subject_types_supported": ["public"],
-                "id_token_signing_alg_values_supported": ["ES256"],
+                "id_token_signing_alg_values_supported": ["RS256", "ES256"],
             });
             if let Some(m) = &st.auth_methods {
                 doc["token_endpoint_auth_methods_supported"] = json!(m);

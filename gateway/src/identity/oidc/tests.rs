@@ -571,3 +571,19 @@ async fn an_https_idp_with_a_private_ca_works_only_with_that_ca() {
         .unwrap();
     assert_eq!(id.subject, "user-1");
 }
+
+#[tokio::test]
+async fn rs256_tokens_verify_and_rsa_keys_rotate_in() {
+    let (idp, _es, client) = setup().await;
+    let rsa = TestKey::rsa("rsa-1");
+    idp.state().keys.push(rsa.clone());
+    let id = exchange(&idp, &client, rsa.sign(&good_claims(&idp.issuer)))
+        .await
+        .unwrap();
+    assert_eq!(id.subject, "user-1");
+    assert_eq!(idp.state().jwks_fetches, 2);
+    let mut c = good_claims(&idp.issuer);
+    c["aud"] = json!("someone-else");
+    let e = refused(&idp, &client, rsa.sign(&c)).await;
+    assert!(matches!(e, IdTokenError::Audience(_)), "{e}");
+}
