@@ -25,7 +25,7 @@ pub struct TestKey {
 #[derive(Clone)]
 enum KeyKind {
     Es256(p256::ecdsa::SigningKey),
-    Rs256(rsa::RsaPrivateKey),
+    Rs256(Box<rsa::RsaPrivateKey>),
 }
 
 /// One RSA key per test binary, 1024 bits: the checks do not depend on the size, and a
@@ -55,7 +55,7 @@ impl TestKey {
     pub fn rsa(kid: &str) -> Self {
         Self {
             kid: kid.to_string(),
-            key: KeyKind::Rs256(shared_rsa_key()),
+            key: KeyKind::Rs256(Box::new(shared_rsa_key())),
         }
     }
 
@@ -110,7 +110,7 @@ impl TestKey {
             }
             KeyKind::Rs256(k) => {
                 use rsa::signature::{SignatureEncoding, Signer};
-                let signer = rsa::pkcs1v15::SigningKey::<sha2::Sha256>::new(k.clone());
+                let signer = rsa::pkcs1v15::SigningKey::<sha2::Sha256>::new((**k).clone());
                 signer.sign(input.as_bytes()).to_vec()
             }
         };
