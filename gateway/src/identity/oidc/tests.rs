@@ -241,6 +241,10 @@ async fn email_verified_is_none_when_absent() {
     c.as_object_mut().unwrap().remove("email_verified");
     let id = exchange(&idp, &client, key.sign(&c)).await.unwrap();
     assert_eq!(id.email_verified, None);
+    // Some IdPs (Amazon Cognito) send the boolean as a string.
+    c["email_verified"] = json!("true");
+    let id = exchange(&idp, &client, key.sign(&c)).await.unwrap();
+    assert_eq!(id.email_verified, Some(true));
     c["email_verified"] = json!(false);
     let id = exchange(&idp, &client, key.sign(&c)).await.unwrap();
     assert_eq!(id.email_verified, Some(false));
