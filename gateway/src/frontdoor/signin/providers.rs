@@ -10,7 +10,9 @@ use std::sync::{Arc, Mutex};
 /// Why an IdentityProvider cannot be used right now.
 #[derive(Debug, thiserror::Error)]
 pub enum ProviderError {
-    #[error("its client secret {0:?} does not exist; create it with `posternctl create secret {0}`")]
+    #[error(
+        "its client secret {0:?} does not exist; create it with `posternctl create secret {0}`"
+    )]
     MissingSecret(String),
     #[error(transparent)]
     Oidc(#[from] OidcError),
