@@ -150,6 +150,14 @@ class Idp:
             time.sleep(0.05)
         raise AssertionError(f"oidc-provider not answering discovery after {WAIT}s: {last}\n{self.log()}")
 
+    def restart(self, jwk: dict | None = None) -> "Idp":
+        """Stop and start again on the same port and issuer (all its state is lost), signing
+        with ``jwk`` from then on when given: a key rotation."""
+        self.stop()
+        if jwk is not None:
+            self.jwk = jwk
+        return self.start()
+
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()

@@ -73,6 +73,16 @@ def test_browser_signs_in_and_lands_on_the_exact_url(signin_env):
         callback = walk.to_path("/callback")
         assert callback.status in (302, 303) and callback.location == target, callback
 
+        # The flow cookie: set by /login for this state only, short-lived, cleared at /callback.
+        login = walk.to_path("/login")
+        flow = [cookie_attrs(sc) for sc in login.set_cookies if sc.startswith("postern_signin_")]
+        assert len(flow) == 1, login.set_cookies
+        name, _, fattrs = flow[0]
+        assert name == "postern_signin_" + q["state"][:12], (name, q["state"])
+        assert "secure" in fattrs and "httponly" in fattrs and fattrs.get("samesite", "").lower() == "lax"
+        assert 0 < int(fattrs.get("max-age", "0")) <= 600, fattrs
+        assert not [c for c in b.cookies.jar if c.name == name], "flow cookie left after /callback"
+
         final = walk.final
         assert final.url == target and final.status == 200, walk.hops
         assert final.response.json()["path"] == "/some/path?q=1"
@@ -98,6 +108,17 @@ def test_browser_signs_in_and_lands_on_the_exact_url(signin_env):
     assert "nonce" not in s["authentication"]["claims"]
     env.gw.wait_access(lambda e: e.get("service") == "svc" and e.get("user") == "alice"
                        and e.get("decision") == "ALLOW")
+
+
+def test_one_sign_in_serves_every_service(signin_env):
+    """The cookie is for the whole domain: another Service needs no second sign-in."""
+    env = signin_env
+    env.gw.apply_text(public_service("wiki", env.svc.url))
+    with env.browser() as b:
+        env.sign_in(b, "alice", env.url("/"))
+        hop = b.get(env.url("/page", "wiki"))
+        assert hop.status == 200 and hop.response.json()["path"] == "/page", hop
+    assert len(env.sessions("alice")) == 1
 
 
 def test_email_match_is_case_insensitive(signin_env):
