@@ -103,11 +103,11 @@ def test_provider_refuses_replay_and_missing_pkce(idp_factory):
         assert token(idp, q["code"], verifier, secret="wrong").status_code == 401
 
         # An authorization request without a PKCE challenge is refused by the provider.
-        url = d_auth = idp.discovery["authorization_endpoint"] + "?" + urlencode({
+        url = idp.discovery["authorization_endpoint"] + "?" + urlencode({
             "response_type": "code", "client_id": "postern", "redirect_uri": REDIRECT,
             "scope": "openid", "state": "s", "nonce": "n"})
         walk = b.walk(url, "alice", stop_before=lambda u: u.startswith(REDIRECT))
-        assert d_auth and walk.pending and query_of(walk.pending).get("error") == "invalid_request", walk.pending
+        assert walk.pending and query_of(walk.pending).get("error") == "invalid_request", walk.pending
 
 
 @pytest.mark.parametrize("tamper", [

@@ -63,7 +63,6 @@ const provider = new Provider(config.issuer, {
     };
   },
 });
-provider.proxy = false;
 
 function controlAllowed(ctx) {
   return ctx.get('x-control-token') === config.controlToken;
