@@ -6,6 +6,7 @@ and cookies that are forged, stale or signed out.
 
 from __future__ import annotations
 
+import html
 import json
 import secrets
 import time
@@ -316,3 +317,22 @@ def test_cookie_after_logout_is_refused(signin_env):
         assert hop.status in (302, 303) and urlsplit(hop.location).path == "/login", hop
     assert env.api(env.url("/x"), cookie=real).status_code == 401
     assert len(env.svc.requests) == requests
+
+
+# ------------------------------------------------------------------ what the pages reflect
+def test_refusal_pages_escape_what_they_reflect(signin_env):
+    """Claims come from the provider and ``rd`` from anyone: the pages show them as text."""
+    env = signin_env
+    evil = '"><img src=x onerror=alert(1)>@corp.example'
+    env.idp.set_accounts({"id": "mallory", "email": evil, "email_verified": True, "name": "<b>M</b>"})
+    with env.browser() as b:
+        walk = env.sign_in(b, "mallory", env.url("/x"))
+        page = walk.final.text
+        assert walk.final.status == 403, walk.hops
+        assert "<img" not in page and "<b>M</b>" not in page, page
+        assert evil in html.unescape(page), page  # named, as text
+        for rd in ['https://evil.com/"><script>alert(1)</script>',
+                   "https://<script>alert(1)</script>.postern.test/",
+                   "javascript:<script>alert(1)</script>"]:
+            hop = b.get(f"{env.origin}/login?rd={quote(rd, safe='')}")
+            assert hop.status == 400 and "<script>" not in hop.text, (rd, hop.text)
