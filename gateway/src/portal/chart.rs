@@ -80,7 +80,11 @@ pub fn usage_svg(usage: &DailyUsage) -> String {
         out,
         "<title id=\"{title_id}\">LLM tokens per day by model</title>"
     );
-    let _ = write!(out, "<desc id=\"{desc_id}\">{}</desc>", escape(&describe(usage)));
+    let _ = write!(
+        out,
+        "<desc id=\"{desc_id}\">{}</desc>",
+        escape(&describe(usage))
+    );
     let base = PLOT_TOP + PLOT_HEIGHT;
     let _ = write!(
         out,

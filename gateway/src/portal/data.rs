@@ -22,11 +22,23 @@ pub const RECENT_REQUESTS: usize = 20;
 /// The tunnel's DNS domain (`<service>.local`).
 const TUNNEL_DNS_DOMAIN: &str = "local";
 
-/// The Services `principal` may use, by name. A Service is listed when its combined rules
-/// (the Service's, the User's and Groups', global Policies) hold an ALLOW rule; it is marked
-/// allowed for a plain request when a `GET /` from the browser (public Services) or a tunnel
-/// connection (private ones) would be allowed now. Every real request is still decided by
-/// the policies; this is a listing only.
+/// Requests tried, besides the plain one, to tell whether some request is allowed: a
+/// Service that only takes `POST /v1/chat/completions` is still one the person may use.
+const OTHER_PROBES: [(&str, &str); 5] = [
+    ("POST", "/"),
+    ("PUT", "/"),
+    ("DELETE", "/"),
+    ("POST", "/v1/chat/completions"),
+    ("GET", "/v1/models"),
+];
+
+/// The Services `principal` may use, by name. Each is decided by its combined rules (the
+/// Service's, the User's and Groups', global Policies), as a request would be, for a plain
+/// request (a browser's `GET /` for a public Service; a tunnel connection or `GET /` for a
+/// private one) and, when that is denied, for a few other typical requests
+/// ([`OTHER_PROBES`]). Listed when one of them is allowed now; marked when only the others
+/// are. Rules on other paths, headers or the client address may hide a Service that some
+/// request could use; every real request is still decided by the policies.
 pub fn usable_services(
     snap: &Snapshot,
     principal: &Principal,
@@ -64,40 +76,54 @@ pub fn usable_services(
                 connect: format!("postern connect --userspace -p {local}:{name}:{port}"),
             }
         };
-        let allowed = probe(service, principal, domain, public, &rules);
+        let probe = |method: &str, path: &str| {
+            allowed(service, principal, domain, public, &rules, method, path)
+        };
+        let plain = if service.spec.mode == ServiceMode::Tcp && !public {
+            probe("CONNECT", "/")
+        } else {
+            probe("GET", "/")
+        };
+        let tcp = service.spec.mode == ServiceMode::Tcp;
+        if !plain && (tcp || !OTHER_PROBES.iter().any(|(m, p)| probe(m, p))) {
+            continue;
+        }
         out.push(ServiceItem {
             name: name.clone(),
             reach,
-            allowed_for_plain_request: allowed,
+            allowed_for_plain_request: plain,
         });
     }
     out
 }
 
-/// Whether the plain request for `service` (a browser `GET /` for a public Service, the
-/// tunnel's `CONNECT` or `GET /` for a private one) is allowed for `principal` now.
-fn probe(
+/// Whether `method path` on `service` (from a browser for a public Service, through the
+/// tunnel for a private one) is allowed for `principal` now.
+fn allowed(
     service: &ServiceEntry,
     principal: &Principal,
     domain: &str,
     public: bool,
     rules: &postern_policy::RuleSet,
+    method: &str,
+    path: &str,
 ) -> bool {
     let mut headers = http::HeaderMap::new();
-    let (method, scheme, host) = if public {
+    let scheme = if public {
         headers.insert(
             http::header::ACCEPT,
             http::HeaderValue::from_static("text/html"),
         );
-        ("GET", "https", format!("{}.{domain}", service.name))
+        "https"
     } else if service.spec.mode == ServiceMode::Tcp {
-        ("CONNECT", "tcp", format!("{}.{domain}", service.name))
+        "tcp"
     } else {
-        ("GET", "http", format!("{}.{domain}", service.name))
+        "http"
     };
+    let host = format!("{}.{domain}", service.name);
     let facts = RequestFacts {
         method,
-        path: "/",
+        path,
         host: &host,
         scheme,
         headers: &headers,
@@ -149,7 +175,11 @@ fn request_row(r: &AccessRecord) -> RequestRow {
 pub fn day_labels(now: DateTime<Utc>, n: usize) -> Vec<String> {
     (0..n)
         .rev()
-        .map(|back| (now - Duration::days(back as i64)).format("%Y-%m-%d").to_string())
+        .map(|back| {
+            (now - Duration::days(back as i64))
+                .format("%Y-%m-%d")
+                .to_string()
+        })
         .collect()
 }
 
@@ -185,7 +215,11 @@ pub fn daily_from_records<'a>(
     let mut models: BTreeMap<String, Vec<u64>> = BTreeMap::new();
     for r in records {
         let Some(u) = &r.usage else { continue };
-        let Some(i) = r.time.get(..10).and_then(|d| days.iter().position(|x| x == d)) else {
+        let Some(i) = r
+            .time
+            .get(..10)
+            .and_then(|d| days.iter().position(|x| x == d))
+        else {
             continue;
         };
         let model = r.model.clone().unwrap_or_else(|| "-".into());

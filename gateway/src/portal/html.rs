@@ -72,7 +72,10 @@ pub fn page(title: &str, signed_in: Option<&str>, body: &str) -> String {
     out.push_str("<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">");
     out.push_str("<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">");
     out.push_str("<meta name=\"referrer\" content=\"no-referrer\">");
-    let _ = write!(out, "<title>{title} · Postern</title><style>{STYLE}</style></head><body>");
+    let _ = write!(
+        out,
+        "<title>{title} · Postern</title><style>{STYLE}</style></head><body>"
+    );
     out.push_str("<header><p>Postern</p>");
     if let Some(user) = signed_in {
         let _ = write!(
@@ -155,7 +158,9 @@ mod tests {
     fn escaped_text_never_contains_a_markup_character() {
         for s in HOSTILE {
             let e = escape(s);
-            for bad in ['<', '>', '"', '\'', '`', '=', '\0', '\u{1}', '\u{7f}', '\u{9b}'] {
+            for bad in [
+                '<', '>', '"', '\'', '`', '=', '\0', '\u{1}', '\u{7f}', '\u{9b}',
+            ] {
                 assert!(!e.contains(bad), "{s:?} escaped to {e:?} still has {bad:?}");
             }
             // Every `&` starts an entity this function wrote.

@@ -1,11 +1,11 @@
 //! The responses the front door sends: each fills a view from the gateway (or from what the
 //! caller passes) and renders it with the shared security headers.
 
+use super::data;
 use super::html::response;
 use super::signin::{render_choice, render_problem, render_signed_out, ChoiceView};
 use super::signin::{ProviderChoice, SignInProblem};
 use super::view::{render_portal, PortalView};
-use super::data;
 use crate::proxy::BoxBody;
 use crate::state::{Gateway, Principal};
 use http::{Response, StatusCode};
@@ -33,9 +33,7 @@ pub fn portal_view(
 ) -> PortalView {
     let admin = is_admin(principal);
     let user = &principal.user;
-    let port = url::Url::parse(public_origin)
-        .ok()
-        .and_then(|u| u.port());
+    let port = url::Url::parse(public_origin).ok().and_then(|u| u.port());
     let own = (!admin).then_some(user.name.as_str());
     PortalView {
         user: user.name.clone(),

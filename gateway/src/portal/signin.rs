@@ -205,7 +205,10 @@ mod tests {
     #[test]
     fn login_links_carry_the_cli_parameters() {
         let carry = vec![
-            ("cli_redirect".to_string(), "http://127.0.0.1:5000/cb".to_string()),
+            (
+                "cli_redirect".to_string(),
+                "http://127.0.0.1:5000/cb".to_string(),
+            ),
             ("cli_state".to_string(), "s t".to_string()),
         ];
         assert_eq!(
@@ -252,9 +255,7 @@ mod tests {
 
     #[test]
     fn each_problem_has_its_page_and_status() {
-        let disabled = SignInProblem::DisabledUser {
-            user: "bob".into(),
-        };
+        let disabled = SignInProblem::DisabledUser { user: "bob".into() };
         assert!(render_problem(&disabled, None).contains("<strong>bob</strong> is disabled"));
         assert_eq!(disabled.status(), http::StatusCode::FORBIDDEN);
 
@@ -262,8 +263,11 @@ mod tests {
             reason: "the sign-in state did not match <this browser>.".into(),
         };
         let html = render_problem(&failed, Some("/login?rd=https%3A%2F%2Fa.example.com%2F"));
-        assert!(html.contains("did not complete: the sign-in state did not match &lt;this browser&gt;."));
-        assert!(html.contains("<a href=\"/login?rd&#61;https%3A%2F%2Fa.example.com%2F\">Sign in again</a>"));
+        assert!(html
+            .contains("did not complete: the sign-in state did not match &lt;this browser&gt;."));
+        assert!(html.contains(
+            "<a href=\"/login?rd&#61;https%3A%2F%2Fa.example.com%2F\">Sign in again</a>"
+        ));
         assert_eq!(failed.status(), http::StatusCode::BAD_REQUEST);
 
         let none = SignInProblem::NoIdentityProvider;
@@ -286,9 +290,8 @@ mod tests {
     fn the_signed_out_page_offers_to_sign_in_again() {
         let html = render_signed_out("/login?rd=https%3A%2F%2Fexample.com%2F");
         assert!(html.contains("<h1>Signed out</h1>"));
-        assert!(html.contains(
-            "<a href=\"/login?rd&#61;https%3A%2F%2Fexample.com%2F\">Sign in again</a>"
-        ));
+        assert!(html
+            .contains("<a href=\"/login?rd&#61;https%3A%2F%2Fexample.com%2F\">Sign in again</a>"));
         assert!(!html.contains("action=\"/logout\""));
         assert!(render_signed_out("\"><script>").contains("&quot;&gt;&lt;script&gt;"));
     }

@@ -90,7 +90,9 @@ fn who(b: &mut String, v: &PortalView) {
     let _ = write!(
         b,
         "<dt>Email</dt><dd>{}</dd>",
-        email.as_deref().unwrap_or("<span class=\"muted\">none</span>")
+        email
+            .as_deref()
+            .unwrap_or("<span class=\"muted\">none</span>")
     );
     let groups = if v.groups.is_empty() {
         "<span class=\"muted\">none</span>".to_string()
