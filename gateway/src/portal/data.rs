@@ -257,21 +257,23 @@ pub fn usage_view(gw: &Gateway, user: Option<&str>, now: DateTime<Utc>) -> Usage
 }
 
 fn store_usage(gw: &Gateway, days: Vec<String>) -> UsageView {
-    if gw.telemetry.usage.is_none() {
+    let Some(recorder) = &gw.telemetry.usage else {
         return UsageView {
             unavailable: Some("Usage accounting is off in this gateway.".into()),
             ..UsageView::default()
         };
-    }
+    };
     let since: Vec<String> = days.iter().map(|d| format!("{d}T00:00:00.000Z")).collect();
+    // The recorder's own connection: these scans never wait on, or hold up, the store the
+    // request path writes Sessions to.
     let read = || -> Result<(Vec<Vec<UsageTotals>>, Vec<UsageTotals>), crate::store::StoreError> {
         // Newest day first, so a row written meanwhile lands in today, not in an older day.
         let mut cumulative = Vec::with_capacity(since.len());
         for s in since.iter().rev() {
-            cumulative.push(gw.usage_totals_since(UsageKey::Model, s)?);
+            cumulative.push(recorder.totals(UsageKey::Model, s)?);
         }
         cumulative.reverse();
-        let by_user = gw.usage_totals_since(UsageKey::User, &since[0])?;
+        let by_user = recorder.totals(UsageKey::User, &since[0])?;
         Ok((cumulative, by_user))
     };
     match read() {

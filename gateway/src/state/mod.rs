@@ -3,7 +3,6 @@
 //! and keys. The hot path reads memory only; every change goes to the store first.
 
 mod changes;
-mod portal_view;
 mod sessions;
 pub mod snapshot;
 
