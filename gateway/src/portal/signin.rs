@@ -70,6 +70,9 @@ pub enum SignInProblem {
     UnknownEmail { email: String },
     /// The User exists but `spec.isDisabled` is set.
     DisabledUser { user: String },
+    /// Another refusal a new sign-in cannot fix (no or unverified email, a WORKLOAD User);
+    /// `reason` says which and what to do.
+    Refused { reason: String },
     /// The flow failed; a short reason from the caller (bad state, provider error, ...).
     Failed { reason: String },
     /// No IdentityProvider is declared.
@@ -82,9 +85,9 @@ impl SignInProblem {
     /// The status code the page is sent with.
     pub fn status(&self) -> http::StatusCode {
         match self {
-            SignInProblem::UnknownEmail { .. } | SignInProblem::DisabledUser { .. } => {
-                http::StatusCode::FORBIDDEN
-            }
+            SignInProblem::UnknownEmail { .. }
+            | SignInProblem::DisabledUser { .. }
+            | SignInProblem::Refused { .. } => http::StatusCode::FORBIDDEN,
             SignInProblem::Failed { .. } | SignInProblem::BadReturnAddress { .. } => {
                 http::StatusCode::BAD_REQUEST
             }
@@ -111,6 +114,14 @@ pub fn render_problem(problem: &SignInProblem, retry: Option<&str>) -> String {
                 "<p>The Postern User <strong>{}</strong> is disabled; ask an administrator to \
                  enable it (remove <code>spec.isDisabled</code>).</p>",
                 escape(user)
+            ),
+        ),
+        SignInProblem::Refused { reason } => (
+            "Sign-in refused",
+            format!(
+                "<p>Postern did not sign you in: {}.</p><p>Ask an administrator if you \
+                 think this is wrong.</p>",
+                escape(reason.trim_end_matches('.'))
             ),
         ),
         SignInProblem::Failed { reason } => (
@@ -270,6 +281,16 @@ mod tests {
         ));
         assert_eq!(failed.status(), http::StatusCode::BAD_REQUEST);
 
+        let refused = SignInProblem::Refused {
+            reason: "the identity provider says eve@example.com is not verified".into(),
+        };
+        let html = render_problem(&refused, Some("/login"));
+        assert!(html.contains(
+            "did not sign you in: the identity provider says eve@example.com is not verified."
+        ));
+        assert!(!html.contains("Sign in again"));
+        assert_eq!(refused.status(), http::StatusCode::FORBIDDEN);
+
         let none = SignInProblem::NoIdentityProvider;
         assert!(render_problem(&none, None).contains("kind: IdentityProvider"));
         assert_eq!(none.status(), http::StatusCode::NOT_FOUND);
@@ -281,7 +302,7 @@ mod tests {
         assert!(html.contains("<code>https://evil.example.net/&quot;&gt;&lt;b&gt;</code>"));
         assert!(!html.contains("<b>"));
         assert_eq!(bad.status(), http::StatusCode::BAD_REQUEST);
-        for p in [disabled, failed, none, bad] {
+        for p in [disabled, refused, failed, none, bad] {
             assert!(render_problem(&p, None).contains("role=\"alert\""));
         }
     }
