@@ -38,12 +38,28 @@ const COLOURS: [&str; MAX_MODELS + 1] = [
     "#0b57d0", "#b3261e", "#146c2e", "#8a4baf", "#a15c00", "#00696f", "#5c5c5c", "#7a2e4d",
 ];
 
-const WIDTH: u32 = 640;
+const WIDTH: u32 = 560;
 const PLOT_TOP: u32 = 16;
 const PLOT_HEIGHT: u32 = 180;
 const AXIS_LABELS: u32 = 24;
 const LEFT: u32 = 56;
 const LEGEND_ROW: u32 = 20;
+const LEGEND_COLUMNS: u32 = 2;
+
+/// The fill of the `i`-th model, in the chart and in the table's swatches.
+pub fn colour(i: usize) -> &'static str {
+    COLOURS[i % COLOURS.len()]
+}
+
+/// An HTML swatch of the `i`-th model's colour, for the table next to the chart (decorative:
+/// the model's name is beside it).
+pub fn swatch(i: usize) -> String {
+    format!(
+        "<svg width=\"12\" height=\"12\" aria-hidden=\"true\" focusable=\"false\">\
+         <rect width=\"12\" height=\"12\" fill=\"{}\"/></svg> ",
+        colour(i)
+    )
+}
 
 /// Keeps the `MAX_MODELS` largest models and sums the others into `other`.
 pub fn fold_small_models(mut usage: DailyUsage) -> DailyUsage {
@@ -68,13 +84,13 @@ pub fn fold_small_models(mut usage: DailyUsage) -> DailyUsage {
 pub fn usage_svg(usage: &DailyUsage) -> String {
     let title_id = "usage-chart-title";
     let desc_id = "usage-chart-desc";
-    let legend_rows = usage.models.len().div_ceil(3) as u32;
+    let legend_rows = usage.models.len().div_ceil(LEGEND_COLUMNS as usize) as u32;
     let height = PLOT_TOP + PLOT_HEIGHT + AXIS_LABELS + legend_rows * LEGEND_ROW + 8;
     let mut out = String::with_capacity(4096);
     let _ = write!(
         out,
         "<svg xmlns=\"http://www.w3.org/2000/svg\" class=\"chart\" viewBox=\"0 0 {WIDTH} {height}\" \
-         role=\"img\" aria-labelledby=\"{title_id} {desc_id}\" font-family=\"system-ui, sans-serif\" font-size=\"12\">"
+         role=\"img\" aria-labelledby=\"{title_id} {desc_id}\" font-family=\"system-ui, sans-serif\" font-size=\"14\">"
     );
     let _ = write!(
         out,
@@ -129,7 +145,7 @@ pub fn usage_svg(usage: &DailyUsage) -> String {
                 out,
                 "<rect x=\"{x}\" y=\"{y:.2}\" width=\"{bar_width}\" height=\"{h:.2}\" fill=\"{}\">\
                  <title>{}: {} tokens on {}</title></rect>",
-                COLOURS[m % COLOURS.len()],
+                colour(m),
                 escape(model),
                 n,
                 escape(day)
@@ -144,18 +160,18 @@ pub fn usage_svg(usage: &DailyUsage) -> String {
         );
     }
     let legend_top = base + AXIS_LABELS;
-    let column = (WIDTH - LEFT) / 3;
+    let column = (WIDTH - LEFT) / LEGEND_COLUMNS;
     for (m, (model, _)) in usage.models.iter().enumerate() {
-        let x = LEFT + column * (m as u32 % 3);
-        let y = legend_top + LEGEND_ROW * (m as u32 / 3);
+        let x = LEFT + column * (m as u32 % LEGEND_COLUMNS);
+        let y = legend_top + LEGEND_ROW * (m as u32 / LEGEND_COLUMNS);
         let _ = write!(
             out,
             "<rect x=\"{x}\" y=\"{y}\" width=\"12\" height=\"12\" fill=\"{}\"/>\
              <text x=\"{}\" y=\"{}\" fill=\"#1a1a1a\">{}</text>",
-            COLOURS[m % COLOURS.len()],
+            colour(m),
             x + 18,
             y + 11,
-            escape(&ellipsize(model, 24))
+            escape(&ellipsize(model, 28))
         );
     }
     out.push_str("</svg>");

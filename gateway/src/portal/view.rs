@@ -1,7 +1,7 @@
 //! The portal page as a pure function of [`PortalView`]: who is signed in, the Services they
 //! may use, recent requests and token usage. Tests render it without a gateway.
 
-use super::chart::{usage_svg, DailyUsage};
+use super::chart::{swatch, usage_svg, DailyUsage};
 use super::html::{escape, page};
 use std::fmt::Write;
 
@@ -198,7 +198,8 @@ fn requests(b: &mut String, v: &PortalView) {
         b.push_str("<p>No requests since the gateway started.</p></section>");
         return;
     }
-    b.push_str("<div class=\"scroll\"><table><caption>Newest first</caption><thead><tr>");
+    b.push_str(&scroll_open("Recent requests"));
+    b.push_str("<table><caption>Newest first</caption><thead><tr>");
     b.push_str("<th scope=\"col\">Time (UTC)</th>");
     if v.is_admin {
         b.push_str("<th scope=\"col\">User</th>");
@@ -251,7 +252,8 @@ fn usage(b: &mut String, v: &PortalView) {
     }
     b.push_str(&usage_svg(&u.daily));
     if !u.daily.is_empty() {
-        b.push_str("<div class=\"scroll\"><table><caption>Tokens per day and model</caption><thead><tr><th scope=\"col\">Model</th>");
+        b.push_str(&scroll_open("Tokens per day and model"));
+        b.push_str("<table><caption>Tokens per day and model</caption><thead><tr><th scope=\"col\">Model</th>");
         for d in &u.daily.days {
             let _ = write!(
                 b,
@@ -260,8 +262,13 @@ fn usage(b: &mut String, v: &PortalView) {
             );
         }
         b.push_str("<th scope=\"col\" class=\"num\">Total</th></tr></thead><tbody>");
-        for (model, values) in &u.daily.models {
-            let _ = write!(b, "<tr><th scope=\"row\">{}</th>", escape(model));
+        for (i, (model, values)) in u.daily.models.iter().enumerate() {
+            let _ = write!(
+                b,
+                "<tr><th scope=\"row\">{}{}</th>",
+                swatch(i),
+                escape(model)
+            );
             for n in values {
                 let _ = write!(b, "<td class=\"num\">{n}</td>");
             }
@@ -271,7 +278,8 @@ fn usage(b: &mut String, v: &PortalView) {
         b.push_str("</tbody></table></div>");
     }
     if v.is_admin && !u.by_user.is_empty() {
-        b.push_str("<div class=\"scroll\"><table><caption>Tokens per user</caption><thead><tr><th scope=\"col\">User</th><th scope=\"col\" class=\"num\">Tokens</th></tr></thead><tbody>");
+        b.push_str(&scroll_open("Tokens per user"));
+        b.push_str("<table><caption>Tokens per user</caption><thead><tr><th scope=\"col\">User</th><th scope=\"col\" class=\"num\">Tokens</th></tr></thead><tbody>");
         for (user, n) in &u.by_user {
             let _ = write!(
                 b,
@@ -282,6 +290,15 @@ fn usage(b: &mut String, v: &PortalView) {
         b.push_str("</tbody></table></div>");
     }
     b.push_str("</section>");
+}
+
+/// A sideways-scrolling box for a wide table, reachable and named for keyboard and screen
+/// reader users.
+fn scroll_open(label: &str) -> String {
+    format!(
+        "<div class=\"scroll\" role=\"region\" tabindex=\"0\" aria-label=\"{}\">",
+        escape(label)
+    )
 }
 
 /// `2026-11-20T10:11:12.345Z` as `11-20 10:11:12`.

@@ -112,8 +112,14 @@ fn usage_is_a_chart_and_a_table_of_the_same_numbers() {
     assert!(html.contains("Your LLM token usage, last 2 days"));
     assert!(html.contains("<svg"));
     assert!(html.contains(
-        "<tr><th scope=\"row\">gpt-x</th><td class=\"num\">10</td><td class=\"num\">32</td><td class=\"num\">42</td></tr>"
+        "gpt-x</th><td class=\"num\">10</td><td class=\"num\">32</td><td class=\"num\">42</td></tr>"
     ));
+    // The row's swatch has the colour of the model's bars.
+    let row = &html[html.find("<tr><th scope=\"row\"><svg").unwrap()..];
+    let row = &row[..row.find("</tr>").unwrap()];
+    assert!(row.contains(&format!("fill=\"{}\"", crate::portal::chart::colour(0))));
+    assert!(row.contains("aria-hidden=\"true\""));
+    assert!(html.contains("role=\"region\" tabindex=\"0\" aria-label=\"Tokens per day and model\""));
     // The person does not see the per-user table even if the view had one.
     assert!(!html.contains("Tokens per user"));
 }
