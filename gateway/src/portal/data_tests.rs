@@ -230,8 +230,8 @@ fn services_are_listed_by_what_the_policies_allow() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-#[test]
-fn a_person_sees_their_own_requests_newest_first_and_an_admin_everyones() {
+#[tokio::test]
+async fn a_person_sees_their_own_requests_newest_first_and_an_admin_everyones() {
     let (gw, dir) = gateway(false);
     let alice = login(&gw, "alice");
     let admin = login(&gw, crate::datadir::ADMIN_USER);
@@ -261,6 +261,15 @@ fn a_person_sees_their_own_requests_newest_first_and_an_admin_everyones() {
     let today = v.usage.daily.days.len() - 1;
     assert_eq!(v.usage.daily.day_total(today), (0..30).sum::<u64>());
     assert!(v.usage.source.contains("in memory"));
+    let resp = portal_page(&gw, &alice, Some("Corp SSO"), "https://postern.test");
+    assert_eq!(resp.status(), http::StatusCode::OK);
+    assert_eq!(resp.headers()["x-frame-options"], "DENY");
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let html = std::str::from_utf8(&body).unwrap();
+    assert!(html.contains("POST /alice/29"));
+    assert!(!html.contains("/bob"));
+    assert!(!html.contains("<th scope=\"col\">User</th>"));
+    assert!(html.contains("<dt>Signed in with</dt><dd>Corp SSO</dd>"));
 
     let v = portal_view(&gw, &admin, None, "https://postern.test");
     assert!(v.is_admin);
@@ -310,7 +319,13 @@ async fn the_admin_portal_reads_the_usage_store_and_the_response_is_html() {
         vec![("alice".to_string(), 120), ("bob".to_string(), 30)]
     );
 
-    let resp = portal_page(&gw, &admin, None, "https://postern.test:8443");
+    let resp = crate::portal::portal_page_async(
+        gw.clone(),
+        admin.clone(),
+        None,
+        "https://postern.test:8443".into(),
+    )
+    .await;
     assert_eq!(resp.status(), http::StatusCode::OK);
     assert_eq!(resp.headers()["content-type"], "text/html; charset=utf-8");
     assert_eq!(resp.headers()["cache-control"], "no-store");

@@ -62,6 +62,38 @@ pub fn portal_page(
     response(StatusCode::OK, render_portal(&v))
 }
 
+/// [`portal_page`] on the blocking pool, for async handlers that hold the gateway in an
+/// `Arc`: an admin's page scans a week of usage rows, which must not stall a runtime thread.
+pub async fn portal_page_async(
+    gw: std::sync::Arc<Gateway>,
+    principal: Principal,
+    identity_provider: Option<String>,
+    public_origin: String,
+) -> Response<BoxBody> {
+    let rendered = tokio::task::spawn_blocking(move || {
+        let v = portal_view(
+            &gw,
+            &principal,
+            identity_provider.as_deref(),
+            &public_origin,
+        );
+        render_portal(&v)
+    })
+    .await;
+    match rendered {
+        Ok(html) => response(StatusCode::OK, html),
+        Err(e) => {
+            tracing::error!(error = %e, "rendering the portal failed");
+            problem_page(
+                &SignInProblem::Failed {
+                    reason: "the portal could not be shown; reload the page".into(),
+                },
+                None,
+            )
+        }
+    }
+}
+
 /// The identity-provider choice page (200): one link per provider to
 /// `/login?idp=<name>&rd=<return_url>` plus `carry` (the CLI flow's parameters).
 pub fn choice_page(
