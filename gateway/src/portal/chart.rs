@@ -65,7 +65,7 @@ pub fn swatch(i: usize) -> String {
 pub fn fold_small_models(mut usage: DailyUsage) -> DailyUsage {
     usage
         .models
-        .sort_by_key(|(name, v)| (std::cmp::Reverse(v.iter().sum::<u64>()), name.clone()));
+        .sort_by_key(|(name, v)| (std::cmp::Reverse(saturating_sum(v)), name.clone()));
     if usage.models.len() > MAX_MODELS {
         let rest = usage.models.split_off(MAX_MODELS - 1);
         let mut other = vec![0u64; usage.days.len()];
@@ -77,6 +77,10 @@ pub fn fold_small_models(mut usage: DailyUsage) -> DailyUsage {
         usage.models.push(("other".into(), other));
     }
     usage
+}
+
+fn saturating_sum(v: &[u64]) -> u64 {
+    v.iter().fold(0u64, |a, &n| a.saturating_add(n))
 }
 
 /// The chart as an SVG element. Bars are proportional to each day's total (the tallest day
@@ -139,7 +143,8 @@ pub fn usage_svg(usage: &DailyUsage) -> String {
             if n == 0 {
                 continue;
             }
-            let h = n as f64 / max as f64 * PLOT_HEIGHT as f64;
+            // Never above the plot, even when a saturated day total understates the sum.
+            let h = (n as f64 / max as f64 * PLOT_HEIGHT as f64).min(y - PLOT_TOP as f64);
             y -= h;
             let _ = write!(
                 out,
@@ -342,6 +347,21 @@ mod tests {
         assert_eq!(other, &("other".to_string(), vec![10, 4]));
         let total: u64 = u.models.iter().flat_map(|(_, v)| v).sum();
         assert_eq!(total, (1..=10).sum::<u64>() + 10);
+    }
+
+    #[test]
+    fn huge_numbers_stay_inside_the_plot() {
+        let u = fold_small_models(usage(
+            &["d1", "d2"],
+            &[("a", &[u64::MAX, 1]), ("b", &[u64::MAX, 0])],
+        ));
+        let svg = usage_svg(&u);
+        let heights: Vec<f64> = bars(&svg).iter().map(|(_, h)| *h).collect();
+        assert!(
+            heights.iter().sum::<f64>() <= PLOT_HEIGHT as f64 + 0.01,
+            "{heights:?}"
+        );
+        assert!(svg.contains(&short_number(u64::MAX)));
     }
 
     #[test]

@@ -205,31 +205,44 @@ pub fn daily_from_cumulative(days: Vec<String>, cumulative: &[Vec<UsageTotals>])
     })
 }
 
+/// Usage per day and model from `(day, model, tokens)` rows (`day` as in `days`; rows for
+/// other days are ignored, repeated pairs are added up): the shape a per-day `GROUP BY`
+/// over the usage store returns.
+pub fn daily_from_rows<D, M>(
+    days: Vec<String>,
+    rows: impl IntoIterator<Item = (D, M, u64)>,
+) -> DailyUsage
+where
+    D: AsRef<str>,
+    M: Into<String>,
+{
+    let n = days.len();
+    let mut models: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for (day, model, tokens) in rows {
+        let Some(i) = days.iter().position(|x| x == day.as_ref()) else {
+            continue;
+        };
+        let slot = &mut models.entry(model.into()).or_insert_with(|| vec![0; n])[i];
+        *slot = slot.saturating_add(tokens);
+    }
+    fold_small_models(DailyUsage {
+        days,
+        models: models.into_iter().collect(),
+    })
+}
+
 /// Usage per day and model from access records (`time` RFC 3339 UTC), ignoring records
 /// outside `days` and records without usage.
 pub fn daily_from_records<'a>(
     days: Vec<String>,
     records: impl IntoIterator<Item = &'a AccessRecord>,
 ) -> DailyUsage {
-    let n = days.len();
-    let mut models: BTreeMap<String, Vec<u64>> = BTreeMap::new();
-    for r in records {
-        let Some(u) = &r.usage else { continue };
-        let Some(i) = r
-            .time
-            .get(..10)
-            .and_then(|d| days.iter().position(|x| x == d))
-        else {
-            continue;
-        };
-        let model = r.model.clone().unwrap_or_else(|| "-".into());
-        let slot = &mut models.entry(model).or_insert_with(|| vec![0; n])[i];
-        *slot = slot.saturating_add(u.total_tokens);
-    }
-    fold_small_models(DailyUsage {
-        days,
-        models: models.into_iter().collect(),
-    })
+    let rows = records.into_iter().filter_map(|r| {
+        let tokens = r.usage.as_ref()?.total_tokens;
+        let day = r.time.get(..10)?;
+        Some((day, r.model.clone().unwrap_or_else(|| "-".into()), tokens))
+    });
+    daily_from_rows(days, rows)
 }
 
 /// Token usage for the portal. Admins read the usage store (everyone, exact). A person's

@@ -412,3 +412,25 @@ fn records_are_summed_per_day_and_model() {
         ]
     );
 }
+
+#[test]
+fn rows_are_added_up_per_day_and_model() {
+    let days: Vec<String> = vec!["2026-11-25".into(), "2026-11-26".into()];
+    let d = daily_from_rows(
+        days,
+        [
+            ("2026-11-25", "a", 1),
+            ("2026-11-26", "a", 2),
+            ("2026-11-26", "a", u64::MAX),
+            ("2026-11-26", "b", 9),
+            ("2026-10-01", "c", 100),
+        ],
+    );
+    assert_eq!(
+        d.models,
+        vec![
+            ("a".to_string(), vec![1, u64::MAX]),
+            ("b".to_string(), vec![0, 9])
+        ]
+    );
+}
