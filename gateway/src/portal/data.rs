@@ -10,7 +10,7 @@ use crate::telemetry::access_log::AccessRecord;
 use crate::telemetry::recent::{LogFilter, DEFAULT_CAPACITY};
 use chrono::{DateTime, Duration, Utc};
 use postern_common::resources::{Effect, ServiceMode};
-use postern_policy::{Catalog, EvalContext, RequestFacts};
+use postern_policy::{Catalog, CelValue, EvalContext, RequestFacts};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -47,6 +47,7 @@ pub fn usable_services(
 ) -> Vec<ServiceItem> {
     let mut names: Vec<&String> = snap.services.keys().collect();
     names.sort();
+    let agent = agent_session(&principal.session.value);
     let mut out = Vec::new();
     for name in names {
         let service = &snap.services[name];
@@ -76,15 +77,22 @@ pub fn usable_services(
                 connect: format!("postern connect --userspace -p {local}:{name}:{port}"),
             }
         };
-        let probe = |method: &str, path: &str| {
-            allowed(service, principal, domain, public, &rules, method, path)
+        let session = if public {
+            &principal.session.value
+        } else {
+            &agent
         };
-        let plain = if service.spec.mode == ServiceMode::Tcp && !public {
+        let probe = |method: &str, path: &str| {
+            allowed(
+                service, principal, session, domain, public, &rules, method, path,
+            )
+        };
+        let tcp = service.spec.mode == ServiceMode::Tcp;
+        let plain = if tcp {
             probe("CONNECT", "/")
         } else {
             probe("GET", "/")
         };
-        let tcp = service.spec.mode == ServiceMode::Tcp;
         if !plain && (tcp || !OTHER_PROBES.iter().any(|(m, p)| probe(m, p))) {
             continue;
         }
@@ -97,11 +105,25 @@ pub fn usable_services(
     out
 }
 
+/// `ctx.session` as the person's `postern` agent would present it: a private Service is
+/// used through the tunnel, with an agent Session (`spec.kind: agent`, `spec.type: CLIENT`),
+/// not with the browser's.
+fn agent_session(browser: &CelValue) -> CelValue {
+    let mut v = browser.json().clone();
+    if let Some(spec) = v.get_mut("spec").and_then(|s| s.as_object_mut()) {
+        spec.insert("kind".into(), "agent".into());
+        spec.insert("type".into(), "CLIENT".into());
+    }
+    CelValue::from_json(&v)
+}
+
 /// Whether `method path` on `service` (from a browser for a public Service, through the
-/// tunnel for a private one) is allowed for `principal` now.
+/// tunnel for a private one) is allowed for `principal` with `session` now.
+#[allow(clippy::too_many_arguments)]
 fn allowed(
     service: &ServiceEntry,
     principal: &Principal,
+    session: &CelValue,
     domain: &str,
     public: bool,
     rules: &postern_policy::RuleSet,
@@ -135,7 +157,7 @@ fn allowed(
     };
     let ctx = EvalContext::new(
         &principal.user.value,
-        &principal.session.value,
+        session,
         &principal.user.groups_value,
         &service.value,
         &facts,

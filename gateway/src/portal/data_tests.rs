@@ -81,6 +81,23 @@ spec:
               condition: {match: '"dev" in ctx.user.spec.groups'}
 ---
 kind: Service
+metadata: {name: tunnel-only}
+spec:
+  port: 8080
+  config: {upstream: {url: "http://127.0.0.1:9"}}
+  authorization:
+    inlinePolicies:
+      - spec:
+          rules:
+            - effect: ALLOW
+              condition:
+                all:
+                  of:
+                    - match: 'ctx.session.spec.kind == "agent"'
+                    - match: 'ctx.session.spec.type == "CLIENT"'
+                    - match: 'ctx.user.metadata.name == "alice"'
+---
+kind: Service
 metadata: {name: admin-only}
 spec:
   isPublic: true
@@ -207,6 +224,15 @@ fn services_are_listed_by_what_the_policies_allow() {
                 &Reach::Private {
                     address: "http://intranet.local/".into(),
                     connect: "postern connect --userspace -p 8080:intranet:80".into()
+                },
+                true
+            ),
+            // Used through the tunnel, so decided for the agent's Session, not the browser's.
+            (
+                "tunnel-only",
+                &Reach::Private {
+                    address: "http://tunnel-only.local:8080/".into(),
+                    connect: "postern connect --userspace -p 8080:tunnel-only:8080".into()
                 },
                 true
             ),
