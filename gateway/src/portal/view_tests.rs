@@ -234,3 +234,77 @@ fn long_paths_are_shortened() {
     assert!(html.contains(&format!("/{}…", "a".repeat(78))));
     assert!(!html.contains(&"a".repeat(100)));
 }
+
+/// Checks that every element opened in `html` is closed in order (void and self-closed
+/// elements aside), so a change cannot leave a table or section open.
+fn assert_balanced(html: &str) {
+    const VOID: [&str; 3] = ["meta", "br", "!doctype"];
+    let mut open: Vec<String> = Vec::new();
+    let mut rest = html;
+    while let Some(i) = rest.find('<') {
+        rest = &rest[i + 1..];
+        let end = rest.find('>').expect("a tag is closed by >");
+        let tag = &rest[..end];
+        rest = &rest[end + 1..];
+        if let Some(name) = tag.strip_prefix('/') {
+            let top = open.pop();
+            assert_eq!(top.as_deref(), Some(name), "</{name}> closes {top:?}");
+            continue;
+        }
+        let name: String = tag
+            .chars()
+            .take_while(|c| !c.is_whitespace() && *c != '/')
+            .collect::<String>()
+            .to_ascii_lowercase();
+        if VOID.contains(&name.as_str()) || tag.ends_with('/') {
+            continue;
+        }
+        if name == "style" {
+            let close = rest.find("</style>").expect("style is closed");
+            rest = &rest[close + "</style>".len()..];
+            continue;
+        }
+        open.push(name);
+    }
+    assert!(open.is_empty(), "left open: {open:?}");
+}
+
+#[test]
+fn every_page_is_well_nested() {
+    let mut admin = sample();
+    admin.is_admin = true;
+    assert_balanced(&render_portal(&sample()));
+    assert_balanced(&render_portal(&admin));
+    let mut empty = sample();
+    empty.services.clear();
+    empty.requests.clear();
+    empty.usage.daily.models.clear();
+    assert_balanced(&render_portal(&empty));
+    use crate::portal::signin::*;
+    assert_balanced(&render_choice(&ChoiceView {
+        providers: vec![ProviderChoice {
+            name: "a".into(),
+            display_name: "A".into(),
+        }],
+        return_url: None,
+        carry: vec![],
+    }));
+    assert_balanced(&render_choice(&ChoiceView::default()));
+    for p in [
+        SignInProblem::UnknownEmail { email: "e".into() },
+        SignInProblem::DisabledUser { user: "u".into() },
+        SignInProblem::Refused { reason: "r".into() },
+        SignInProblem::Failed { reason: "r".into() },
+        SignInProblem::NoIdentityProvider,
+        SignInProblem::BadReturnAddress { url: "u".into() },
+    ] {
+        assert_balanced(&render_problem(&p, Some("/login")));
+    }
+    assert_balanced(&render_signed_out("/login"));
+}
+
+#[test]
+fn the_balance_check_catches_an_unclosed_element() {
+    let r = std::panic::catch_unwind(|| assert_balanced("<main><table></main>"));
+    assert!(r.is_err());
+}
