@@ -16,7 +16,8 @@ pub mod view;
 
 pub use chart::DailyUsage;
 pub use pages::{
-    choice_page, portal_page, portal_page_async, problem_page, sign_in_link, signed_out_page,
+    choice_page, failure_page, portal_page, portal_page_async, problem_page, sign_in_link,
+    signed_out_page,
 };
 pub use signin::{ChoiceView, ProviderChoice, SignInProblem};
 pub use view::PortalView;

@@ -121,6 +121,16 @@ pub fn problem_page(problem: &SignInProblem, retry: Option<&str>) -> Response<Bo
     response(problem.status(), render_problem(problem, retry))
 }
 
+/// A failed sign-in with the caller's own status (a 502 when the identity provider cannot
+/// be reached, a 503 when the store cannot take the Session, ...), `reason` saying what
+/// happened, and `retry` the link to start again.
+pub fn failure_page(status: StatusCode, reason: &str, retry: Option<&str>) -> Response<BoxBody> {
+    let problem = SignInProblem::Failed {
+        reason: reason.to_string(),
+    };
+    response(status, render_problem(&problem, retry))
+}
+
 /// The page after `/logout` (200), with a "Sign in again" link to `sign_in`.
 pub fn signed_out_page(sign_in: &str) -> Response<BoxBody> {
     response(StatusCode::OK, render_signed_out(sign_in))

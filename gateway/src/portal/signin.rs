@@ -317,6 +317,56 @@ mod tests {
         assert!(render_signed_out("\"><script>").contains("&quot;&gt;&lt;script&gt;"));
     }
 
+    #[tokio::test]
+    async fn the_page_responses_carry_status_headers_and_body() {
+        use http_body_util::BodyExt;
+        let body = |r: http::Response<crate::proxy::BoxBody>| async move {
+            let b = r.into_body().collect().await.unwrap().to_bytes();
+            String::from_utf8(b.to_vec()).unwrap()
+        };
+        let r = crate::portal::failure_page(
+            http::StatusCode::BAD_GATEWAY,
+            "cannot reach <idp>",
+            Some(&crate::portal::sign_in_link("https://example.com/")),
+        );
+        assert_eq!(r.status(), http::StatusCode::BAD_GATEWAY);
+        assert_eq!(r.headers()["cache-control"], "no-store");
+        let html = body(r).await;
+        assert!(html.contains("cannot reach &lt;idp&gt;"));
+        assert!(html.contains("href=\"/login?rd&#61;https%3A%2F%2Fexample.com%2F\""));
+
+        let r = crate::portal::problem_page(
+            &SignInProblem::UnknownEmail {
+                email: "e@x".into(),
+            },
+            None,
+        );
+        assert_eq!(r.status(), http::StatusCode::FORBIDDEN);
+        assert_eq!(r.headers()["content-type"], "text/html; charset=utf-8");
+        assert!(body(r)
+            .await
+            .contains("e@x</strong> has no Postern account"));
+
+        let r = crate::portal::choice_page(
+            &[choice("a", "A")],
+            None,
+            &[("rd".into(), "https://example.com/".into())],
+        );
+        assert_eq!(r.status(), http::StatusCode::OK);
+        assert_eq!(r.headers()["x-frame-options"], "DENY");
+        assert!(body(r)
+            .await
+            .contains("/login?idp&#61;a&amp;rd&#61;https%3A%2F%2Fexample.com%2F"));
+        assert_eq!(
+            crate::portal::choice_page(&[], None, &[]).status(),
+            http::StatusCode::NOT_FOUND
+        );
+
+        let r = crate::portal::signed_out_page("/login");
+        assert_eq!(r.status(), http::StatusCode::OK);
+        assert!(body(r).await.contains("Sign in again"));
+    }
+
     #[test]
     fn an_empty_choice_says_no_provider() {
         let html = render_choice(&ChoiceView::default());
