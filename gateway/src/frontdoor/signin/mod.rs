@@ -10,6 +10,7 @@ pub mod flow;
 mod providers;
 mod render;
 pub mod return_to;
+mod used;
 
 use super::cookies::{self, SESSION_COOKIE};
 use super::oauth2::{oauth_error, server_error};
@@ -36,6 +37,7 @@ pub use providers::ProviderClients;
 pub struct SignInState {
     providers: ProviderClients,
     codes: Mutex<AgentCodes>,
+    used: Mutex<used::UsedStates>,
     flow_keys: SecretBox,
 }
 
@@ -45,6 +47,7 @@ impl SignInState {
         SignInState {
             providers: ProviderClients::default(),
             codes: Mutex::new(AgentCodes::default()),
+            used: Mutex::new(used::UsedStates::default()),
             flow_keys: root.derive(flow::COOKIE_KEY_PURPOSE),
         }
     }
@@ -258,6 +261,34 @@ pub async fn callback<B>(gw: &Gateway, req: &Request<B>) -> Response<BoxBody> {
             )
         }
     };
+    let claim = gw.signin.used.lock().expect("used states lock").claim(
+        &flow.state,
+        flow.expires,
+        now_unix(),
+    );
+    match claim {
+        used::Claim::Fresh => {}
+        used::Claim::Replayed => {
+            return refused(
+                gw,
+                req,
+                StatusCode::BAD_REQUEST,
+                "this sign-in was already completed; start again",
+                &origin,
+                Some(&cookie_name),
+            )
+        }
+        used::Claim::Full => {
+            return refused(
+                gw,
+                req,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many sign-ins at once; try again in a few minutes",
+                &origin,
+                None,
+            )
+        }
+    }
     let mut resp = finish_callback(gw, req, &q, &flow, &origin).await;
     resp.headers_mut()
         .append(header::SET_COOKIE, cookies::clear(&cookie_name, None));
