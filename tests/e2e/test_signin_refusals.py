@@ -336,3 +336,14 @@ def test_refusal_pages_escape_what_they_reflect(signin_env):
                    "javascript:<script>alert(1)</script>"]:
             hop = b.get(f"{env.origin}/login?rd={quote(rd, safe='')}")
             assert hop.status == 400 and "<script>" not in hop.text, (rd, hop.text)
+
+
+def test_person_cancelling_at_the_provider_gets_a_page_and_no_session(signin_env):
+    """The provider answers the callback with ``error=access_denied`` (its Cancel link)."""
+    env = signin_env
+    with env.browser() as b:
+        walk = b.walk(env.url("/x"), "alice", consent=False)
+        callback = walk.to_path("/callback")
+        assert query_of(callback.url).get("error") == "access_denied", callback.url
+        assert_refused(env, walk.final)
+    assert env.idp.token_requests() == 0
