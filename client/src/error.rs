@@ -41,6 +41,26 @@ pub enum ClientError {
     #[error("unexpected response from {url}: {detail}; check that the client and posternd versions match")]
     BadResponse { url: String, detail: String },
 
+    /// `/oauth2/token` refused the sign-in code (RFC 6749 section 5.2).
+    #[error("the gateway refused the sign-in code: {error}{}; run `postern login --domain {domain}` again", described(.description))]
+    TokenRefused {
+        domain: String,
+        error: String,
+        description: Option<String>,
+    },
+
+    /// The browser came back from signing in with an error instead of a code.
+    #[error("the sign-in was refused: {error}{}; run `postern login --domain {domain}` to try again", described(.description))]
+    SignInRefused {
+        domain: String,
+        error: String,
+        description: Option<String>,
+    },
+
+    /// No sign-in reached the loopback redirect in time.
+    #[error("no sign-in arrived within {waited}; run `postern login --domain {domain}` again and finish signing in in the browser (or allow longer with --timeout)")]
+    SignInTimedOut { domain: String, waited: String },
+
     /// `--domain` is not `host` or `host:port`.
     #[error("invalid domain {input:?}: {reason}; pass it as `example.com` or `example.com:8443`")]
     InvalidDomain { input: String, reason: String },
@@ -87,6 +107,14 @@ impl ClientError {
             err,
         }
     }
+}
+
+/// `: <description>` when there is one.
+fn described(description: &Option<String>) -> String {
+    description
+        .as_deref()
+        .map(|d| format!(": {d}"))
+        .unwrap_or_default()
 }
 
 /// The library's result type.
