@@ -4,7 +4,8 @@
 use std::path::PathBuf;
 
 /// The hint appended to every "you need a (new) session" message.
-pub const LOGIN_HINT: &str = "run `postern login --domain <domain> --auth-token <token>`";
+pub const LOGIN_HINT: &str =
+    "run `postern login --domain <domain>` (add `--auth-token <token>` to log in with a token)";
 
 /// Everything that can go wrong in `postern` and `posternctl`.
 #[derive(Debug, thiserror::Error)]
@@ -22,7 +23,7 @@ pub enum ClientError {
     BadSessionFile { path: PathBuf, detail: String },
 
     /// The gateway answered 401: the token is missing, wrong, expired or revoked.
-    #[error("{message}; run `postern login --domain {domain} --auth-token <token>`")]
+    #[error("{message}; run `postern login --domain {domain}` (add `--auth-token <token>` to log in with a token)")]
     Unauthorized { message: String, domain: String },
 
     /// The gateway answered with an error body (or an unexpected status).
