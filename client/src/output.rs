@@ -56,12 +56,13 @@ impl Table {
 pub fn table_for(kind: Kind, items: &[Value]) -> Table {
     let headers: &[&str] = match kind {
         Kind::Service => &["NAME", "PUBLIC", "MODE", "UPSTREAM/CONFIGS"],
-        Kind::User => &["NAME", "TYPE", "GROUPS"],
+        Kind::User => &["NAME", "TYPE", "GROUPS", "EMAIL"],
         Kind::Group => &["NAME", "POLICIES"],
         Kind::Policy => &["NAME", "RULES", "DISABLED"],
+        Kind::IdentityProvider => &["NAME", "DISPLAY NAME", "ISSUER", "REDIRECT URI"],
         Kind::Secret => &["NAME", "CREATED"],
         Kind::Credential => &["NAME", "USER", "TYPE", "CLIENT ID", "EXPIRES"],
-        Kind::Session => &["NAME", "USER", "TYPE", "EXPIRES"],
+        Kind::Session => &["NAME", "USER", "TYPE", "EXPIRES", "KIND", "SIGNED IN WITH"],
     };
     let rows = items.iter().map(|item| row_for(kind, item)).collect();
     Table {
@@ -92,6 +93,7 @@ fn row_for(kind: Kind, item: &Value) -> Vec<String> {
                 .unwrap_or("HUMAN")
                 .to_string(),
             join(item.pointer("/spec/groups")),
+            s("/spec/email"),
         ],
         Kind::Group => vec![s("/metadata/name"), policies(item)],
         Kind::Policy => vec![
@@ -105,6 +107,14 @@ fn row_for(kind: Kind, item: &Value) -> Vec<String> {
                 .unwrap_or(false)
                 .to_string(),
         ],
+        Kind::IdentityProvider => vec![
+            s("/metadata/name"),
+            item.pointer("/spec/displayName")
+                .or_else(|| item.pointer("/metadata/name"))
+                .map_or("-".to_string(), |v| text(Some(v))),
+            s("/spec/oidc/issuerURL"),
+            s("/status/redirectURI"),
+        ],
         Kind::Secret => vec![s("/name"), s("/createdAt")],
         Kind::Credential => vec![
             s("/name"),
@@ -115,7 +125,32 @@ fn row_for(kind: Kind, item: &Value) -> Vec<String> {
                 .filter(|v| !v.is_null())
                 .map_or("never".to_string(), |v| text(Some(v))),
         ],
-        Kind::Session => vec![s("/name"), s("/user"), s("/type"), s("/expiresAt")],
+        Kind::Session => vec![
+            s("/name"),
+            s("/user"),
+            s("/type"),
+            s("/expiresAt"),
+            s("/kind"),
+            signed_in_with(item),
+        ],
+    }
+}
+
+/// `oidc:corp-sso`, `oauth2:ci-bot` or `auth-token:laptop`: the method and what it used.
+fn signed_in_with(item: &Value) -> String {
+    let method = item
+        .pointer("/authentication/method")
+        .and_then(Value::as_str)
+        .unwrap_or("-");
+    let by = item
+        .pointer("/authentication/identityProvider")
+        .or_else(|| item.get("credential"))
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    if by.is_empty() {
+        method.to_string()
+    } else {
+        format!("{method}:{by}")
     }
 }
 

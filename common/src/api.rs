@@ -39,6 +39,21 @@ pub struct LoginResponse {
     pub user: String,
 }
 
+/// The `client_id` the `postern` agent uses for the authorization code grant of a browser
+/// sign-in (RFC 8252: a native app, so no client secret; PKCE binds the code to it).
+pub const AGENT_CLIENT_ID: &str = "postern-cli";
+
+/// `POST /oauth2/token` with `grant_type=authorization_code`: the agent's Session after a
+/// person signed in through an IdentityProvider in the browser.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CodeTokenResponse {
+    pub access_token: String,
+    pub token_type: String,
+    pub expires_in: u64,
+    pub session: String,
+    pub user: String,
+}
+
 /// `POST /api/v1/apply`: files' text, parsed and checked on the gateway so errors carry
 /// the file name and line. All files are applied together, or none is.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -6,6 +6,7 @@
 
 mod condition;
 mod identity;
+mod identity_provider;
 pub mod limits;
 pub mod locate;
 pub mod parse;
@@ -14,8 +15,11 @@ pub mod validate;
 
 pub use condition::{Condition, ConditionList, Effect, OpaCondition, PolicySpec, Rule};
 pub use identity::{
-    CredentialInfo, CredentialType, GroupSpec, SecretInfo, SessionInfo, SessionType, UserSpec,
-    UserType,
+    AuthMethod, Authentication, CredentialInfo, CredentialType, GroupSpec, SecretInfo,
+    SessionInfo, SessionKind, SessionType, UserSpec, UserType,
+};
+pub use identity_provider::{
+    check_issuer_url, is_loopback_host, IdentityProviderSpec, OidcSpec, DEFAULT_OIDC_SCOPES,
 };
 pub use limits::{LimitBy, LimitSpec, Period};
 pub use parse::{parse_documents, ParseError, SourceDocument};
@@ -41,6 +45,7 @@ pub enum Kind {
     User,
     Group,
     Policy,
+    IdentityProvider,
     Secret,
     Credential,
     Session,
@@ -48,9 +53,10 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind, in the order `apply` writes them (referenced kinds first).
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 8] = [
         Kind::Group,
         Kind::Policy,
+        Kind::IdentityProvider,
         Kind::User,
         Kind::Service,
         Kind::Secret,
@@ -65,6 +71,7 @@ impl Kind {
             Kind::User => "User",
             Kind::Group => "Group",
             Kind::Policy => "Policy",
+            Kind::IdentityProvider => "IdentityProvider",
             Kind::Secret => "Secret",
             Kind::Credential => "Credential",
             Kind::Session => "Session",
@@ -78,6 +85,7 @@ impl Kind {
             Kind::User => "users",
             Kind::Group => "groups",
             Kind::Policy => "policies",
+            Kind::IdentityProvider => "identityproviders",
             Kind::Secret => "secrets",
             Kind::Credential => "credentials",
             Kind::Session => "sessions",
@@ -93,6 +101,7 @@ impl Kind {
                 || lower == k.plural()
                 || (lower == "svc" && *k == Kind::Service)
                 || (lower == "cred" && *k == Kind::Credential)
+                || (lower == "idp" && *k == Kind::IdentityProvider)
         })
     }
 
@@ -100,7 +109,7 @@ impl Kind {
     pub fn is_declarative(self) -> bool {
         matches!(
             self,
-            Kind::Service | Kind::User | Kind::Group | Kind::Policy
+            Kind::Service | Kind::User | Kind::Group | Kind::Policy | Kind::IdentityProvider
         )
     }
 }
@@ -155,6 +164,10 @@ pub enum Resource {
         metadata: Metadata,
         spec: PolicySpec,
     },
+    IdentityProvider {
+        metadata: Metadata,
+        spec: IdentityProviderSpec,
+    },
 }
 
 impl Resource {
@@ -164,6 +177,7 @@ impl Resource {
             Resource::User { .. } => Kind::User,
             Resource::Group { .. } => Kind::Group,
             Resource::Policy { .. } => Kind::Policy,
+            Resource::IdentityProvider { .. } => Kind::IdentityProvider,
         }
     }
 
@@ -172,7 +186,8 @@ impl Resource {
             Resource::Service { metadata, .. }
             | Resource::User { metadata, .. }
             | Resource::Group { metadata, .. }
-            | Resource::Policy { metadata, .. } => metadata,
+            | Resource::Policy { metadata, .. }
+            | Resource::IdentityProvider { metadata, .. } => metadata,
         }
     }
 
@@ -181,7 +196,8 @@ impl Resource {
             Resource::Service { metadata, .. }
             | Resource::User { metadata, .. }
             | Resource::Group { metadata, .. }
-            | Resource::Policy { metadata, .. } => metadata,
+            | Resource::Policy { metadata, .. }
+            | Resource::IdentityProvider { metadata, .. } => metadata,
         }
     }
 

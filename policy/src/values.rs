@@ -27,14 +27,21 @@ pub fn groups_value(group_names: &[String], groups: &HashMap<&str, &Resource>) -
     CelValue::from_json(&serde_json::Value::Array(list))
 }
 
-/// `ctx.session`: `{metadata: {name, createdAt}, spec: {type, user, credential, expiresAt}}`.
+/// `ctx.session`: `{metadata: {name, createdAt}, spec: {type, kind, user, credential,
+/// authentication: {method, identityProvider, claims}, expiresAt}}`.
 pub fn session_value(info: &SessionInfo) -> CelValue {
     CelValue::from_json(&serde_json::json!({
         "metadata": {"name": info.name, "createdAt": info.created_at},
         "spec": {
             "type": info.session_type,
+            "kind": info.kind,
             "user": info.user,
             "credential": info.credential,
+            "authentication": {
+                "method": info.authentication.method,
+                "identityProvider": info.authentication.identity_provider.as_deref().unwrap_or(""),
+                "claims": info.authentication.claims,
+            },
             "expiresAt": info.expires_at,
         },
     }))
@@ -43,7 +50,7 @@ pub fn session_value(info: &SessionInfo) -> CelValue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use postern_common::resources::SessionType;
+    use postern_common::resources::{AuthMethod, Authentication, SessionKind, SessionType};
 
     #[test]
     fn session_has_the_gateway_shape() {
@@ -51,12 +58,22 @@ mod tests {
             name: "s1".into(),
             user: "alice".into(),
             session_type: SessionType::Clientless,
-            credential: "c".into(),
+            kind: SessionKind::Browser,
+            credential: String::new(),
+            authentication: Authentication {
+                method: AuthMethod::Oidc,
+                identity_provider: Some("corp".into()),
+                claims: serde_json::json!({"groups": ["eng"]}),
+            },
             created_at: "2026-01-01T00:00:00Z".into(),
             expires_at: "2026-01-01T01:00:00Z".into(),
         });
         assert_eq!(v.json()["spec"]["type"], "CLIENTLESS");
         assert_eq!(v.json()["metadata"]["name"], "s1");
         assert_eq!(v.json()["spec"]["expiresAt"], "2026-01-01T01:00:00Z");
+        assert_eq!(v.json()["spec"]["kind"], "browser");
+        assert_eq!(v.json()["spec"]["authentication"]["method"], "oidc");
+        assert_eq!(v.json()["spec"]["authentication"]["identityProvider"], "corp");
+        assert_eq!(v.json()["spec"]["authentication"]["claims"]["groups"][0], "eng");
     }
 }

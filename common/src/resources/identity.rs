@@ -101,6 +101,77 @@ pub enum SessionType {
     Client,
 }
 
+/// Who a Session is for, which decides how it may be used and what a policy can ask
+/// (`ctx.session.spec.kind`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SessionKind {
+    /// A person signed in through an IdentityProvider in a browser (a cookie).
+    Browser,
+    /// The `postern` agent, logged in by auth token or through an IdentityProvider.
+    Agent,
+    /// A workload's OAuth2 client credentials grant.
+    #[default]
+    Workload,
+}
+
+impl SessionKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionKind::Browser => "browser",
+            SessionKind::Agent => "agent",
+            SessionKind::Workload => "workload",
+        }
+    }
+}
+
+/// How a Session's owner proved who they are.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AuthMethod {
+    /// An OpenID Connect IdentityProvider (`authentication.identityProvider` names it).
+    Oidc,
+    /// OAuth2 client credentials.
+    #[default]
+    Oauth2,
+    /// An auth-token Credential (`postern login --auth-token`).
+    AuthToken,
+}
+
+/// `ctx.session.spec.authentication`: the method, the IdentityProvider and its claims.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Authentication {
+    pub method: AuthMethod,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity_provider: Option<String>,
+    /// The ID token's claims (an object; empty unless `method` is `oidc`).
+    #[serde(default = "empty_object", skip_serializing_if = "is_empty_object")]
+    pub claims: serde_json::Value,
+}
+
+fn empty_object() -> serde_json::Value {
+    serde_json::Value::Object(Default::default())
+}
+
+fn is_empty_object(v: &serde_json::Value) -> bool {
+    v.as_object().is_some_and(|o| o.is_empty())
+}
+
+impl Authentication {
+    /// A Session made from a Credential of type `ty`.
+    pub fn credential(ty: CredentialType) -> Self {
+        Authentication {
+            method: match ty {
+                CredentialType::Oauth2 => AuthMethod::Oauth2,
+                CredentialType::AuthToken => AuthMethod::AuthToken,
+            },
+            identity_provider: None,
+            claims: empty_object(),
+        }
+    }
+}
+
 /// A Session as listed and as seen by policies (`ctx.session`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -109,8 +180,13 @@ pub struct SessionInfo {
     pub user: String,
     #[serde(rename = "type")]
     pub session_type: SessionType,
-    /// The credential that created it.
+    /// Browser, agent or workload.
+    #[serde(default)]
+    pub kind: SessionKind,
+    /// The credential that created it; empty for a sign-in through an IdentityProvider.
     pub credential: String,
+    #[serde(default)]
+    pub authentication: Authentication,
     pub created_at: String,
     pub expires_at: String,
 }

@@ -1,7 +1,9 @@
 //! Multi-document YAML (or JSON) into typed resources, with errors that name the file, the
 //! line and the field path, and suggest the field the user probably meant.
 
-use super::{GroupSpec, Kind, Metadata, PolicySpec, Resource, ServiceSpec, UserSpec};
+use super::{
+    GroupSpec, IdentityProviderSpec, Kind, Metadata, PolicySpec, Resource, ServiceSpec, UserSpec,
+};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use std::fmt;
@@ -81,6 +83,11 @@ struct Doc<S> {
     api_version: Option<String>,
     metadata: Metadata,
     spec: S,
+    /// Server-set (e.g. an IdentityProvider's redirect URI); accepted so `get -o yaml`
+    /// output applies again, and ignored.
+    #[serde(default)]
+    #[allow(dead_code)]
+    status: Option<serde::de::IgnoredAny>,
 }
 
 #[derive(Deserialize)]
@@ -94,6 +101,9 @@ struct DocOptionalSpec<S: Default> {
     metadata: Metadata,
     #[serde(default)]
     spec: S,
+    #[serde(default)]
+    #[allow(dead_code)]
+    status: Option<serde::de::IgnoredAny>,
 }
 
 /// Splits `text` into its YAML documents, each with its 1-based starting line.
@@ -156,7 +166,7 @@ pub fn parse_documents(file: &str, text: &str) -> Result<Vec<SourceDocument>, Pa
                 Some(start),
                 None,
                 Some("kind".into()),
-                "missing; expected one of Service, User, Group, Policy".into(),
+                "missing; expected one of Service, User, Group, Policy, IdentityProvider".into(),
             )
         })?;
         let kind = Kind::from_user_input(&kind_name)
@@ -167,7 +177,7 @@ pub fn parse_documents(file: &str, text: &str) -> Result<Vec<SourceDocument>, Pa
                     None,
                     Some("kind".into()),
                     format!(
-                        "unknown kind {kind_name:?}; expected one of Service, User, Group, Policy{}",
+                        "unknown kind {kind_name:?}; expected one of Service, User, Group, Policy, IdentityProvider{}",
                         match kind_name.as_str() {
                             "Secret" => " (create secrets with `posternctl create secret NAME`)",
                             "Credential" =>
@@ -193,6 +203,12 @@ pub fn parse_documents(file: &str, text: &str) -> Result<Vec<SourceDocument>, Pa
             Kind::Group => typed::<DocOptionalSpec<GroupSpec>>(&doc).map(|d| Resource::Group {
                 metadata: d.metadata,
                 spec: d.spec,
+            }),
+            Kind::IdentityProvider => typed::<Doc<IdentityProviderSpec>>(&doc).map(|d| {
+                Resource::IdentityProvider {
+                    metadata: d.metadata,
+                    spec: d.spec,
+                }
             }),
             _ => unreachable!("filtered to declarative kinds above"),
         }

@@ -94,6 +94,14 @@ pub fn validate(r: &Resource) -> Vec<FieldError> {
             if let Some(a) = &spec.authorization {
                 check_authorization("spec.authorization", a, &mut push);
             }
+            if let Some(email) = &spec.email {
+                if !is_plausible_email(email) {
+                    push(
+                        "spec.email".into(),
+                        format!("{email:?} is not an email address (name@domain)"),
+                    );
+                }
+            }
             check_limits("spec.limits", &spec.limits, &mut push);
         }
         Resource::Group { spec, .. } => {
@@ -103,8 +111,48 @@ pub fn validate(r: &Resource) -> Vec<FieldError> {
             check_limits("spec.limits", &spec.limits, &mut push);
         }
         Resource::Policy { spec, .. } => check_policy("spec", spec, &mut push),
+        Resource::IdentityProvider { spec, .. } => {
+            if let Err(m) = super::check_issuer_url(&spec.oidc.issuer_url) {
+                push("spec.oidc.issuerURL".into(), m);
+            }
+            if spec.oidc.client_id.trim().is_empty() {
+                push(
+                    "spec.oidc.clientID".into(),
+                    "must not be empty; copy the client ID the provider gave".into(),
+                );
+            }
+            if let Some(s) = &spec.oidc.client_secret {
+                if let Err(m) = check_name(&s.from_secret) {
+                    push("spec.oidc.clientSecret.fromSecret".into(), m);
+                }
+            }
+            for (i, scope) in spec.oidc.scopes.iter().enumerate() {
+                if scope.is_empty() || scope.bytes().any(|b| b <= b' ' || b == b'"' || b == b'\\') {
+                    push(
+                        format!("spec.oidc.scopes[{i}]"),
+                        format!("{scope:?} is not a scope token"),
+                    );
+                }
+            }
+        }
     }
     errs
+}
+
+/// `name@domain` with no spaces or control characters: enough to catch a typo; the
+/// IdentityProvider is what proves an address.
+fn is_plausible_email(s: &str) -> bool {
+    match s.split_once('@') {
+        Some((local, domain)) => {
+            !local.is_empty()
+                && domain.contains('.')
+                && !domain.starts_with('.')
+                && !domain.ends_with('.')
+                && !domain.contains('@')
+                && s.bytes().all(|b| b > b' ' && b != 0x7f)
+        }
+        None => false,
+    }
 }
 
 fn check_config(

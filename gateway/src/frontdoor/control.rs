@@ -66,6 +66,7 @@ pub async fn handle(gw: &Gateway, req: ClientRequest) -> Response<BoxBody> {
     let rest = path.strip_prefix(API_PREFIX).unwrap_or("");
     let segments: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
     let method = req.method().clone();
+    let (origin, _) = super::signin::public_origin(&gw.domain, req.headers(), req.uri());
 
     if segments == ["login"] {
         if method != Method::POST {
@@ -154,11 +155,11 @@ pub async fn handle(gw: &Gateway, req: ClientRequest) -> Response<BoxBody> {
             }
         }
         (Method::GET, [kind]) => match Kind::from_user_input(kind) {
-            Some(k) => json(StatusCode::OK, &ListResponse { items: list(gw, k) }),
+            Some(k) => json(StatusCode::OK, &ListResponse { items: list(gw, k, &origin) }),
             None => unknown_kind(kind),
         },
         (Method::GET, [kind, name]) => match Kind::from_user_input(kind) {
-            Some(k) => match list(gw, k)
+            Some(k) => match list(gw, k, &origin)
                 .into_iter()
                 .find(|v| item_name(v) == Some(*name))
             {
@@ -245,7 +246,7 @@ fn is_admin(p: &Principal) -> bool {
 fn unknown_kind(kind: &str) -> Response<BoxBody> {
     error(
         StatusCode::NOT_FOUND,
-        format!("unknown kind {kind:?}; use services, users, groups, policies, secrets, credentials or sessions"),
+        format!("unknown kind {kind:?}; use services, users, groups, policies, identityproviders, secrets, credentials or sessions"),
         None,
     )
 }
@@ -258,14 +259,22 @@ fn item_name(v: &serde_json::Value) -> Option<&str> {
 
 /// The items `get` shows: full resources for declared kinds, info records (never secret
 /// values or hashes) for the others.
-fn list(gw: &Gateway, kind: Kind) -> Vec<serde_json::Value> {
+/// IdentityProviders also show `status.redirectURI`, the address to register at the provider
+/// (`origin` is the gateway's public origin as the caller reached it).
+fn list(gw: &Gateway, kind: Kind, origin: &str) -> Vec<serde_json::Value> {
     let snap = gw.snapshot();
     match kind {
-        Kind::Service | Kind::User | Kind::Group | Kind::Policy => snap
+        Kind::Service | Kind::User | Kind::Group | Kind::Policy | Kind::IdentityProvider => snap
             .resources
             .iter()
             .filter(|((k, _), _)| *k == kind)
-            .map(|(_, r)| r.to_json())
+            .map(|(_, r)| {
+                let mut v = r.to_json();
+                if kind == Kind::IdentityProvider {
+                    v["status"] = serde_json::json!({"redirectURI": format!("{origin}/callback")});
+                }
+                v
+            })
             .collect(),
         Kind::Secret => {
             let mut v: Vec<_> = snap.secrets.values().map(|s| s.info.clone()).collect();

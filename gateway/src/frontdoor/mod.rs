@@ -4,6 +4,7 @@
 
 pub mod conn;
 pub mod control;
+pub mod cookies;
 pub mod host;
 pub mod limits;
 pub mod metrics;
@@ -11,6 +12,7 @@ pub mod oauth2;
 pub mod observe;
 pub mod respond;
 pub mod shed;
+pub mod signin;
 pub mod tls;
 
 use crate::proxy::buffer::{read_limited, BufferError, TimedBody};
@@ -181,15 +183,58 @@ async fn route(gw: Arc<Gateway>, req: ClientRequest, peer: SocketAddr) -> Respon
     {
         Some(label) if !label.is_empty() && !label.contains('.') => {
             let label = label.to_string();
-            pipeline::handle(gw, &label, req, peer).await
+            let caller = public_caller(&gw, &req);
+            pipeline::handle(gw, &label, req, peer, caller).await
         }
         _ => respond::not_found(),
     }
 }
 
+/// Who calls a public Service: a bearer token wins over the browser's Session cookie; a
+/// browser with neither is sent to sign in, back to the exact URL it asked for.
+fn public_caller(gw: &Gateway, req: &ClientRequest) -> pipeline::PublicCaller {
+    let token = pipeline::bearer_token(req.headers())
+        .or_else(|| cookies::get(req.headers(), cookies::SESSION_COOKIE))
+        .map(str::to_string);
+    let sign_in = (pipeline::bearer_token(req.headers()).is_none()
+        && signin::wants_html(req.headers()))
+    .then(|| {
+        let (origin, port) = signin::public_origin(&gw.domain, req.headers(), req.uri());
+        let host = req
+            .headers()
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| req.uri().authority().map(|a| a.as_str()))
+            .unwrap_or(&gw.domain);
+        let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
+        let port = if port == 443 { String::new() } else { format!(":{port}") };
+        let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        signin::sign_in_url(&origin, &format!("https://{host}{port}{path}"))
+    });
+    pipeline::PublicCaller { token, sign_in }
+}
+
 async fn control_plane(gw: &Gateway, req: ClientRequest) -> Response<BoxBody> {
     let path = req.uri().path().to_string();
     match (req.method().clone(), path.as_str()) {
+        (Method::GET, "/login") => signin::login(gw, &req).await,
+        (Method::GET, "/callback") => signin::callback(gw, &req).await,
+        (Method::GET | Method::POST, "/logout") => signin::logout(gw, &req),
+        (Method::GET, "/") => match signin::cookie_principal(gw, req.headers()) {
+            Some(p) => {
+                let (origin, _) = signin::public_origin(&gw.domain, req.headers(), req.uri());
+                signin::portal(gw, &p, &origin)
+            }
+            None if signin::wants_html(req.headers()) => {
+                let (origin, _) = signin::public_origin(&gw.domain, req.headers(), req.uri());
+                signin::redirect(&signin::sign_in_url(&origin, &format!("{origin}/")))
+            }
+            None => respond::error(
+                StatusCode::UNAUTHORIZED,
+                "sign in with a browser to see the portal",
+                None,
+            ),
+        },
         (Method::GET, "/healthz") => respond::json(
             StatusCode::OK,
             &serde_json::json!({"status": "ok", "sessions": gw.session_count()}),

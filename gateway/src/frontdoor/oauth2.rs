@@ -6,9 +6,9 @@ use crate::proxy::BoxBody;
 use crate::state::Gateway;
 use base64::Engine;
 use http::{header, HeaderMap, Response, StatusCode};
-use postern_common::api::OAuthError;
+use postern_common::api::{OAuthError, AGENT_CLIENT_ID};
 
-fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response<BoxBody> {
+pub fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response<BoxBody> {
     let mut resp = json(
         status,
         &OAuthError {
@@ -62,10 +62,23 @@ fn refuse(status: StatusCode, error: &'static str, description: &str) -> Refusal
     }
 }
 
-/// Reads a client credentials token request (pure, no store access): the form in `body`,
-/// the client from the Basic header or the form, never both. Returns the client id and
-/// secret to check.
-pub fn read_request(headers: &HeaderMap, body: &[u8]) -> Result<(String, String), Refusal> {
+/// A token request, read and checked for shape (no store access).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenRequest {
+    /// RFC 6749 §4.4: a workload's client id and secret.
+    ClientCredentials { id: String, secret: String },
+    /// RFC 6749 §4.1.3 with RFC 7636 PKCE: the `postern` agent redeeming the one-time code
+    /// of a browser sign-in.
+    AuthorizationCode {
+        code: String,
+        verifier: String,
+        redirect_uri: String,
+    },
+}
+
+/// Reads a token request (pure, no store access): the form in `body`; for client
+/// credentials the client from the Basic header or the form, never both.
+pub fn read_request(headers: &HeaderMap, body: &[u8]) -> Result<TokenRequest, Refusal> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -80,42 +93,75 @@ pub fn read_request(headers: &HeaderMap, body: &[u8]) -> Result<(String, String)
             "send the request as application/x-www-form-urlencoded",
         ));
     }
-    let mut grant_type = None;
-    let mut post_id = None;
-    let mut post_secret = None;
+    const NAMES: [&str; 6] = [
+        "grant_type",
+        "client_id",
+        "client_secret",
+        "code",
+        "code_verifier",
+        "redirect_uri",
+    ];
+    let mut values: [Option<String>; 6] = Default::default();
     for (k, v) in url::form_urlencoded::parse(body) {
-        let slot = match k.as_ref() {
-            "grant_type" => &mut grant_type,
-            "client_id" => &mut post_id,
-            "client_secret" => &mut post_secret,
-            _ => continue,
+        let Some(i) = NAMES.iter().position(|n| *n == k.as_ref()) else {
+            continue;
         };
-        if slot.is_some() {
+        if values[i].is_some() {
             return Err(refuse(
                 StatusCode::BAD_REQUEST,
                 "invalid_request",
                 &format!("parameter {k} is repeated"),
             ));
         }
-        *slot = Some(v.into_owned());
+        values[i] = Some(v.into_owned());
     }
+    let [grant_type, post_id, post_secret, code, verifier, redirect_uri] = values;
     match grant_type.as_deref() {
-        None => {
-            return Err(refuse(
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                "grant_type is missing",
-            ))
+        None => Err(refuse(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "grant_type is missing",
+        )),
+        Some("client_credentials") => {
+            let (id, secret) = client_authentication(headers, post_id, post_secret)?;
+            Ok(TokenRequest::ClientCredentials { id, secret })
         }
-        Some("client_credentials") => {}
-        Some(_) => {
-            return Err(refuse(
-                StatusCode::BAD_REQUEST,
-                "unsupported_grant_type",
-                "only grant_type=client_credentials is supported",
-            ))
+        Some("authorization_code") => {
+            if post_id.as_deref() != Some(AGENT_CLIENT_ID) || post_secret.is_some() {
+                return Err(refuse(
+                    StatusCode::UNAUTHORIZED,
+                    "invalid_client",
+                    &format!("the authorization code grant is for client_id={AGENT_CLIENT_ID} (the postern agent), without a secret"),
+                ));
+            }
+            match (code, verifier, redirect_uri) {
+                (Some(code), Some(verifier), Some(redirect_uri)) => {
+                    Ok(TokenRequest::AuthorizationCode {
+                        code,
+                        verifier,
+                        redirect_uri,
+                    })
+                }
+                _ => Err(refuse(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    "send code, code_verifier and redirect_uri",
+                )),
+            }
         }
+        Some(_) => Err(refuse(
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+            "only grant_type=client_credentials (and authorization_code for the postern agent) is supported",
+        )),
     }
+}
+
+fn client_authentication(
+    headers: &HeaderMap,
+    post_id: Option<String>,
+    post_secret: Option<String>,
+) -> Result<(String, String), Refusal> {
     match (basic_credentials(headers), post_id, post_secret) {
         (Some(_), Some(_), _) | (Some(_), _, Some(_)) => Err(refuse(
             StatusCode::BAD_REQUEST,
@@ -134,9 +180,17 @@ pub fn read_request(headers: &HeaderMap, body: &[u8]) -> Result<(String, String)
 
 /// Handles the token endpoint; `body` is the whole form (size-limited by the caller).
 pub fn token(gw: &Gateway, headers: &HeaderMap, body: &[u8]) -> Response<BoxBody> {
-    let (id, secret) = match read_request(headers, body) {
-        Ok(client) => client,
+    let request = match read_request(headers, body) {
+        Ok(r) => r,
         Err(r) => return oauth_error(r.status, r.error, &r.description),
+    };
+    let (id, secret) = match request {
+        TokenRequest::ClientCredentials { id, secret } => (id, secret),
+        TokenRequest::AuthorizationCode {
+            code,
+            verifier,
+            redirect_uri,
+        } => return super::signin::redeem_agent_code(gw, &code, &verifier, &redirect_uri),
     };
     match gw.grant_client_credentials(&id, &secret) {
         Ok(Some(tok)) => json(StatusCode::OK, &tok),
@@ -145,15 +199,18 @@ pub fn token(gw: &Gateway, headers: &HeaderMap, body: &[u8]) -> Response<BoxBody
             "invalid_client",
             "client authentication failed",
         ),
-        Err(e) => {
-            tracing::error!(error = %e, "token grant failed");
-            oauth_error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "server_error",
-                "the gateway could not store the session",
-            )
-        }
+        Err(e) => server_error(e),
     }
+}
+
+/// The 500 of a token grant whose Session could not be stored.
+pub fn server_error(e: impl std::fmt::Display) -> Response<BoxBody> {
+    tracing::error!(error = %e, "token grant failed");
+    oauth_error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "server_error",
+        "the gateway could not store the session",
+    )
 }
 
 /// RFC 8414 authorization server metadata.
@@ -163,7 +220,7 @@ pub fn metadata(issuer: &str) -> Response<BoxBody> {
         &serde_json::json!({
             "issuer": issuer,
             "token_endpoint": format!("{issuer}/oauth2/token"),
-            "grant_types_supported": ["client_credentials"],
+            "grant_types_supported": ["client_credentials", "authorization_code"],
             "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
             "response_types_supported": ["token"],
         }),
@@ -190,10 +247,13 @@ mod tests {
     #[test]
     fn reads_either_client_authentication() {
         let body = b"grant_type=client_credentials&client_id=a%2Bb&client_secret=s+t";
-        assert_eq!(
-            read_request(&headers(None), body),
-            Ok(("a+b".into(), "s t".into()))
-        );
+        let cc = |id: &str, secret: &str| {
+            Ok(TokenRequest::ClientCredentials {
+                id: id.into(),
+                secret: secret.into(),
+            })
+        };
+        assert_eq!(read_request(&headers(None), body), cc("a+b", "s t"));
         // "a:b" and "s:t" form-encoded inside Basic: the colon inside the id survives.
         let basic = format!(
             "basic {}",
@@ -201,7 +261,7 @@ mod tests {
         );
         assert_eq!(
             read_request(&headers(Some(&basic)), b"grant_type=client_credentials"),
-            Ok(("a:b".into(), "s:t".into()))
+            cc("a:b", "s:t")
         );
     }
 
@@ -232,5 +292,42 @@ mod tests {
             StatusCode::UNAUTHORIZED
         );
         assert_eq!(r(&HeaderMap::new(), b"").error, "invalid_request");
+    }
+
+    #[test]
+    fn authorization_code_is_for_the_agent_only() {
+        let r = |b: &[u8]| read_request(&headers(None), b);
+        assert_eq!(
+            r(b"grant_type=authorization_code&client_id=postern-cli&code=c&code_verifier=v&redirect_uri=http%3A%2F%2F127.0.0.1%3A1%2F"),
+            Ok(TokenRequest::AuthorizationCode {
+                code: "c".into(),
+                verifier: "v".into(),
+                redirect_uri: "http://127.0.0.1:1/".into(),
+            })
+        );
+        assert_eq!(
+            r(b"grant_type=authorization_code&client_id=other&code=c&code_verifier=v&redirect_uri=x")
+                .unwrap_err()
+                .error,
+            "invalid_client"
+        );
+        assert_eq!(
+            r(b"grant_type=authorization_code&client_id=postern-cli&client_secret=s&code=c&code_verifier=v&redirect_uri=x")
+                .unwrap_err()
+                .error,
+            "invalid_client"
+        );
+        assert_eq!(
+            r(b"grant_type=authorization_code&client_id=postern-cli&code=c")
+                .unwrap_err()
+                .error,
+            "invalid_request"
+        );
+        assert_eq!(
+            r(b"grant_type=authorization_code&client_id=postern-cli&code=c&code=d")
+                .unwrap_err()
+                .error,
+            "invalid_request"
+        );
     }
 }

@@ -3,6 +3,7 @@
 //! Everything here is pure computation over keys held in memory, so the hot path can
 //! verify a token without touching the store.
 
+pub mod oidc;
 pub mod secretbox;
 pub mod secrets;
 pub mod token;

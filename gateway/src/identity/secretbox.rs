@@ -37,6 +37,9 @@ pub enum SecretBoxError {
 /// XChaCha20-Poly1305 with a 32-byte key: seals Secret values before they reach the store.
 pub struct SecretBox {
     cipher: XChaCha20Poly1305,
+    /// SHA-256 of the key, the root of [`SecretBox::derive`]d keys (the key itself is only
+    /// in the cipher).
+    derive_root: [u8; 32],
 }
 
 impl std::fmt::Debug for SecretBox {
@@ -82,9 +85,28 @@ impl SecretBox {
 
     /// Builds a box from raw key bytes, for callers that manage the key themselves (and tests).
     pub fn from_key(key: &[u8; 32]) -> SecretBox {
+        use sha2::Digest;
         SecretBox {
             cipher: XChaCha20Poly1305::new(Key::from_slice(key)),
+            derive_root: sha2::Sha256::new()
+                .chain_update(b"postern secretbox derive root v1\0")
+                .chain_update(key)
+                .finalize()
+                .into(),
         }
+    }
+
+    /// A box with a key of its own for `purpose` (e.g. sign-in cookies), so data sealed for
+    /// one use never opens as another; the same key and purpose always give the same box.
+    pub fn derive(&self, purpose: &str) -> SecretBox {
+        use sha2::Digest;
+        let key: [u8; 32] = sha2::Sha256::new()
+            .chain_update(self.derive_root)
+            .chain_update((purpose.len() as u64).to_be_bytes())
+            .chain_update(purpose.as_bytes())
+            .finalize()
+            .into();
+        SecretBox::from_key(&key)
     }
 
     /// Encrypts `plaintext` under a fresh random nonce; the output is `nonce || ciphertext+tag`.
@@ -117,6 +139,20 @@ impl SecretBox {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn derived_boxes_are_separate_and_stable() {
+        let root = SecretBox::from_key(&[7u8; 32]);
+        let a = root.derive("signin");
+        let sealed = a.seal(b"flow");
+        assert_eq!(root.derive("signin").open(&sealed).unwrap(), b"flow");
+        assert!(root.open(&sealed).is_err());
+        assert!(root.derive("signin2").open(&sealed).is_err());
+        assert!(SecretBox::from_key(&[8u8; 32])
+            .derive("signin")
+            .open(&sealed)
+            .is_err());
+    }
     use crate::identity::test_util::temp_path;
 
     #[test]

@@ -73,7 +73,17 @@ impl Trace {
     }
 }
 
-fn bearer_token(headers: &http::HeaderMap) -> Option<&str> {
+/// The credentials of a request at the public door, as the front door found them.
+pub struct PublicCaller {
+    /// A bearer token, else the browser's Session cookie.
+    pub token: Option<String>,
+    /// Where to send a browser that cannot be identified (it asked for HTML and sent no
+    /// bearer token); `None` answers 401.
+    pub sign_in: Option<String>,
+}
+
+/// The token of an `Authorization: Bearer` header.
+pub fn bearer_token(headers: &http::HeaderMap) -> Option<&str> {
     let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = v.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
@@ -134,6 +144,23 @@ fn begin(
     Ok((trace, path))
 }
 
+/// Ends a browser's request that has no valid Session with a redirect to sign in.
+fn send_to_sign_in(mut trace: Trace, gw: &Gateway, e: &AuthError, url: &str) -> Response<BoxBody> {
+    trace.record.decision = Some(Effect::Deny);
+    trace.record.reason = Some(format!("not authenticated ({e}): sent to sign in"));
+    let mut resp = Response::new(crate::frontdoor::respond::full(""));
+    *resp.status_mut() = StatusCode::FOUND;
+    if let Ok(v) = http::HeaderValue::from_str(url) {
+        resp.headers_mut().insert(http::header::LOCATION, v);
+    }
+    resp.headers_mut().insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
+    trace.finish(gw, resp.status(), 0);
+    resp
+}
+
 /// Ends a request whose caller could not be identified with a 401.
 fn unauthenticated(mut trace: Trace, gw: &Gateway, e: &AuthError) -> Response<BoxBody> {
     trace.record.decision = Some(Effect::Deny);
@@ -146,12 +173,14 @@ fn unauthenticated(mut trace: Trace, gw: &Gateway, e: &AuthError) -> Response<Bo
     )
 }
 
-/// Serves one request to public Service `name` at the public door (bearer token).
+/// Serves one request to public Service `name` at the public door (bearer token or
+/// Session cookie).
 pub async fn handle(
     gw: Arc<Gateway>,
     name: &str,
     req: ClientRequest,
     peer: SocketAddr,
+    caller: PublicCaller,
 ) -> Response<BoxBody> {
     let snap = gw.snapshot();
     let Some(service) = snap
@@ -166,12 +195,17 @@ pub async fn handle(
         Ok(t) => t,
         Err(resp) => return *resp,
     };
-    let principal = match bearer_token(req.headers())
+    let principal = match caller
+        .token
+        .as_deref()
         .ok_or(AuthError::Missing)
         .and_then(|t| gw.authenticate(t))
     {
         Ok(p) => p,
-        Err(e) => return unauthenticated(trace, &gw, &e),
+        Err(e) => match caller.sign_in {
+            Some(url) => return send_to_sign_in(trace, &gw, &e, &url),
+            None => return unauthenticated(trace, &gw, &e),
+        },
     };
     serve(
         gw,

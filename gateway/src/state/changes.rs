@@ -11,7 +11,8 @@ use postern_common::api::{
     CreateCredentialResponse, TokenResponse,
 };
 use postern_common::resources::{
-    parse_documents, CredentialInfo, CredentialType, Kind, Resource, SessionInfo, SessionType,
+    parse_documents, Authentication, CredentialInfo, CredentialType, Kind, Resource, SessionInfo,
+    SessionKind, SessionType,
 };
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -37,6 +38,15 @@ pub enum ChangeError {
     Corrupt(String),
     #[error("{0}")]
     Crypto(String),
+}
+
+/// What [`Gateway::start_session`] records.
+pub(super) struct NewSession {
+    pub user: String,
+    pub kind: SessionKind,
+    /// Empty for a sign-in through an IdentityProvider.
+    pub credential: String,
+    pub authentication: Authentication,
 }
 
 /// What a successful login returns.
@@ -191,7 +201,11 @@ impl Gateway {
             name: name.to_string(),
         };
         match kind {
-            Kind::Service | Kind::User | Kind::Group | Kind::Policy => {
+            Kind::Service
+            | Kind::User
+            | Kind::Group
+            | Kind::Policy
+            | Kind::IdentityProvider => {
                 if !snap.resources.contains_key(&(kind, name.to_string())) {
                     return Err(not_found());
                 }
@@ -218,6 +232,12 @@ impl Gateway {
                     self.store.delete_sessions_of_user(name)?;
                     self.store.delete_credentials_of_user(name)?;
                     self.remove_sessions_where(|s| s.user == name);
+                }
+                if kind == Kind::IdentityProvider {
+                    self.store.delete_sessions_of_identity_provider(name)?;
+                    self.remove_sessions_where(|s| {
+                        s.authentication.identity_provider.as_deref() == Some(name)
+                    });
                 }
                 self.reload()?;
             }
@@ -387,15 +407,41 @@ impl Gateway {
         ty: SessionType,
         ttl: std::time::Duration,
     ) -> Result<(String, SessionInfo), ChangeError> {
+        let kind = match ty {
+            SessionType::Client => SessionKind::Agent,
+            SessionType::Clientless => SessionKind::Workload,
+        };
+        self.start_session(
+            NewSession {
+                user: cred.info.user.clone(),
+                kind,
+                credential: cred.info.name.clone(),
+                authentication: Authentication::credential(cred.info.credential_type),
+            },
+            ttl,
+        )
+    }
+
+    /// Stores a new Session and signs its access token.
+    pub(super) fn start_session(
+        &self,
+        new: NewSession,
+        ttl: std::time::Duration,
+    ) -> Result<(String, SessionInfo), ChangeError> {
         let now = now_unix();
         // Whole seconds, rounded up: a token never expires before the `expires_in` it was
         // issued with.
         let exp = now + ttl.as_secs() as i64 + 1;
         let info = SessionInfo {
             name: secrets::random_id("sess"),
-            user: cred.info.user.clone(),
-            session_type: ty,
-            credential: cred.info.name.clone(),
+            user: new.user,
+            session_type: match new.kind {
+                SessionKind::Agent => SessionType::Client,
+                SessionKind::Browser | SessionKind::Workload => SessionType::Clientless,
+            },
+            kind: new.kind,
+            credential: new.credential,
+            authentication: new.authentication,
             created_at: now_rfc3339(),
             expires_at: chrono::DateTime::from_timestamp(exp, 0)
                 .unwrap_or_default()

@@ -3,12 +3,15 @@
 //! and keys. The hot path reads memory only; every change goes to the store first.
 
 mod changes;
+pub mod people;
 mod sessions;
 pub mod snapshot;
 
 pub use changes::{ChangeError, LoginOutcome};
 pub use sessions::{AuthError, Principal, SessionEntry};
-pub use snapshot::{BuildError, ServiceEntry, Snapshot, UpstreamConfig, UserEntry};
+pub use snapshot::{
+    BuildError, IdentityProviderEntry, ServiceEntry, Snapshot, UpstreamConfig, UserEntry,
+};
 
 use crate::identity::{SecretBox, TokenSigner};
 use crate::limits::Limiter;
@@ -71,6 +74,8 @@ pub struct Gateway {
     upstream_states: crate::proxy::upstream_state::UpstreamStates,
     /// Requests in flight against `--max-inflight-requests`, and what overload turned away.
     pub shedder: Arc<crate::frontdoor::shed::Shedder>,
+    /// IdentityProvider clients, the agent's one-time codes and the sign-in cookie key.
+    pub signin: crate::frontdoor::signin::SignInState,
 }
 
 /// Everything [`Gateway::open`] needs.
@@ -87,7 +92,9 @@ pub struct GatewayParts {
 impl Gateway {
     /// Loads every resource, secret, credential and session from the store.
     pub fn open(parts: GatewayParts) -> Result<Arc<Gateway>, ChangeError> {
+        let signin = crate::frontdoor::signin::SignInState::new(&parts.secretbox);
         let gw = Gateway {
+            signin,
             domain: parts.domain,
             settings: parts.settings.clone(),
             snapshot: ArcSwap::from_pointee(Snapshot::default()),

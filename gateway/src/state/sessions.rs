@@ -3,7 +3,7 @@
 //! working at once.
 
 use super::{now_unix, Gateway, UserEntry};
-use postern_common::resources::SessionInfo;
+use postern_common::resources::{AuthMethod, Authentication, SessionInfo};
 use postern_policy::CelValue;
 use std::sync::Arc;
 
@@ -50,6 +50,8 @@ pub enum AuthError {
     UserGone(String),
     #[error("credential {0} no longer exists")]
     CredentialGone(String),
+    #[error("identity provider {0:?} no longer exists")]
+    IdentityProviderGone(String),
 }
 
 impl Gateway {
@@ -85,8 +87,26 @@ impl Gateway {
             .filter(|u| !u.spec.is_disabled)
             .cloned()
             .ok_or_else(|| AuthError::UserGone(session.info.user.clone()))?;
-        if !snap.credentials.contains_key(&session.info.credential) {
-            return Err(AuthError::CredentialGone(session.info.credential.clone()));
+        match &session.info.authentication {
+            Authentication {
+                method: AuthMethod::Oidc,
+                identity_provider: Some(idp),
+                ..
+            } => {
+                if !snap.identity_providers.contains_key(idp) {
+                    return Err(AuthError::IdentityProviderGone(idp.clone()));
+                }
+            }
+            Authentication {
+                method: AuthMethod::Oidc,
+                identity_provider: None,
+                ..
+            } => return Err(AuthError::IdentityProviderGone(String::new())),
+            _ => {
+                if !snap.credentials.contains_key(&session.info.credential) {
+                    return Err(AuthError::CredentialGone(session.info.credential.clone()));
+                }
+            }
         }
         Ok(Principal { session, user })
     }

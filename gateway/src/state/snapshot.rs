@@ -10,7 +10,9 @@ use crate::proxy::upstream_state::{ConfigKey, ConfigState, UpstreamStates};
 use crate::store::CredentialRecord;
 use postern_common::resources::validate::validate;
 use postern_common::resources::{parse_duration, Upstream};
-use postern_common::resources::{HttpConfig, Kind, Resource, SecretInfo, ServiceSpec, UserSpec};
+use postern_common::resources::{
+    HttpConfig, IdentityProviderSpec, Kind, Resource, SecretInfo, ServiceSpec, UserSpec,
+};
 pub use postern_policy::BuildError;
 use postern_policy::{values, Catalog, CelValue, CompiledCondition, CompiledRule};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -66,6 +68,14 @@ pub struct UserEntry {
     pub rules: Vec<Arc<CompiledRule>>,
 }
 
+/// An IdentityProvider people can sign in with.
+pub struct IdentityProviderEntry {
+    pub name: String,
+    /// `spec.displayName`, or the name.
+    pub display_name: String,
+    pub spec: IdentityProviderSpec,
+}
+
 /// A decrypted Secret.
 pub struct SecretEntry {
     pub info: SecretInfo,
@@ -85,6 +95,10 @@ pub struct Snapshot {
     pub credentials: HashMap<String, Arc<CredentialRecord>>,
     /// Credential name by lookup id (OAuth2 client id, auth token id).
     pub credentials_by_lookup: HashMap<String, String>,
+    /// By name, in name order (the sign-in page's order).
+    pub identity_providers: BTreeMap<String, Arc<IdentityProviderEntry>>,
+    /// User name by `spec.email`, lowercased: who a person signing in is.
+    pub users_by_email: HashMap<String, String>,
 }
 
 impl Snapshot {
@@ -148,6 +162,24 @@ impl Snapshot {
             }
         }
         snap.users = users;
+        snap.users_by_email = users_by_email(&snap.resources, &mut errors);
+        for r in snap.resources.values() {
+            if let Resource::IdentityProvider { metadata, spec } = r {
+                let display_name = spec
+                    .display_name
+                    .clone()
+                    .filter(|d| !d.trim().is_empty())
+                    .unwrap_or_else(|| metadata.name.clone());
+                snap.identity_providers.insert(
+                    metadata.name.clone(),
+                    Arc::new(IdentityProviderEntry {
+                        name: metadata.name.clone(),
+                        display_name,
+                        spec: spec.clone(),
+                    }),
+                );
+            }
+        }
 
         let mut services = HashMap::new();
         for r in snap.resources.values() {
@@ -202,7 +234,7 @@ impl Snapshot {
                     Resource::Service { spec, .. } => spec.authorization.as_ref(),
                     Resource::User { spec, .. } => spec.authorization.as_ref(),
                     Resource::Group { spec, .. } => spec.authorization.as_ref(),
-                    Resource::Policy { .. } => None,
+                    Resource::Policy { .. } | Resource::IdentityProvider { .. } => None,
                 };
                 auth.is_some_and(|a| a.policies.iter().any(|p| p == name))
             })
@@ -228,6 +260,38 @@ impl Snapshot {
     pub fn secret(&self, name: &str) -> Option<String> {
         self.secrets.get(name).map(|s| s.value.clone())
     }
+}
+
+/// Lowercased `spec.email` to User name; an address claimed by two Users is an error on the
+/// second (a person must map to exactly one User).
+fn users_by_email(
+    resources: &BTreeMap<(Kind, String), Resource>,
+    errors: &mut Vec<BuildError>,
+) -> HashMap<String, String> {
+    let mut by_email: HashMap<String, String> = HashMap::new();
+    for r in resources.values() {
+        let Resource::User { metadata, spec } = r else {
+            continue;
+        };
+        let Some(email) = spec.email.as_deref() else {
+            continue;
+        };
+        let key = email.trim().to_lowercase();
+        match by_email.get(&key) {
+            Some(other) => errors.push(BuildError {
+                kind: Kind::User,
+                name: metadata.name.clone(),
+                field: "spec.email".into(),
+                message: format!(
+                    "{email:?} is already the email of User {other:?}; a person signs in as exactly one User"
+                ),
+            }),
+            None => {
+                by_email.insert(key, metadata.name.clone());
+            }
+        }
+    }
+    by_email
 }
 
 fn build_service(

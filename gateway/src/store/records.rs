@@ -2,7 +2,9 @@
 
 use super::sqlite::{expect_one, is_constraint};
 use super::{CredentialRecord, Store, StoreError};
-use postern_common::resources::{CredentialInfo, CredentialType, Kind, SessionInfo, SessionType};
+use postern_common::resources::{
+    Authentication, CredentialInfo, CredentialType, Kind, SessionInfo, SessionKind, SessionType,
+};
 use rusqlite::ffi::{SQLITE_CONSTRAINT_PRIMARYKEY, SQLITE_CONSTRAINT_UNIQUE};
 use rusqlite::{params, OptionalExtension, Row, TransactionBehavior};
 
@@ -102,8 +104,9 @@ impl Store {
         let expires_unix = parse_rfc3339("expiresAt", &s.expires_at)?;
         let conn = self.lock_relaxed();
         conn.execute(
-            "INSERT INTO sessions (name, user, type, credential, created_at, expires_at, expires_unix)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            "INSERT INTO sessions (name, user, type, credential, created_at, expires_at, expires_unix,
+                                   kind, identity_provider, authentication)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             params![
                 s.name,
                 s.user,
@@ -112,6 +115,9 @@ impl Store {
                 s.created_at,
                 s.expires_at,
                 expires_unix,
+                s.kind.as_str(),
+                s.authentication.identity_provider,
+                serde_json::to_string(&s.authentication).expect("serializes"),
             ],
         )
         .map_err(|e| {
@@ -131,25 +137,36 @@ impl Store {
     pub fn list_sessions(&self) -> Result<Vec<SessionInfo>, StoreError> {
         let conn = self.lock();
         let mut stmt = conn.prepare(
-            "SELECT name, user, type, credential, created_at, expires_at FROM sessions ORDER BY name",
+            "SELECT name, user, type, credential, created_at, expires_at, kind, authentication
+             FROM sessions ORDER BY name",
         )?;
         let rows = stmt.query_map([], |r| {
             let name: String = r.get(0)?;
             let type_text: String = r.get(2)?;
-            Ok(match parse_session_type(&type_text) {
-                Some(session_type) => Ok(SessionInfo {
-                    name,
-                    user: r.get(1)?,
-                    session_type,
-                    credential: r.get(3)?,
-                    created_at: r.get(4)?,
-                    expires_at: r.get(5)?,
-                }),
-                None => Err(StoreError::Corrupt {
-                    what: format!("Session {name:?}"),
-                    reason: format!("unknown session type {type_text:?}"),
-                }),
-            })
+            let kind_text: String = r.get(6)?;
+            let auth_text: String = r.get(7)?;
+            let corrupt = |reason: String| StoreError::Corrupt {
+                what: format!("Session {name:?}"),
+                reason,
+            };
+            let Some(session_type) = parse_session_type(&type_text) else {
+                return Ok(Err(corrupt(format!("unknown session type {type_text:?}"))));
+            };
+            let (kind, authentication) = match session_origin(session_type, &kind_text, &auth_text)
+            {
+                Ok(x) => x,
+                Err(reason) => return Ok(Err(corrupt(reason))),
+            };
+            Ok(Ok(SessionInfo {
+                name: name.clone(),
+                user: r.get(1)?,
+                session_type,
+                kind,
+                credential: r.get(3)?,
+                authentication,
+                created_at: r.get(4)?,
+                expires_at: r.get(5)?,
+            }))
         })?;
         rows.map(|row| row?).collect()
     }
@@ -177,6 +194,15 @@ impl Store {
         Ok(self
             .lock()
             .execute("DELETE FROM sessions WHERE user = ?1", params![user])?)
+    }
+
+    /// Deletes every session signed in through IdentityProvider `idp` (when it is deleted);
+    /// returns how many.
+    pub fn delete_sessions_of_identity_provider(&self, idp: &str) -> Result<usize, StoreError> {
+        Ok(self.lock().execute(
+            "DELETE FROM sessions WHERE identity_provider = ?1",
+            params![idp],
+        )?)
     }
 
     /// Deletes every session created by `credential` (when it is deleted); returns how many.
@@ -215,6 +241,32 @@ fn read_credential(r: &Row<'_>) -> rusqlite::Result<Result<CredentialRecord, Sto
         lookup_id: r.get(4)?,
         secret_hash,
     }))
+}
+
+/// A stored Session's kind and authentication; rows written before they were recorded
+/// (empty columns) were agent logins (`CLIENT`) or OAuth2 grants (`CLIENTLESS`).
+fn session_origin(
+    session_type: SessionType,
+    kind: &str,
+    authentication: &str,
+) -> Result<(SessionKind, Authentication), String> {
+    if kind.is_empty() && authentication.is_empty() {
+        return Ok(match session_type {
+            SessionType::Client => (
+                SessionKind::Agent,
+                Authentication::credential(CredentialType::AuthToken),
+            ),
+            SessionType::Clientless => (
+                SessionKind::Workload,
+                Authentication::credential(CredentialType::Oauth2),
+            ),
+        });
+    }
+    let kind = serde_json::from_value(serde_json::Value::String(kind.to_string()))
+        .map_err(|_| format!("unknown session kind {kind:?}"))?;
+    let authentication = serde_json::from_str(authentication)
+        .map_err(|e| format!("unreadable authentication record: {e}"))?;
+    Ok((kind, authentication))
 }
 
 fn session_type_str(t: SessionType) -> &'static str {

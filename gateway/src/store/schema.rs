@@ -75,4 +75,13 @@ pub(super) const MIGRATIONS: &[&str] = &[
     ) STRICT;
     CREATE INDEX IF NOT EXISTS limit_counters_window_end ON limit_counters (window_end);
     ",
+    // 3 -> 4: people: a Session's kind (browser, agent, workload), the IdentityProvider that
+    // signed it in, and how it was authenticated (method and ID-token claims, as JSON).
+    // Empty on older rows, which `list_sessions` derives from `type`.
+    "
+    ALTER TABLE sessions ADD COLUMN kind TEXT NOT NULL DEFAULT '';
+    ALTER TABLE sessions ADD COLUMN identity_provider TEXT;
+    ALTER TABLE sessions ADD COLUMN authentication TEXT NOT NULL DEFAULT '';
+    CREATE INDEX sessions_identity_provider ON sessions (identity_provider);
+    ",
 ];

@@ -5,7 +5,7 @@ use postern_common::resources::Effect;
 use serde::Deserialize;
 use std::fmt;
 
-use super::scenario::{PolicyWorld, RequestSpec, Scenario, ScenarioError};
+use super::scenario::{PolicyWorld, RequestSpec, Scenario, ScenarioError, SessionSpec};
 use crate::explain::NO_MATCH;
 
 /// A case file: `cases: [...]`.
@@ -29,6 +29,9 @@ pub struct Case {
     /// The request; `GET /` with nothing else by default.
     #[serde(default)]
     pub request: RequestSpec,
+    /// The calling Session; a workload's OAuth2 Session by default.
+    #[serde(default)]
+    pub session: SessionSpec,
     /// ALLOW or DENY.
     pub expect: Effect,
     /// `<policy>/<rule>` that must decide, or `none` for deny by default.
@@ -43,6 +46,7 @@ impl Case {
             user: self.user.clone(),
             service: self.service.clone(),
             request: self.request.clone(),
+            session: self.session.clone(),
         }
     }
 }

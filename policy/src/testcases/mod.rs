@@ -12,4 +12,6 @@ pub use cases::{
     parse_case_file, run_case, run_cases, summary, Case, CaseFile, CaseFileError, CaseOutcome,
     CaseResult,
 };
-pub use scenario::{ChosenConfig, PolicyWorld, Prepared, RequestSpec, Scenario, ScenarioError};
+pub use scenario::{
+    ChosenConfig, PolicyWorld, Prepared, RequestSpec, Scenario, ScenarioError, SessionSpec,
+};

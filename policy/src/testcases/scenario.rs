@@ -5,7 +5,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
 use postern_common::resources::validate::validate;
-use postern_common::resources::{Kind, Resource, SessionInfo, SessionType};
+use postern_common::resources::{
+    AuthMethod, Authentication, Kind, Resource, SessionInfo, SessionKind, SessionType,
+};
 use serde::Deserialize;
 
 use crate::values;
@@ -73,6 +75,17 @@ pub struct RequestSpec {
     pub time: Option<chrono::DateTime<chrono::Utc>>,
 }
 
+/// The calling Session's kind and authentication (`ctx.session.spec.kind`,
+/// `ctx.session.spec.authentication`); a workload's OAuth2 Session by default.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SessionSpec {
+    #[serde(default)]
+    pub kind: SessionKind,
+    #[serde(default)]
+    pub authentication: Authentication,
+}
+
 /// Who calls which Service with what request.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Scenario {
@@ -82,6 +95,8 @@ pub struct Scenario {
     pub service: String,
     /// The request.
     pub request: RequestSpec,
+    /// The Session it comes from.
+    pub session: SessionSpec,
 }
 
 /// Which upstream configuration an allowed request would be forwarded with.
@@ -197,8 +212,16 @@ impl PolicyWorld {
         let session = SessionInfo {
             name: "policy-test".into(),
             user: scenario.user.clone(),
-            session_type: SessionType::Clientless,
-            credential: "policy-test".into(),
+            session_type: match scenario.session.kind {
+                SessionKind::Agent => SessionType::Client,
+                SessionKind::Browser | SessionKind::Workload => SessionType::Clientless,
+            },
+            kind: scenario.session.kind,
+            credential: match scenario.session.authentication.method {
+                AuthMethod::Oidc => String::new(),
+                AuthMethod::Oauth2 | AuthMethod::AuthToken => "policy-test".into(),
+            },
+            authentication: scenario.session.authentication.clone(),
             created_at: now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             expires_at: (now + chrono::Duration::hours(1))
                 .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),

@@ -65,6 +65,7 @@ fn good() -> Scenario {
             ip: Some("10.1.2.3".parse().unwrap()),
             ..RequestSpec::default()
         },
+        session: Default::default(),
     }
 }
 

@@ -5,8 +5,10 @@ use crate::commands::writeln_out;
 use crate::commands::Context;
 use crate::error::{ClientError, Result};
 use crate::output::Table;
-use postern_common::resources::Effect;
-use postern_policy::testcases::{ChosenConfig, RequestSpec, Scenario};
+use postern_common::resources::{
+    AuthMethod, Authentication, CredentialType, Effect, SessionKind,
+};
+use postern_policy::testcases::{ChosenConfig, RequestSpec, Scenario, SessionSpec};
 use postern_policy::Explanation;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -54,6 +56,15 @@ pub struct ExplainArgs {
     /// `now()`; the current time by default.
     #[arg(long, value_name = "TIME")]
     pub time: Option<chrono::DateTime<chrono::Utc>>,
+    /// The calling Session's kind (`ctx.session.spec.kind`).
+    #[arg(long, value_name = "KIND", value_parser = ["workload", "agent", "browser"], default_value = "workload")]
+    pub session_kind: String,
+    /// The IdentityProvider the Session signed in with; makes the method `oidc`.
+    #[arg(long, value_name = "NAME")]
+    pub idp: Option<String>,
+    /// The ID token's claims as a JSON object (`ctx.session.spec.authentication.claims`).
+    #[arg(long, value_name = "JSON", requires = "idp")]
+    pub claims: Option<String>,
     /// Evaluate against exactly these resource files instead of the gateway's resources.
     #[arg(short = 'f', long = "filename", value_name = "FILE")]
     pub files: Vec<PathBuf>,
@@ -63,6 +74,40 @@ pub struct ExplainArgs {
 }
 
 impl ExplainArgs {
+    fn session(&self) -> Result<SessionSpec> {
+        let kind = match self.session_kind.as_str() {
+            "agent" => SessionKind::Agent,
+            "browser" => SessionKind::Browser,
+            _ => SessionKind::Workload,
+        };
+        let claims = match &self.claims {
+            Some(text) => match serde_json::from_str::<serde_json::Value>(text) {
+                Ok(v @ serde_json::Value::Object(_)) => v,
+                _ => {
+                    return Err(ClientError::Invalid(
+                        "--claims must be a JSON object, e.g. '{\"groups\":[\"eng\"]}'".into(),
+                    ))
+                }
+            },
+            None => serde_json::json!({}),
+        };
+        let authentication = match &self.idp {
+            Some(idp) => Authentication {
+                method: AuthMethod::Oidc,
+                identity_provider: Some(idp.clone()),
+                claims,
+            },
+            None => Authentication::credential(match kind {
+                SessionKind::Agent => CredentialType::AuthToken,
+                _ => CredentialType::Oauth2,
+            }),
+        };
+        Ok(SessionSpec {
+            kind,
+            authentication,
+        })
+    }
+
     /// The hypothetical request; `host` is `<service>.<domain>` when the domain is known.
     fn scenario(&self, domain: Option<&str>, stdin: &mut dyn Read) -> Result<Scenario> {
         let mut headers = BTreeMap::new();
@@ -101,6 +146,7 @@ impl ExplainArgs {
                 host: domain.map(|d| format!("{}.{d}", self.service)),
                 time: self.time,
             },
+            session: self.session()?,
         })
     }
 }

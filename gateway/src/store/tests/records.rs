@@ -1,4 +1,5 @@
 use super::*;
+use postern_common::resources::{AuthMethod, Authentication, SessionKind};
 
 fn credential(name: &str, user: &str, lookup_id: &str) -> CredentialRecord {
     CredentialRecord {
@@ -20,10 +21,53 @@ fn session(name: &str, user: &str, credential: &str, expires_at: &str) -> Sessio
         name: name.into(),
         user: user.into(),
         session_type: SessionType::Clientless,
+        kind: SessionKind::Workload,
         credential: credential.into(),
+        authentication: Authentication::credential(CredentialType::Oauth2),
         created_at: "2026-01-01T00:00:00Z".into(),
         expires_at: expires_at.into(),
     }
+}
+
+#[test]
+fn person_sessions_keep_their_provider_and_claims_and_go_with_it() {
+    let store = Store::open_in_memory().unwrap();
+    let mut s = session("s-browser", "alice", "", "2030-01-01T00:00:00Z");
+    s.kind = SessionKind::Browser;
+    s.authentication = Authentication {
+        method: AuthMethod::Oidc,
+        identity_provider: Some("corp".into()),
+        claims: serde_json::json!({"groups": ["eng"], "email": "a@example.com"}),
+    };
+    store.insert_session(&s).unwrap();
+    store
+        .insert_session(&session("s-bot", "bot", "ci", "2030-01-01T00:00:00Z"))
+        .unwrap();
+    let listed = store.list_sessions().unwrap();
+    assert_eq!(listed.iter().find(|x| x.name == "s-browser"), Some(&s));
+    assert_eq!(store.delete_sessions_of_identity_provider("other").unwrap(), 0);
+    assert_eq!(store.delete_sessions_of_identity_provider("corp").unwrap(), 1);
+    let names: Vec<_> = store.list_sessions().unwrap().into_iter().map(|x| x.name).collect();
+    assert_eq!(names, ["s-bot"]);
+}
+
+#[test]
+fn sessions_written_before_kinds_existed_read_as_agent_or_workload() {
+    let store = Store::open_in_memory().unwrap();
+    {
+        let conn = store.lock();
+        conn.execute_batch(
+            "INSERT INTO sessions (name, user, type, credential, created_at, expires_at, expires_unix)
+             VALUES ('old-agent', 'alice', 'CLIENT', 'laptop', '2026-01-01T00:00:00Z', '2030-01-01T00:00:00Z', 1893456000),
+                    ('old-grant', 'bot', 'CLIENTLESS', 'ci', '2026-01-01T00:00:00Z', '2030-01-01T00:00:00Z', 1893456000);",
+        )
+        .unwrap();
+    }
+    let listed = store.list_sessions().unwrap();
+    assert_eq!(listed[0].kind, SessionKind::Agent);
+    assert_eq!(listed[0].authentication.method, AuthMethod::AuthToken);
+    assert_eq!(listed[1].kind, SessionKind::Workload);
+    assert_eq!(listed[1].authentication.method, AuthMethod::Oauth2);
 }
 
 #[test]
