@@ -149,7 +149,7 @@ impl ApiClient {
         code: &str,
         code_verifier: &str,
         redirect_uri: &str,
-    ) -> Result<crate::signin::CodeTokenResponse> {
+    ) -> Result<postern_common::api::CodeTokenResponse> {
         let url = format!(
             "{}/oauth2/token",
             self.domain.base_url().trim_end_matches('/')

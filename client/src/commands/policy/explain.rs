@@ -5,9 +5,7 @@ use crate::commands::writeln_out;
 use crate::commands::Context;
 use crate::error::{ClientError, Result};
 use crate::output::Table;
-use postern_common::resources::{
-    AuthMethod, Authentication, CredentialType, Effect, SessionKind,
-};
+use postern_common::resources::{AuthMethod, Authentication, CredentialType, Effect, SessionKind};
 use postern_policy::testcases::{ChosenConfig, RequestSpec, Scenario, SessionSpec};
 use postern_policy::Explanation;
 use std::collections::BTreeMap;
