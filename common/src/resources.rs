@@ -15,8 +15,8 @@ pub mod validate;
 
 pub use condition::{Condition, ConditionList, Effect, OpaCondition, PolicySpec, Rule};
 pub use identity::{
-    AuthMethod, Authentication, CredentialInfo, CredentialType, GroupSpec, SecretInfo,
-    SessionInfo, SessionKind, SessionType, UserSpec, UserType,
+    AuthMethod, Authentication, CredentialInfo, CredentialType, GroupSpec, SecretInfo, SessionInfo,
+    SessionKind, SessionType, UserSpec, UserType,
 };
 pub use identity_provider::{
     check_issuer_url, is_loopback_host, IdentityProviderSpec, OidcSpec, DEFAULT_OIDC_SCOPES,

@@ -73,7 +73,13 @@ mod tests {
         assert_eq!(v.json()["spec"]["expiresAt"], "2026-01-01T01:00:00Z");
         assert_eq!(v.json()["spec"]["kind"], "browser");
         assert_eq!(v.json()["spec"]["authentication"]["method"], "oidc");
-        assert_eq!(v.json()["spec"]["authentication"]["identityProvider"], "corp");
-        assert_eq!(v.json()["spec"]["authentication"]["claims"]["groups"][0], "eng");
+        assert_eq!(
+            v.json()["spec"]["authentication"]["identityProvider"],
+            "corp"
+        );
+        assert_eq!(
+            v.json()["spec"]["authentication"]["claims"]["groups"][0],
+            "eng"
+        );
     }
 }

@@ -204,12 +204,12 @@ pub fn parse_documents(file: &str, text: &str) -> Result<Vec<SourceDocument>, Pa
                 metadata: d.metadata,
                 spec: d.spec,
             }),
-            Kind::IdentityProvider => typed::<Doc<IdentityProviderSpec>>(&doc).map(|d| {
-                Resource::IdentityProvider {
+            Kind::IdentityProvider => {
+                typed::<Doc<IdentityProviderSpec>>(&doc).map(|d| Resource::IdentityProvider {
                     metadata: d.metadata,
                     spec: d.spec,
-                }
-            }),
+                })
+            }
             _ => unreachable!("filtered to declarative kinds above"),
         }
         .map_err(|(path, e)| {

@@ -155,7 +155,12 @@ pub async fn handle(gw: &Gateway, req: ClientRequest) -> Response<BoxBody> {
             }
         }
         (Method::GET, [kind]) => match Kind::from_user_input(kind) {
-            Some(k) => json(StatusCode::OK, &ListResponse { items: list(gw, k, &origin) }),
+            Some(k) => json(
+                StatusCode::OK,
+                &ListResponse {
+                    items: list(gw, k, &origin),
+                },
+            ),
             None => unknown_kind(kind),
         },
         (Method::GET, [kind, name]) => match Kind::from_user_input(kind) {

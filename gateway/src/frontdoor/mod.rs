@@ -207,7 +207,11 @@ fn public_caller(gw: &Gateway, req: &ClientRequest) -> pipeline::PublicCaller {
             .or_else(|| req.uri().authority().map(|a| a.as_str()))
             .unwrap_or(&gw.domain);
         let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
-        let port = if port == 443 { String::new() } else { format!(":{port}") };
+        let port = if port == 443 {
+            String::new()
+        } else {
+            format!(":{port}")
+        };
         let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
         signin::sign_in_url(&origin, &format!("https://{host}{port}{path}"))
     });

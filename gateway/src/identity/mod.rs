@@ -1,7 +1,8 @@
 //! Identity: the gateway's own keys, credential secrets and signed access tokens.
 //!
 //! Everything here is pure computation over keys held in memory, so the hot path can
-//! verify a token without touching the store.
+//! verify a token without touching the store; the exception is [`oidc`], which talks to the
+//! people's identity providers, and only when someone signs in.
 
 pub mod oidc;
 pub mod secretbox;

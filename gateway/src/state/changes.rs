@@ -187,6 +187,16 @@ impl Gateway {
         }
         if !dry_run && !changed.is_empty() {
             self.store.upsert_resources(&changed)?;
+            // A disabled User's Sessions end: signing in again is refused while disabled, and
+            // enabling the User later brings no old Session back.
+            for r in &changed {
+                if let Resource::User { metadata, spec } = r {
+                    if spec.is_disabled {
+                        self.store.delete_sessions_of_user(&metadata.name)?;
+                        self.remove_sessions_where(|s| s.user == metadata.name);
+                    }
+                }
+            }
             self.reload()?;
         }
         Ok(ApplyResponse { results, dry_run })
@@ -201,11 +211,7 @@ impl Gateway {
             name: name.to_string(),
         };
         match kind {
-            Kind::Service
-            | Kind::User
-            | Kind::Group
-            | Kind::Policy
-            | Kind::IdentityProvider => {
+            Kind::Service | Kind::User | Kind::Group | Kind::Policy | Kind::IdentityProvider => {
                 if !snap.resources.contains_key(&(kind, name.to_string())) {
                     return Err(not_found());
                 }

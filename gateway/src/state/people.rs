@@ -125,7 +125,12 @@ mod tests {
              kind: User\nmetadata: {name: bot}\nspec: {type: WORKLOAD, email: bot@example.com}\n",
         )
         .unwrap();
-        Snapshot::build(docs.into_iter().map(|d| d.resource).collect(), vec![], vec![]).unwrap()
+        Snapshot::build(
+            docs.into_iter().map(|d| d.resource).collect(),
+            vec![],
+            vec![],
+        )
+        .unwrap()
     }
 
     #[test]

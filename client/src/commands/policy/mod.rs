@@ -17,7 +17,7 @@ pub use load::{load_world, Source};
 pub enum PolicyCommand {
     /// Show every rule that applies to a hypothetical request, in decision order, which
     /// matched, and which decided.
-    Explain(explain::ExplainArgs),
+    Explain(Box<explain::ExplainArgs>),
     /// Run a file of cases (user, service, request, expected decision); exits 1 if any fails.
     Test(test::TestArgs),
 }

@@ -32,7 +32,9 @@ pub enum AgentRequestError {
     NotLoopback,
     #[error("cli_state must be 8 to 256 URL-safe characters")]
     BadState,
-    #[error("cli_challenge must be the 43-character base64url SHA-256 of the PKCE verifier (S256)")]
+    #[error(
+        "cli_challenge must be the 43-character base64url SHA-256 of the PKCE verifier (S256)"
+    )]
     BadChallenge,
 }
 
@@ -197,7 +199,10 @@ mod tests {
             "http://[::1]:5000/",
             "http://localhost:8080/x?y=1",
         ] {
-            assert!(AgentRequest::new(ok, "st4te-abc", CHALLENGE).is_ok(), "{ok}");
+            assert!(
+                AgentRequest::new(ok, "st4te-abc", CHALLENGE).is_ok(),
+                "{ok}"
+            );
         }
         for bad in [
             "https://127.0.0.1:1/cb",
@@ -246,7 +251,12 @@ mod tests {
         let mut codes = AgentCodes::default();
         let code = codes.issue(request(), person(), now).unwrap();
         assert_eq!(
-            codes.redeem(&code, "x".repeat(43).as_str(), "http://127.0.0.1:4711/callback", now),
+            codes.redeem(
+                &code,
+                "x".repeat(43).as_str(),
+                "http://127.0.0.1:4711/callback",
+                now
+            ),
             Err(RedeemError::VerifierMismatch)
         );
         assert_eq!(
@@ -273,6 +283,9 @@ mod tests {
     #[test]
     fn redirect_carries_the_agent_state() {
         let url = request().redirect_with(&[("code", "c1")]);
-        assert_eq!(url, "http://127.0.0.1:4711/callback?code=c1&state=st4te-abc");
+        assert_eq!(
+            url,
+            "http://127.0.0.1:4711/callback?code=c1&state=st4te-abc"
+        );
     }
 }

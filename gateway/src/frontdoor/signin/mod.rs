@@ -10,6 +10,7 @@ pub mod flow;
 mod providers;
 mod render;
 pub mod return_to;
+mod used;
 
 use super::cookies::{self, SESSION_COOKIE};
 use super::oauth2::{oauth_error, server_error};
@@ -36,6 +37,7 @@ pub use providers::ProviderClients;
 pub struct SignInState {
     providers: ProviderClients,
     codes: Mutex<AgentCodes>,
+    used: Mutex<used::UsedStates>,
     flow_keys: SecretBox,
 }
 
@@ -45,6 +47,7 @@ impl SignInState {
         SignInState {
             providers: ProviderClients::default(),
             codes: Mutex::new(AgentCodes::default()),
+            used: Mutex::new(used::UsedStates::default()),
             flow_keys: root.derive(flow::COOKIE_KEY_PURPOSE),
         }
     }
@@ -110,7 +113,13 @@ pub fn cookie_principal(gw: &Gateway, headers: &HeaderMap) -> Option<Principal> 
 }
 
 /// One access-log line for a sign-in event on the bare domain.
-fn log_event(gw: &Gateway, method: &Method, path: &str, status: StatusCode, f: impl FnOnce(&mut AccessRecord)) {
+fn log_event(
+    gw: &Gateway,
+    method: &Method,
+    path: &str,
+    status: StatusCode,
+    f: impl FnOnce(&mut AccessRecord),
+) {
     let mut record = AccessRecord::new(AccessRecord::new_request_id(), method.as_str(), path);
     record.status = status.as_u16();
     f(&mut record);
@@ -121,7 +130,11 @@ fn log_event(gw: &Gateway, method: &Method, path: &str, status: StatusCode, f: i
 pub async fn login<B>(gw: &Gateway, req: &Request<B>) -> Response<BoxBody> {
     let (origin, port) = public_origin(&gw.domain, req.headers(), req.uri());
     let q = query(req);
-    let agent = match (q.get("cli_redirect"), q.get("cli_state"), q.get("cli_challenge")) {
+    let agent = match (
+        q.get("cli_redirect"),
+        q.get("cli_state"),
+        q.get("cli_challenge"),
+    ) {
         (None, None, None) => None,
         (Some(r), Some(s), Some(c)) => match AgentRequest::new(r, s, c) {
             Ok(a) => Some(a),
@@ -157,7 +170,12 @@ pub async fn login<B>(gw: &Gateway, req: &Request<B>) -> Response<BoxBody> {
         },
         None => match snap.identity_providers.len() {
             0 => return render::no_providers(&origin),
-            1 => snap.identity_providers.values().next().cloned().expect("one"),
+            1 => snap
+                .identity_providers
+                .values()
+                .next()
+                .cloned()
+                .expect("one"),
             _ => {
                 let mut link_query: Vec<(&str, &str)> = Vec::new();
                 if let Some(a) = &agent {
@@ -215,7 +233,14 @@ pub async fn callback<B>(gw: &Gateway, req: &Request<B>) -> Response<BoxBody> {
     let (origin, _) = public_origin(&gw.domain, req.headers(), req.uri());
     let q = query(req);
     let Some(state) = q.get("state").filter(|s| !s.is_empty()) else {
-        return refused(gw, req, StatusCode::BAD_REQUEST, "the identity provider's answer has no state; start again", &origin, None);
+        return refused(
+            gw,
+            req,
+            StatusCode::BAD_REQUEST,
+            "the identity provider's answer has no state; start again",
+            &origin,
+            None,
+        );
     };
     let cookie_name = flow::cookie_name_for_state(state);
     let flow = match SignInFlow::open(
@@ -225,8 +250,45 @@ pub async fn callback<B>(gw: &Gateway, req: &Request<B>) -> Response<BoxBody> {
         now_unix(),
     ) {
         Ok(f) => f,
-        Err(e) => return refused(gw, req, StatusCode::BAD_REQUEST, &e.to_string(), &origin, Some(&cookie_name)),
+        Err(e) => {
+            return refused(
+                gw,
+                req,
+                StatusCode::BAD_REQUEST,
+                &e.to_string(),
+                &origin,
+                Some(&cookie_name),
+            )
+        }
     };
+    let claim = gw.signin.used.lock().expect("used states lock").claim(
+        &flow.state,
+        flow.expires,
+        now_unix(),
+    );
+    match claim {
+        used::Claim::Fresh => {}
+        used::Claim::Replayed => {
+            return refused(
+                gw,
+                req,
+                StatusCode::BAD_REQUEST,
+                "this sign-in was already completed; start again",
+                &origin,
+                Some(&cookie_name),
+            )
+        }
+        used::Claim::Full => {
+            return refused(
+                gw,
+                req,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many sign-ins at once; try again in a few minutes",
+                &origin,
+                None,
+            )
+        }
+    }
     let mut resp = finish_callback(gw, req, &q, &flow, &origin).await;
     resp.headers_mut()
         .append(header::SET_COOKIE, cookies::clear(&cookie_name, None));
@@ -245,10 +307,9 @@ async fn finish_callback<B>(
             log_event(gw, req.method(), "/callback", StatusCode::FOUND, |r| {
                 r.reason = Some(format!("sign-in for the agent failed: {why}"));
             });
-            return redirect(&a.redirect_with(&[
-                ("error", "access_denied"),
-                ("error_description", why),
-            ]));
+            return redirect(
+                &a.redirect_with(&[("error", "access_denied"), ("error_description", why)]),
+            );
         }
         refused(gw, req, status, why, origin, None)
     };
@@ -260,18 +321,34 @@ async fn finish_callback<B>(
         );
     }
     let Some(code) = q.get("code").filter(|c| !c.is_empty()) else {
-        return fail(StatusCode::BAD_REQUEST, "the identity provider sent no code");
+        return fail(
+            StatusCode::BAD_REQUEST,
+            "the identity provider sent no code",
+        );
     };
     let snap = gw.snapshot();
     let Some(idp) = snap.identity_providers.get(&flow.idp).cloned() else {
-        return fail(StatusCode::BAD_REQUEST, "the identity provider was removed; start again");
+        return fail(
+            StatusCode::BAD_REQUEST,
+            "the identity provider was removed; start again",
+        );
     };
     let client = match gw.signin.providers.get(gw, &idp).await {
         Ok(c) => c,
-        Err(e) => return fail(StatusCode::BAD_GATEWAY, &format!("cannot use identity provider {}: {e}", idp.display_name)),
+        Err(e) => {
+            return fail(
+                StatusCode::BAD_GATEWAY,
+                &format!("cannot use identity provider {}: {e}", idp.display_name),
+            )
+        }
     };
     let identity = match client
-        .exchange(code, &flow.verifier, &format!("{origin}/callback"), &flow.nonce)
+        .exchange(
+            code,
+            &flow.verifier,
+            &format!("{origin}/callback"),
+            &flow.nonce,
+        )
         .await
     {
         Ok(i) => i,
@@ -308,14 +385,17 @@ async fn finish_callback<B>(
             identity_provider: idp.name.clone(),
             claims,
         };
-        let code = gw
-            .signin
-            .codes
-            .lock()
-            .expect("codes lock")
-            .issue(a.clone(), person, Instant::now());
+        let code =
+            gw.signin
+                .codes
+                .lock()
+                .expect("codes lock")
+                .issue(a.clone(), person, Instant::now());
         let Some(code) = code else {
-            return fail(StatusCode::SERVICE_UNAVAILABLE, "too many sign-ins in progress; try again in a minute");
+            return fail(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many sign-ins in progress; try again in a minute",
+            );
         };
         log_event(gw, req.method(), "/callback", StatusCode::FOUND, |r| {
             r.user = Some(user.clone());
@@ -324,13 +404,18 @@ async fn finish_callback<B>(
         });
         return redirect(&a.redirect_with(&[("code", &code)]));
     }
-    let (token, info) = match gw.start_person_session(&user, &idp.name, claims, SessionKind::Browser) {
-        Ok(x) => x,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot store a browser session");
-            return render::failure(StatusCode::INTERNAL_SERVER_ERROR, "the gateway could not store the session; try again", origin);
-        }
-    };
+    let (token, info) =
+        match gw.start_person_session(&user, &idp.name, claims, SessionKind::Browser) {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot store a browser session");
+                return render::failure(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "the gateway could not store the session; try again",
+                    origin,
+                );
+            }
+        };
     log_event(gw, req.method(), "/callback", StatusCode::FOUND, |r| {
         r.user = Some(user.clone());
         r.session = Some(info.name.clone());
@@ -383,7 +468,11 @@ pub fn logout<B>(gw: &Gateway, req: &Request<B>) -> Response<BoxBody> {
     if let Some(p) = &principal {
         if let Err(e) = gw.end_session(&p.session.info.name) {
             tracing::error!(error = %e, "cannot end a session at sign-out");
-            return render::failure(StatusCode::SERVICE_UNAVAILABLE, "the gateway could not end the session; try again", &origin);
+            return render::failure(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the gateway could not end the session; try again",
+                &origin,
+            );
         }
         log_event(gw, req.method(), "/logout", StatusCode::OK, |r| {
             r.user = Some(p.user.name.clone());
@@ -406,12 +495,12 @@ pub fn redeem_agent_code(
     verifier: &str,
     redirect_uri: &str,
 ) -> Response<BoxBody> {
-    let person = gw
-        .signin
-        .codes
-        .lock()
-        .expect("codes lock")
-        .redeem(code, verifier, redirect_uri, Instant::now());
+    let person = gw.signin.codes.lock().expect("codes lock").redeem(
+        code,
+        verifier,
+        redirect_uri,
+        Instant::now(),
+    );
     let person = match person {
         Ok(p) => p,
         Err(e) => return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", &e.to_string()),
@@ -422,7 +511,11 @@ pub fn redeem_agent_code(
         .users
         .get(&person.user)
         .is_some_and(|u| !u.spec.is_disabled);
-    if !user_ok || !snap.identity_providers.contains_key(&person.identity_provider) {
+    if !user_ok
+        || !snap
+            .identity_providers
+            .contains_key(&person.identity_provider)
+    {
         return oauth_error(
             StatusCode::BAD_REQUEST,
             "invalid_grant",

@@ -215,6 +215,62 @@ mod tests {
         assert!(err.contains("no CERTIFICATE"), "{err}");
     }
 
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A raw server answering every connection with `head` then `chunks` chunks of 64 KiB
+    /// (chunked encoding), or never answering when `head` is empty.
+    async fn raw_server(head: &'static str, chunks: usize) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!(
+            "http://127.0.0.1:{}/x",
+            listener.local_addr().unwrap().port()
+        );
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    let _ = s.read(&mut buf).await;
+                    if head.is_empty() {
+                        tokio::time::sleep(Duration::from_secs(3600)).await;
+                        return;
+                    }
+                    let _ = s.write_all(head.as_bytes()).await;
+                    let chunk = vec![b'x'; 64 * 1024];
+                    for _ in 0..chunks {
+                        let _ = s
+                            .write_all(format!("{:x}\r\n", chunk.len()).as_bytes())
+                            .await;
+                        let _ = s.write_all(&chunk).await;
+                        let _ = s.write_all(b"\r\n").await;
+                    }
+                    let _ = s.write_all(b"0\r\n\r\n").await;
+                });
+            }
+        });
+        url
+    }
+
+    const CHUNKED: &str =
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n";
+
+    #[tokio::test]
+    async fn a_chunked_body_over_the_limit_is_cut_off() {
+        let http = IdpHttp::new(None).unwrap();
+        let small = raw_server(CHUNKED, 2).await;
+        assert_eq!(http.get(&small).await.unwrap().body().len(), 128 * 1024);
+        let big = raw_server(CHUNKED, MAX_BODY_BYTES / (64 * 1024) + 1).await;
+        let err = http.get(&big).await.unwrap_err();
+        assert!(matches!(err, HttpError::TooLarge { .. }), "{err}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_idp_times_out() {
+        let http = IdpHttp::new(None).unwrap();
+        let url = raw_server("", 0).await;
+        let err = http.get(&url).await.unwrap_err();
+        assert!(matches!(err, HttpError::Timeout { .. }), "{err}");
+    }
+
     #[tokio::test]
     async fn cleartext_to_a_remote_host_is_refused_before_sending() {
         let http = IdpHttp::new(None).unwrap();

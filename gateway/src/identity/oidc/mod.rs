@@ -29,7 +29,6 @@ use rand::RngCore;
 use serde_json::{Map, Value};
 use std::borrow::Cow;
 use std::sync::Arc;
-use std::time::Duration;
 
 /// What the gateway needs to know about one IdentityProvider (from its `spec.oidc`).
 #[derive(Clone)]
@@ -102,13 +101,6 @@ impl std::fmt::Debug for OidcClient {
 impl OidcClient {
     /// Discovery + JWKS fetch. Refuses http:// unless the host is loopback.
     pub async fn discover(cfg: OidcConfig) -> Result<OidcClient, OidcError> {
-        Self::discover_with_interval(cfg, jwks::REFETCH_INTERVAL).await
-    }
-
-    async fn discover_with_interval(
-        cfg: OidcConfig,
-        refetch_interval: Duration,
-    ) -> Result<OidcClient, OidcError> {
         let issuer = cfg.issuer_url.clone();
         checks::check_issuer_url(&issuer).map_err(|p| match p {
             UrlProblem::Cleartext => OidcError::InsecureIssuer {
@@ -227,7 +219,7 @@ impl OidcClient {
                 client,
                 algorithms,
                 jwks_url,
-                jwks: jwks::JwksCache::new(keys, refetch_interval),
+                jwks: jwks::JwksCache::new(keys, jwks::REFETCH_INTERVAL),
                 http,
             }),
         })

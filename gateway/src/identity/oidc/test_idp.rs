@@ -8,7 +8,6 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use p256::ecdsa::signature::Signer;
 use rand::RngCore;
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -16,14 +15,29 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use tokio::net::TcpListener;
 
-/// An ES256 signing key with its key id.
+/// A signing key with its key id: ES256 (fast to make) or RS256 (what most IdPs use).
 #[derive(Clone)]
 pub struct TestKey {
     pub kid: String,
-    key: p256::ecdsa::SigningKey,
+    key: KeyKind,
+}
+
+#[derive(Clone)]
+enum KeyKind {
+    Es256(p256::ecdsa::SigningKey),
+    Rs256(Box<rsa::RsaPrivateKey>),
+}
+
+/// One RSA key per test binary, 1024 bits: the checks do not depend on the size, and a
+/// 2048-bit key takes about 30 s to make in a debug build.
+fn shared_rsa_key() -> rsa::RsaPrivateKey {
+    static KEY: std::sync::OnceLock<rsa::RsaPrivateKey> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| rsa::RsaPrivateKey::new(&mut rand::rngs::OsRng, 1024).unwrap())
+        .clone()
 }
 
 impl TestKey {
+    /// A fresh ES256 key.
     pub fn generate(kid: &str) -> Self {
         loop {
             let mut secret = [0u8; 32];
@@ -31,26 +45,53 @@ impl TestKey {
             if let Ok(key) = p256::ecdsa::SigningKey::from_slice(&secret) {
                 return Self {
                     kid: kid.to_string(),
-                    key,
+                    key: KeyKind::Es256(key),
                 };
             }
         }
     }
 
-    pub fn jwk(&self) -> Value {
-        let point = self.key.verifying_key().to_sec1_point(false);
-        let bytes = point.as_bytes();
-        json!({
-            "kty": "EC", "crv": "P-256", "use": "sig", "alg": "ES256", "kid": self.kid,
-            "x": URL_SAFE_NO_PAD.encode(&bytes[1..33]),
-            "y": URL_SAFE_NO_PAD.encode(&bytes[33..65]),
-        })
+    /// An RS256 key (the same one for every call in a test run).
+    pub fn rsa(kid: &str) -> Self {
+        Self {
+            kid: kid.to_string(),
+            key: KeyKind::Rs256(Box::new(shared_rsa_key())),
+        }
     }
 
-    /// A compact JWS of `claims` with the usual ES256 header.
+    fn alg(&self) -> &'static str {
+        match self.key {
+            KeyKind::Es256(_) => "ES256",
+            KeyKind::Rs256(_) => "RS256",
+        }
+    }
+
+    pub fn jwk(&self) -> Value {
+        match &self.key {
+            KeyKind::Es256(k) => {
+                let point = k.verifying_key().to_sec1_point(false);
+                let bytes = point.as_bytes();
+                json!({
+                    "kty": "EC", "crv": "P-256", "use": "sig", "alg": "ES256", "kid": self.kid,
+                    "x": URL_SAFE_NO_PAD.encode(&bytes[1..33]),
+                    "y": URL_SAFE_NO_PAD.encode(&bytes[33..65]),
+                })
+            }
+            KeyKind::Rs256(k) => {
+                use rsa::traits::PublicKeyParts;
+                json!({
+                    "kty": "RSA", "use": "sig", "alg": "RS256", "kid": self.kid,
+                    "n": URL_SAFE_NO_PAD.encode(k.n().to_bytes_be()),
+                    "e": URL_SAFE_NO_PAD.encode(k.e().to_bytes_be()),
+                })
+            }
+        }
+    }
+
+    /// A compact JWS of `claims` with the usual header.
     pub fn sign(&self, claims: &Value) -> String {
         self.sign_with_header(
-            &json!({"alg": "ES256", "typ": "JWT", "kid": self.kid}),
+            &json!({"alg": self.alg(), "typ": "JWT", "kid": self.kid}),
             claims,
         )
     }
@@ -61,8 +102,19 @@ impl TestKey {
             URL_SAFE_NO_PAD.encode(header.to_string()),
             URL_SAFE_NO_PAD.encode(claims.to_string())
         );
-        let sig: p256::ecdsa::Signature = self.key.sign(input.as_bytes());
-        format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig.to_bytes()))
+        let sig = match &self.key {
+            KeyKind::Es256(k) => {
+                let sig: p256::ecdsa::Signature =
+                    p256::ecdsa::signature::Signer::sign(k, input.as_bytes());
+                sig.to_bytes().to_vec()
+            }
+            KeyKind::Rs256(k) => {
+                use rsa::signature::{SignatureEncoding, Signer};
+                let signer = rsa::pkcs1v15::SigningKey::<sha2::Sha256>::new((**k).clone());
+                signer.sign(input.as_bytes()).to_vec()
+            }
+        };
+        format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig))
     }
 }
 
@@ -102,6 +154,8 @@ pub struct Canned {
 
 pub struct TestIdp {
     pub issuer: String,
+    /// The CA that signed the TLS certificate, for [`TestIdp::start_tls`].
+    pub ca_pem: Option<String>,
     pub state: Arc<Mutex<IdpState>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -113,11 +167,25 @@ impl Drop for TestIdp {
 }
 
 impl TestIdp {
-    /// Starts the provider on 127.0.0.1 with one key, `k1`.
+    /// Starts the provider on http://127.0.0.1 with one key, `k1`.
     pub async fn start() -> (Self, TestKey) {
+        Self::start_on(None).await
+    }
+
+    /// Starts the provider on https://localhost with a certificate from a fresh private CA,
+    /// whose PEM is in `ca_pem`.
+    pub async fn start_tls() -> (Self, TestKey) {
+        Self::start_on(Some(private_ca_tls())).await
+    }
+
+    async fn start_on(tls: Option<(tokio_rustls::TlsAcceptor, String)>) -> (Self, TestKey) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr: SocketAddr = listener.local_addr().unwrap();
-        let issuer = format!("http://127.0.0.1:{}", addr.port());
+        let issuer = match tls {
+            Some(_) => format!("https://localhost:{}", addr.port()),
+            None => format!("http://127.0.0.1:{}", addr.port()),
+        };
+        let (acceptor, ca_pem) = tls.unzip();
         let key = TestKey::generate("k1");
         let state = Arc::new(Mutex::new(IdpState {
             advertised_issuer: None,
@@ -136,21 +204,27 @@ impl TestIdp {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
-                let (st, iss) = (st.clone(), iss.clone());
+                let (st, iss, acceptor) = (st.clone(), iss.clone(), acceptor.clone());
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| {
                         let (st, iss) = (st.clone(), iss.clone());
                         async move { Ok::<_, hyper::Error>(answer(req, &st, &iss).await) }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
+                    let conn = hyper::server::conn::http1::Builder::new();
+                    let _ = match acceptor {
+                        Some(a) => match a.accept(stream).await {
+                            Ok(tls) => conn.serve_connection(TokioIo::new(tls), svc).await,
+                            Err(_) => return,
+                        },
+                        None => conn.serve_connection(TokioIo::new(stream), svc).await,
+                    };
                 });
             }
         });
         (
             Self {
                 issuer,
+                ca_pem,
                 state,
                 task,
             },
@@ -161,6 +235,29 @@ impl TestIdp {
     pub fn state(&self) -> std::sync::MutexGuard<'_, IdpState> {
         self.state.lock().unwrap()
     }
+}
+
+/// A TLS acceptor for `localhost` with a certificate from a fresh private CA, and that CA's PEM.
+fn private_ca_tls() -> (tokio_rustls::TlsAcceptor, String) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&leaf_key, &ca, &ca_key)
+        .unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into());
+    let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![leaf.der().clone()], key)
+    .unwrap();
+    (tokio_rustls::TlsAcceptor::from(Arc::new(cfg)), ca.pem())
 }
 
 fn json_response(status: u16, body: &Value) -> http::Response<Full<Bytes>> {
@@ -199,7 +296,7 @@ async fn answer(
                 "jwks_uri": st.jwks_uri.clone().unwrap_or_else(|| format!("{issuer}/jwks")),
                 "response_types_supported": ["code"],
                 "subject_types_supported": ["public"],
-                "id_token_signing_alg_values_supported": ["ES256"],
+                "id_token_signing_alg_values_supported": ["RS256", "ES256"],
             });
             if let Some(m) = &st.auth_methods {
                 doc["token_endpoint_auth_methods_supported"] = json!(m);

@@ -241,6 +241,10 @@ async fn email_verified_is_none_when_absent() {
     c.as_object_mut().unwrap().remove("email_verified");
     let id = exchange(&idp, &client, key.sign(&c)).await.unwrap();
     assert_eq!(id.email_verified, None);
+    // Some IdPs (Amazon Cognito) send the boolean as a string.
+    c["email_verified"] = json!("true");
+    let id = exchange(&idp, &client, key.sign(&c)).await.unwrap();
+    assert_eq!(id.email_verified, Some(true));
     c["email_verified"] = json!(false);
     let id = exchange(&idp, &client, key.sign(&c)).await.unwrap();
     assert_eq!(id.email_verified, Some(false));
@@ -250,11 +254,17 @@ async fn email_verified_is_none_when_absent() {
 async fn a_token_from_another_issuer_is_refused() {
     let (idp, key, client) = setup().await;
     let mut c = good_claims(&idp.issuer);
-    c["iss"] = json!("https://evil.example.com");
-    assert!(matches!(
-        refused(&idp, &client, key.sign(&c)).await,
-        IdTokenError::Issuer(_)
-    ));
+    // Exact match: not even a trailing slash more.
+    for iss in [
+        "https://evil.example.com".to_string(),
+        format!("{}/", idp.issuer),
+    ] {
+        c["iss"] = json!(iss);
+        assert!(matches!(
+            refused(&idp, &client, key.sign(&c)).await,
+            IdTokenError::Issuer(_)
+        ));
+    }
 }
 
 #[tokio::test]
@@ -541,4 +551,43 @@ async fn a_token_response_without_id_token_is_refused() {
         .await
         .unwrap_err();
     assert!(matches!(err, OidcError::NoIdToken), "{err}");
+}
+
+#[tokio::test]
+async fn an_https_idp_with_a_private_ca_works_only_with_that_ca() {
+    let (idp, key) = TestIdp::start_tls().await;
+    let err = OidcClient::discover(config(&idp.issuer, Some(SECRET)))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, OidcError::Http(http::HttpError::Transport { .. })),
+        "{err}"
+    );
+    assert!(err.to_string().contains("trusts its certificate"), "{err}");
+
+    let mut cfg = config(&idp.issuer, Some(SECRET));
+    cfg.extra_root_ca_pem = idp.ca_pem.clone().map(String::into_bytes);
+    let client = OidcClient::discover(cfg)
+        .await
+        .expect("trusted with the CA");
+    let id = exchange(&idp, &client, key.sign(&good_claims(&idp.issuer)))
+        .await
+        .unwrap();
+    assert_eq!(id.subject, "user-1");
+}
+
+#[tokio::test]
+async fn rs256_tokens_verify_and_rsa_keys_rotate_in() {
+    let (idp, _es, client) = setup().await;
+    let rsa = TestKey::rsa("rsa-1");
+    idp.state().keys.push(rsa.clone());
+    let id = exchange(&idp, &client, rsa.sign(&good_claims(&idp.issuer)))
+        .await
+        .unwrap();
+    assert_eq!(id.subject, "user-1");
+    assert_eq!(idp.state().jwks_fetches, 2);
+    let mut c = good_claims(&idp.issuer);
+    c["aud"] = json!("someone-else");
+    let e = refused(&idp, &client, rsa.sign(&c)).await;
+    assert!(matches!(e, IdTokenError::Audience(_)), "{e}");
 }

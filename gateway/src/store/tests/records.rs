@@ -45,9 +45,20 @@ fn person_sessions_keep_their_provider_and_claims_and_go_with_it() {
         .unwrap();
     let listed = store.list_sessions().unwrap();
     assert_eq!(listed.iter().find(|x| x.name == "s-browser"), Some(&s));
-    assert_eq!(store.delete_sessions_of_identity_provider("other").unwrap(), 0);
-    assert_eq!(store.delete_sessions_of_identity_provider("corp").unwrap(), 1);
-    let names: Vec<_> = store.list_sessions().unwrap().into_iter().map(|x| x.name).collect();
+    assert_eq!(
+        store.delete_sessions_of_identity_provider("other").unwrap(),
+        0
+    );
+    assert_eq!(
+        store.delete_sessions_of_identity_provider("corp").unwrap(),
+        1
+    );
+    let names: Vec<_> = store
+        .list_sessions()
+        .unwrap()
+        .into_iter()
+        .map(|x| x.name)
+        .collect();
     assert_eq!(names, ["s-bot"]);
 }
 
