@@ -185,8 +185,16 @@ fn signing_in_saves_the_session_like_a_token_login() {
     assert_eq!(q["cli_challenge"].len(), 43);
     assert_eq!(q["idp"], "corp-sso");
 
-    // Strangers and side requests neither finish nor abort the login.
+    // Strangers and side requests neither finish nor abort the login, and idle connections
+    // (a browser's preconnects, a stalled stranger) do not hold up the others.
+    let addr = url::Url::parse(&redirect)
+        .unwrap()
+        .socket_addrs(|| None)
+        .unwrap()[0];
+    let _idle: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(addr).unwrap()).collect();
     assert!(browser_get(&redirect, "/favicon.ico").starts_with("HTTP/1.1 404 "));
+    let huge = format!("/callback?state=x&pad={}", "a".repeat(9000));
+    assert!(browser_get(&redirect, &huge).starts_with("HTTP/1.1 431 "));
     let wrong = browser_get(&redirect, &callback("not-the-state", "code=code-1"));
     assert!(wrong.starts_with("HTTP/1.1 403 "), "{wrong}");
     assert!(wrong.contains("does not match"), "{wrong}");

@@ -112,6 +112,7 @@ fn serve(mut stream: TcpStream, state: &str, tx: &mpsc::Sender<(Callback, TcpStr
             Head::Complete(n) => break n,
             Head::TooLarge => {
                 let _ = stream.write_all(&super::pages::failed(431, "The request is too large."));
+                drain_and_close(stream);
                 return;
             }
             Head::Incomplete => {}
@@ -126,9 +127,30 @@ fn serve(mut stream: TcpStream, state: &str, tx: &mpsc::Sender<(Callback, TcpStr
         }
     };
     match callback::handle(&buf[..head_len], state) {
-        Handled::Ignore(response) => Pending { stream }.answer(&response),
+        Handled::Ignore(response) => {
+            let _ = stream.write_all(&response);
+            drain_and_close(stream);
+        }
         Handled::Callback(cb) => {
             let _ = tx.send((cb, stream));
+        }
+    }
+}
+
+/// Closes after an early answer without resetting it away: with unread input still queued,
+/// closing would send a TCP reset that can destroy the answer before the client reads it. So
+/// stop writing, then discard what is still coming (at most 64 KiB, at most a second).
+fn drain_and_close(mut stream: TcpStream) {
+    let _ = stream.flush();
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+    let started = Instant::now();
+    let mut sink = [0u8; 4096];
+    let mut left = 64 * 1024usize;
+    while left > 0 && started.elapsed() < Duration::from_secs(1) {
+        match stream.read(&mut sink) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => left = left.saturating_sub(n),
         }
     }
 }
