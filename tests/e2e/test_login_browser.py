@@ -5,8 +5,8 @@ browser following the sign-in address that ``postern login`` prints.
 * ``test_person_logs_in_and_connects_under_their_policy``: alice and grace each run
   ``postern login --no-browser``; the browser signs in at the provider's own form and is sent
   back to the agent's loopback redirect; each gets a saved agent Session (``whoami``, the
-  admin's view of the Session), ``BROWSER`` is never started, and ``postern connect
-  --userspace`` reaches the private Service ``web``: 200 for alice, 403 by policy for grace,
+  admin's view of the Session, ``posternctl`` working for alice, an admin, and refused for
+  grace), ``BROWSER`` is never started, and ``postern connect --userspace`` reaches the private Service ``web``: 200 for alice, 403 by policy for grace,
   both ``via: tunnel`` under their own names.
 * ``test_wrong_state_on_the_loopback_is_refused``: the gateway's redirect with a changed or
   missing ``state`` gets 403 from the loopback and does not end the login (nor spend the
@@ -106,12 +106,15 @@ class Env:
             env["BROWSER"] = str(script)
         return env
 
-    def postern(self, home: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        r = subprocess.run([self.gw.bin("postern"), *args], capture_output=True, text=True, timeout=WAIT,
+    def run(self, home: Path, binary: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        r = subprocess.run([self.gw.bin(binary), *args], capture_output=True, text=True, timeout=WAIT,
                            env=self.env(home))
         if check:
-            assert r.returncode == 0, (args, r.stdout, r.stderr)
+            assert r.returncode == 0, (binary, args, r.stdout, r.stderr)
         return r
+
+    def postern(self, home: Path, *args: str) -> subprocess.CompletedProcess:
+        return self.run(home, "postern", *args)
 
     def browser(self):
         from oidc import Browser
@@ -168,7 +171,7 @@ def env(start_gateway, idp_factory, tmp_path):
                           name="corp")
         gw.create_secret(SECRET_NAME, secret)
         gw.apply_text("---\n".join([identity_provider(IDP_NAME, idp.issuer),
-                                    human("alice", ALICE["email"]), human("grace", GRACE["email"]),
+                                    human("alice", ALICE["email"], groups=["admins"]), human("grace", GRACE["email"]),
                                     web_service(web.url)]), "people.yaml")
         e = Env(gw, idp, web, tmp_path)
         try:
@@ -242,10 +245,11 @@ def test_person_logs_in_and_connects_under_their_policy(env):
     assert s["authentication"]["identityProvider"] == IDP_NAME, s
     assert "alice" in env.postern(alice_home, "whoami").stdout
 
-    # Its token works for the control API (a non-admin is refused admin routes, not unknown).
-    with env.gw.http() as h:
-        r = h.get(env.gw.url(None, "/api/v1/users"), headers={"Authorization": f"Bearer {alice['accessToken']}"})
-    assert r.status_code == 403, r.text
+    # posternctl uses the saved Session: alice is an admin, grace is not (refused, not unknown).
+    r = env.run(alice_home, "posternctl", "get", "services", "-o", "json")
+    assert [i["metadata"]["name"] for i in json.loads(r.stdout)] == ["web"], r.stdout
+    r = env.run(grace_home, "posternctl", "get", "services", check=False)
+    assert r.returncode == 1 and "admins" in r.stderr, (r.stdout, r.stderr)
 
     # The tunnel as each person: alice is allowed, grace is denied by the policy.
     alice_port = connect(env, alice_home, "alice-agent")
