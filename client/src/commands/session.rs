@@ -53,18 +53,18 @@ pub fn login(ctx: &Context, args: &LoginArgs, out: &mut dyn Write) -> Result<()>
     let Some(token) = args.auth_token.as_deref() else {
         return super::browser_login::login(ctx, domain, ca_file, args, out);
     };
+    let token = token.trim();
+    if token.is_empty() {
+        return Err(ClientError::Invalid(
+            "the auth token is empty (--auth-token or POSTERN_AUTH_TOKEN); pass a token, or \
+             unset POSTERN_AUTH_TOKEN and leave out --auth-token to sign in with a browser"
+                .to_string(),
+        ));
+    }
     if args.idp.is_some() || args.no_browser || args.timeout.is_some() {
         return Err(ClientError::Invalid(
             "--idp, --no-browser and --timeout are for signing in with a browser, but an auth \
              token was given (--auth-token or POSTERN_AUTH_TOKEN); drop one or the other"
-                .to_string(),
-        ));
-    }
-    let token = token.trim();
-    if token.is_empty() {
-        return Err(ClientError::Invalid(
-            "the auth token is empty; pass --auth-token or set POSTERN_AUTH_TOKEN, or leave \
-             both out to sign in with a browser"
                 .to_string(),
         ));
     }
