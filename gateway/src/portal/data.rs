@@ -5,14 +5,13 @@
 use super::chart::{fold_small_models, DailyUsage};
 use super::view::{Reach, RequestRow, ServiceItem, UsageView};
 use crate::state::{Gateway, Principal, ServiceEntry, Snapshot};
-use crate::store::usage::{UsageKey, UsageTotals};
+use crate::store::usage::UsageKey;
 use crate::telemetry::access_log::AccessRecord;
-use crate::telemetry::recent::{LogFilter, DEFAULT_CAPACITY};
+use crate::telemetry::recent::LogFilter;
 use chrono::{DateTime, Duration, Utc};
 use postern_common::resources::{Effect, ServiceMode};
 use postern_policy::{Catalog, CelValue, EvalContext, RequestFacts};
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 /// Days of usage the portal shows (today and the six before, UTC).
 pub const USAGE_DAYS: usize = 7;
@@ -205,28 +204,6 @@ pub fn day_labels(now: DateTime<Utc>, n: usize) -> Vec<String> {
         .collect()
 }
 
-/// Usage per day and model from `cumulative[i]`, the totals per model since the start of
-/// `days[i]` (as the store's `since` queries answer). Day `i` is `cumulative[i]` minus
-/// `cumulative[i + 1]`; a row written between the two reads cannot make a day negative.
-pub fn daily_from_cumulative(days: Vec<String>, cumulative: &[Vec<UsageTotals>]) -> DailyUsage {
-    let n = days.len();
-    let mut models: BTreeMap<String, Vec<u64>> = BTreeMap::new();
-    for (i, totals) in cumulative.iter().enumerate().take(n) {
-        for t in totals {
-            models.entry(t.key.clone()).or_insert_with(|| vec![0; n])[i] = t.total_tokens;
-        }
-    }
-    for v in models.values_mut() {
-        for i in 0..n.saturating_sub(1) {
-            v[i] = v[i].saturating_sub(v[i + 1]);
-        }
-    }
-    fold_small_models(DailyUsage {
-        days,
-        models: models.into_iter().collect(),
-    })
-}
-
 /// Usage per day and model from `(day, model, tokens)` rows (`day` as in `days`; rows for
 /// other days are ignored, repeated pairs are added up): the shape a per-day `GROUP BY`
 /// over the usage store returns.
@@ -253,82 +230,42 @@ where
     })
 }
 
-/// Usage per day and model from access records (`time` RFC 3339 UTC), ignoring records
-/// outside `days` and records without usage.
-pub fn daily_from_records<'a>(
-    days: Vec<String>,
-    records: impl IntoIterator<Item = &'a AccessRecord>,
-) -> DailyUsage {
-    let rows = records.into_iter().filter_map(|r| {
-        let tokens = r.usage.as_ref()?.total_tokens;
-        let day = r.time.get(..10)?;
-        Some((day, r.model.clone().unwrap_or_else(|| "-".into()), tokens))
-    });
-    daily_from_rows(days, rows)
-}
-
-/// Token usage for the portal. Admins read the usage store (everyone, exact). A person's
-/// own usage is summed from the access records the gateway holds in memory, as the store's
-/// totals cannot be filtered by user; the page says so. Blocking (reads the store).
+/// Token usage for the portal, from the usage store: a person's own (`user`), or
+/// everyone's with a per-User table for admins (`None`). Blocking (reads the store, through
+/// the usage recorder's own connection, so it never holds up the request path's store).
 pub fn usage_view(gw: &Gateway, user: Option<&str>, now: DateTime<Utc>) -> UsageView {
     let days = day_labels(now, USAGE_DAYS);
-    let Some(user) = user else {
-        return store_usage(gw, days);
-    };
-    let filter = LogFilter {
-        service: None,
-        user: Some(user.to_string()),
-    };
-    let records: Vec<Arc<AccessRecord>> = gw.telemetry.recent.tail(&filter, DEFAULT_CAPACITY);
-    UsageView {
-        unavailable: None,
-        daily: daily_from_records(days, records.iter().map(|r| &**r)),
-        source: format!(
-            "Counted from the last {DEFAULT_CAPACITY} requests the gateway holds in memory \
-             (everyone's), so older usage and usage before a restart are not included."
-        ),
-        by_user: Vec::new(),
-    }
-}
-
-fn store_usage(gw: &Gateway, days: Vec<String>) -> UsageView {
     let Some(recorder) = &gw.telemetry.usage else {
         return UsageView {
             unavailable: Some("Usage accounting is off in this gateway.".into()),
             ..UsageView::default()
         };
     };
-    let since: Vec<String> = days.iter().map(|d| format!("{d}T00:00:00.000Z")).collect();
-    // The recorder's own connection: these scans never wait on, or hold up, the store the
-    // request path writes Sessions to.
-    let read = || -> Result<(Vec<Vec<UsageTotals>>, Vec<UsageTotals>), crate::store::StoreError> {
-        // Newest day first, so a row written meanwhile lands in today, not in an older day.
-        let mut cumulative = Vec::with_capacity(since.len());
-        for s in since.iter().rev() {
-            cumulative.push(recorder.totals(UsageKey::Model, s)?);
-        }
-        cumulative.reverse();
-        let by_user = recorder.totals(UsageKey::User, &since[0])?;
-        Ok((cumulative, by_user))
-    };
-    match read() {
-        Ok((cumulative, by_user)) => UsageView {
-            unavailable: None,
-            daily: daily_from_cumulative(days, &cumulative),
-            source: "From the usage store (every request with token usage).".into(),
-            by_user: by_user
+    let since = format!("{}T00:00:00.000Z", days[0]);
+    let read = || -> Result<UsageView, crate::store::StoreError> {
+        let rows = recorder.daily(user, &since)?;
+        let by_user = match user {
+            Some(_) => Vec::new(),
+            None => recorder
+                .totals(UsageKey::User, &since)?
                 .into_iter()
                 .map(|t| (t.key, t.total_tokens))
                 .collect(),
-        },
-        Err(e) => {
-            tracing::error!(error = %e, "reading token usage for the portal failed");
-            UsageView {
-                unavailable: Some(format!("Usage could not be read: {e}")),
-                ..UsageView::default()
-            }
+        };
+        Ok(UsageView {
+            unavailable: None,
+            daily: daily_from_rows(days.clone(), rows),
+            source: "From the usage store (every request with token usage).".into(),
+            by_user,
+        })
+    };
+    read().unwrap_or_else(|e| {
+        tracing::error!(error = %e, "reading token usage for the portal failed");
+        UsageView {
+            unavailable: Some(format!("Usage could not be read: {e}")),
+            ..UsageView::default()
         }
-    }
+    })
 }
 
 #[cfg(test)]

@@ -27,7 +27,7 @@ use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode
 use postern_common::api::CodeTokenResponse;
 use postern_common::resources::SessionKind;
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 pub use providers::ProviderClients;
@@ -153,7 +153,7 @@ pub async fn login<B>(gw: &Gateway, req: &Request<B>) -> Response<BoxBody> {
         None => format!("{origin}/"),
         Some(rd) => match return_to::check_return_url(rd, &gw.domain, port) {
             Ok(u) => u.to_string(),
-            Err(e) => return render::bad_return(&e.to_string(), &origin),
+            Err(_) => return render::bad_return(rd, &origin),
         },
     };
     let snap = gw.snapshot();
@@ -169,7 +169,7 @@ pub async fn login<B>(gw: &Gateway, req: &Request<B>) -> Response<BoxBody> {
             }
         },
         None => match snap.identity_providers.len() {
-            0 => return render::no_providers(&origin),
+            0 => return render::no_providers(),
             1 => snap
                 .identity_providers
                 .values()
@@ -456,9 +456,22 @@ fn refused<B>(
     resp
 }
 
-/// `GET /` for a signed-in person: the portal.
-pub fn portal(_gw: &Gateway, p: &Principal, origin: &str) -> Response<BoxBody> {
-    render::portal(p, origin)
+/// `GET /` for a signed-in person: the portal, built on the blocking pool (an admin's page
+/// reads the usage store).
+pub async fn portal(gw: Arc<Gateway>, p: Principal, origin: String) -> Response<BoxBody> {
+    let idp = p
+        .session
+        .info
+        .authentication
+        .identity_provider
+        .as_deref()
+        .map(|n| {
+            gw.snapshot()
+                .identity_providers
+                .get(n)
+                .map_or_else(|| n.to_string(), |e| e.display_name.clone())
+        });
+    crate::portal::portal_page_async(gw, p, idp, origin).await
 }
 
 /// `GET|POST /logout`: ends the browser's Session on the server and clears its cookie.
