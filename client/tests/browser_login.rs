@@ -131,6 +131,14 @@ impl Login {
     }
 }
 
+impl Drop for Login {
+    /// A failed assertion must not leave `postern login` waiting for minutes.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 fn query(url: &url::Url) -> HashMap<String, String> {
     url.query_pairs().into_owned().collect()
 }
