@@ -4,7 +4,8 @@
 use std::path::PathBuf;
 
 /// The hint appended to every "you need a (new) session" message.
-pub const LOGIN_HINT: &str = "run `postern login --domain <domain> --auth-token <token>`";
+pub const LOGIN_HINT: &str =
+    "run `postern login --domain <domain>` (add `--auth-token <token>` to log in with a token)";
 
 /// Everything that can go wrong in `postern` and `posternctl`.
 #[derive(Debug, thiserror::Error)]
@@ -22,7 +23,7 @@ pub enum ClientError {
     BadSessionFile { path: PathBuf, detail: String },
 
     /// The gateway answered 401: the token is missing, wrong, expired or revoked.
-    #[error("{message}; run `postern login --domain {domain} --auth-token <token>`")]
+    #[error("{message}; run `postern login --domain {domain}` (add `--auth-token <token>` to log in with a token)")]
     Unauthorized { message: String, domain: String },
 
     /// The gateway answered with an error body (or an unexpected status).
@@ -40,6 +41,26 @@ pub enum ClientError {
     /// The gateway's answer was not the JSON this client expects.
     #[error("unexpected response from {url}: {detail}; check that the client and posternd versions match")]
     BadResponse { url: String, detail: String },
+
+    /// `/oauth2/token` refused the sign-in code (RFC 6749 section 5.2).
+    #[error("the gateway refused the sign-in code: {error}{}; run `postern login --domain {domain}` again", described(.description))]
+    TokenRefused {
+        domain: String,
+        error: String,
+        description: Option<String>,
+    },
+
+    /// The browser came back from signing in with an error instead of a code.
+    #[error("the sign-in was refused: {error}{}; run `postern login --domain {domain}` to try again", described(.description))]
+    SignInRefused {
+        domain: String,
+        error: String,
+        description: Option<String>,
+    },
+
+    /// No sign-in reached the loopback redirect in time.
+    #[error("no sign-in arrived within {waited}; run `postern login --domain {domain}` again and finish signing in in the browser (or allow longer with --timeout)")]
+    SignInTimedOut { domain: String, waited: String },
 
     /// `--domain` is not `host` or `host:port`.
     #[error("invalid domain {input:?}: {reason}; pass it as `example.com` or `example.com:8443`")]
@@ -87,6 +108,14 @@ impl ClientError {
             err,
         }
     }
+}
+
+/// `: <description>` when there is one.
+fn described(description: &Option<String>) -> String {
+    description
+        .as_deref()
+        .map(|d| format!(": {d}"))
+        .unwrap_or_default()
 }
 
 /// The library's result type.

@@ -3,7 +3,8 @@
 
 use crate::domain::Domain;
 use crate::error::{ClientError, Result};
-use postern_common::api::{ErrorBody, API_PREFIX};
+use crate::signin::callback::for_terminal;
+use postern_common::api::{ErrorBody, OAuthError, API_PREFIX};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::net::SocketAddr;
@@ -132,6 +133,58 @@ impl ApiClient {
         let response = match result {
             Ok(r) => r,
             Err(ureq::Error::Status(status, r)) => return Err(self.status_error(status, r)),
+            Err(ureq::Error::Transport(t)) => return Err(self.transport_error(&t)),
+        };
+        response.into_json().map_err(|e| ClientError::BadResponse {
+            url,
+            detail: e.to_string(),
+        })
+    }
+
+    /// Redeems the one-time code of a browser sign-in at `https://<domain>/oauth2/token`
+    /// (authorization code grant with PKCE, public client `postern-cli`). Refusals are
+    /// [`ClientError::TokenRefused`] with the gateway's `error` and `error_description`.
+    pub fn oauth2_code_token(
+        &self,
+        code: &str,
+        code_verifier: &str,
+        redirect_uri: &str,
+    ) -> Result<postern_common::api::CodeTokenResponse> {
+        let url = format!(
+            "{}/oauth2/token",
+            self.domain.base_url().trim_end_matches('/')
+        );
+        let result = self
+            .agent
+            .post(&url)
+            .set("Accept", "application/json")
+            .send_form(&[
+                ("grant_type", "authorization_code"),
+                ("code", code),
+                ("code_verifier", code_verifier),
+                ("redirect_uri", redirect_uri),
+                ("client_id", crate::signin::urls::CLIENT_ID),
+            ]);
+        let response = match result {
+            Ok(r) => r,
+            Err(ureq::Error::Status(status, r)) => {
+                let url = r.get_url().to_string();
+                let text = r.into_string().unwrap_or_default();
+                return Err(match serde_json::from_str::<OAuthError>(&text) {
+                    Ok(e) => ClientError::TokenRefused {
+                        domain: self.domain.to_string(),
+                        error: for_terminal(&e.error),
+                        description: e.error_description.as_deref().map(for_terminal),
+                    },
+                    Err(_) => {
+                        let snippet: String = text.trim().chars().take(200).collect();
+                        ClientError::Api {
+                            status,
+                            message: for_terminal(&format!("HTTP {status} from {url}: {snippet}")),
+                        }
+                    }
+                });
+            }
             Err(ureq::Error::Transport(t)) => return Err(self.transport_error(&t)),
         };
         response.into_json().map_err(|e| ClientError::BadResponse {

@@ -12,6 +12,7 @@ pub mod duration;
 pub mod error;
 pub mod http;
 pub mod output;
+pub mod signin;
 pub mod tunnel;
 
 pub use error::{ClientError, Result};

@@ -508,7 +508,7 @@ fn session_problems_say_to_log_in() {
     assert_eq!(
         r.stderr,
         format!(
-            "error: token revoked; run `postern login --domain {} --auth-token <token>`\n",
+            "error: token revoked; run `postern login --domain {}` (add `--auth-token <token>` to log in with a token)\n",
             g.domain()
         )
     );

@@ -5,6 +5,7 @@ pub mod datadir;
 pub mod frontdoor;
 pub mod identity;
 pub mod limits;
+pub mod portal;
 pub mod proxy;
 pub mod state;
 pub mod store;

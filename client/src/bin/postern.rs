@@ -22,7 +22,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Exchange an auth-token credential for a session and save it.
+    /// Sign in (in a browser, or with --auth-token) and save the session.
     Login(session::LoginArgs),
     /// End the session on the gateway and delete it locally.
     Logout,

@@ -2,6 +2,7 @@
 //! its normal output, so tests can capture it.
 
 pub mod apply;
+mod browser_login;
 pub mod create;
 pub mod delete;
 pub mod get;

@@ -18,15 +18,27 @@ pub struct LoginArgs {
     #[arg(long, env = "POSTERN_DOMAIN")]
     pub domain: String,
     /// An auth-token credential, made with `posternctl create credential NAME --type auth-token`.
+    /// Without one, you sign in with your identity provider in a browser.
     #[arg(long, env = "POSTERN_AUTH_TOKEN", hide_env_values = true)]
-    pub auth_token: String,
+    pub auth_token: Option<String>,
     /// A PEM file with an extra CA certificate to trust for this gateway (remembered for
     /// later commands). The public web roots are always trusted too.
     #[arg(long, value_name = "FILE")]
     pub ca_file: Option<PathBuf>,
+    /// Browser sign-in: the IdentityProvider to use, by name; without it the gateway shows a
+    /// choice when it has several.
+    #[arg(long, value_name = "NAME")]
+    pub idp: Option<String>,
+    /// Browser sign-in: only print the sign-in address, do not open a browser.
+    #[arg(long)]
+    pub no_browser: bool,
+    /// Browser sign-in: how long to wait for it to finish [default: 5m].
+    #[arg(long, value_name = "DURATION")]
+    pub timeout: Option<String>,
 }
 
-/// Trades the auth token for a session and saves it.
+/// Trades the auth token for a session and saves it; without a token, signs in through the
+/// browser.
 pub fn login(ctx: &Context, args: &LoginArgs, out: &mut dyn Write) -> Result<()> {
     let domain = Domain::parse(&args.domain)?;
     let ca_file = match &args.ca_file {
@@ -38,10 +50,22 @@ pub fn login(ctx: &Context, args: &LoginArgs, out: &mut dyn Write) -> Result<()>
         ),
         None => None,
     };
-    let token = args.auth_token.trim();
+    let Some(token) = args.auth_token.as_deref() else {
+        return super::browser_login::login(ctx, domain, ca_file, args, out);
+    };
+    let token = token.trim();
     if token.is_empty() {
         return Err(ClientError::Invalid(
-            "the auth token is empty; pass --auth-token or set POSTERN_AUTH_TOKEN".to_string(),
+            "the auth token is empty (--auth-token or POSTERN_AUTH_TOKEN); pass a token, or \
+             unset POSTERN_AUTH_TOKEN and leave out --auth-token to sign in with a browser"
+                .to_string(),
+        ));
+    }
+    if args.idp.is_some() || args.no_browser || args.timeout.is_some() {
+        return Err(ClientError::Invalid(
+            "--idp, --no-browser and --timeout are for signing in with a browser, but an auth \
+             token was given (--auth-token or POSTERN_AUTH_TOKEN); drop one or the other"
+                .to_string(),
         ));
     }
     let client = ApiClient::new(domain.clone(), ca_file.as_deref(), None)?;
@@ -52,16 +76,54 @@ pub fn login(ctx: &Context, args: &LoginArgs, out: &mut dyn Write) -> Result<()>
             auth_token: token.to_string(),
         },
     )?;
-    let expires_in = i64::try_from(response.expires_in).unwrap_or(i64::MAX / 1000);
+    let session = save_session(
+        ctx,
+        &domain,
+        ca_file,
+        started,
+        Issued {
+            access_token: response.access_token,
+            expires_in: response.expires_in,
+            session: response.session,
+            user: response.user,
+        },
+    )?;
+    report_login(&session, out)
+}
+
+/// What the gateway hands out for a login, whichever way it was made.
+pub(super) struct Issued {
+    pub(super) access_token: String,
+    /// Seconds from the request until the token stops working.
+    pub(super) expires_in: u64,
+    pub(super) session: String,
+    pub(super) user: String,
+}
+
+/// Saves a session that the gateway issued at `started`: the one file every later command
+/// (`status`, `connect`, `posternctl`) reads.
+pub(super) fn save_session(
+    ctx: &Context,
+    domain: &Domain,
+    ca_file: Option<PathBuf>,
+    started: chrono::DateTime<Utc>,
+    issued: Issued,
+) -> Result<Session> {
+    let expires_in = i64::try_from(issued.expires_in).unwrap_or(i64::MAX / 1000);
     let session = Session {
         domain: domain.to_string(),
-        access_token: response.access_token,
-        session: response.session,
-        user: response.user,
+        access_token: issued.access_token,
+        session: issued.session,
+        user: issued.user,
         expires_at: started + chrono::Duration::seconds(expires_in.min(100 * 365 * 86_400)),
         ca_file,
     };
     config::save(&ctx.home, &session)?;
+    Ok(session)
+}
+
+/// The line both login modes print on success.
+pub(super) fn report_login(session: &Session, out: &mut dyn Write) -> Result<()> {
     writeln_out(
         out,
         format_args!(

@@ -65,8 +65,11 @@ pub(super) fn log_in(
         Relogin::AuthToken { domain, token } => {
             let login = session::LoginArgs {
                 domain: domain.clone(),
-                auth_token: token.clone(),
+                auth_token: Some(token.clone()),
                 ca_file: ca_file.cloned(),
+                idp: None,
+                no_browser: false,
+                timeout: None,
             };
             session::login(ctx, &login, out)?;
             config::load(&ctx.home)

@@ -218,7 +218,7 @@ fn public_caller(gw: &Gateway, req: &ClientRequest) -> pipeline::PublicCaller {
     pipeline::PublicCaller { token, sign_in }
 }
 
-async fn control_plane(gw: &Gateway, req: ClientRequest) -> Response<BoxBody> {
+async fn control_plane(gw: &Arc<Gateway>, req: ClientRequest) -> Response<BoxBody> {
     let path = req.uri().path().to_string();
     match (req.method().clone(), path.as_str()) {
         (Method::GET, "/login") => signin::login(gw, &req).await,
@@ -227,7 +227,7 @@ async fn control_plane(gw: &Gateway, req: ClientRequest) -> Response<BoxBody> {
         (Method::GET, "/") => match signin::cookie_principal(gw, req.headers()) {
             Some(p) => {
                 let (origin, _) = signin::public_origin(&gw.domain, req.headers(), req.uri());
-                signin::portal(gw, &p, &origin)
+                signin::portal(gw.clone(), p, origin).await
             }
             None if signin::wants_html(req.headers()) => {
                 let (origin, _) = signin::public_origin(&gw.domain, req.headers(), req.uri());

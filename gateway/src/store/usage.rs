@@ -137,6 +137,27 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Total tokens per (UTC day `YYYY-MM-DD`, model) over the rows at or after `since`, of
+    /// one `user` or everyone: the portal's chart in one scan.
+    pub fn usage_daily(
+        &self,
+        user: Option<&str>,
+        since: &str,
+    ) -> Result<Vec<(String, String, u64)>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare(
+            "SELECT substr(time, 1, 10) AS d, coalesce(model, '-') AS m, sum(total)
+             FROM usage WHERE time >= ?1 AND (?2 IS NULL OR user = ?2)
+             GROUP BY d, m ORDER BY d, m",
+        )?;
+        let rows = stmt.query_map(rusqlite::params![since, user], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)?.max(0) as u64))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
 fn clamp(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }

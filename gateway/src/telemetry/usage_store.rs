@@ -72,6 +72,19 @@ impl UsageRecorder {
     }
 }
 
+impl UsageRecorder {
+    /// Tokens per (day, model) since `since`, of `user` or everyone, after writing what is
+    /// queued. Blocking.
+    pub fn daily(
+        &self,
+        user: Option<&str>,
+        since: &str,
+    ) -> Result<Vec<(String, String, u64)>, StoreError> {
+        self.flush(Duration::from_secs(2));
+        self.store.usage_daily(user, since)
+    }
+}
+
 /// The row for `record`, when it carries usage.
 pub fn row_of(record: &AccessRecord) -> Option<UsageRow> {
     let u = record.usage.as_ref()?;

@@ -10,6 +10,7 @@ pub mod flow;
 mod providers;
 mod render;
 pub mod return_to;
+mod used;
 
 use super::cookies::{self, SESSION_COOKIE};
 use super::oauth2::{oauth_error, server_error};
@@ -26,7 +27,7 @@ use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode
 use postern_common::api::CodeTokenResponse;
 use postern_common::resources::SessionKind;
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 pub use providers::ProviderClients;
@@ -36,6 +37,7 @@ pub use providers::ProviderClients;
 pub struct SignInState {
     providers: ProviderClients,
     codes: Mutex<AgentCodes>,
+    used: Mutex<used::UsedStates>,
     flow_keys: SecretBox,
 }
 
@@ -45,6 +47,7 @@ impl SignInState {
         SignInState {
             providers: ProviderClients::default(),
             codes: Mutex::new(AgentCodes::default()),
+            used: Mutex::new(used::UsedStates::default()),
             flow_keys: root.derive(flow::COOKIE_KEY_PURPOSE),
         }
     }
@@ -150,7 +153,7 @@ pub async fn login<B>(gw: &Gateway, req: &Request<B>) -> Response<BoxBody> {
         None => format!("{origin}/"),
         Some(rd) => match return_to::check_return_url(rd, &gw.domain, port) {
             Ok(u) => u.to_string(),
-            Err(e) => return render::bad_return(&e.to_string(), &origin),
+            Err(_) => return render::bad_return(rd, &origin),
         },
     };
     let snap = gw.snapshot();
@@ -166,7 +169,7 @@ pub async fn login<B>(gw: &Gateway, req: &Request<B>) -> Response<BoxBody> {
             }
         },
         None => match snap.identity_providers.len() {
-            0 => return render::no_providers(&origin),
+            0 => return render::no_providers(),
             1 => snap
                 .identity_providers
                 .values()
@@ -258,6 +261,34 @@ pub async fn callback<B>(gw: &Gateway, req: &Request<B>) -> Response<BoxBody> {
             )
         }
     };
+    let claim = gw.signin.used.lock().expect("used states lock").claim(
+        &flow.state,
+        flow.expires,
+        now_unix(),
+    );
+    match claim {
+        used::Claim::Fresh => {}
+        used::Claim::Replayed => {
+            return refused(
+                gw,
+                req,
+                StatusCode::BAD_REQUEST,
+                "this sign-in was already completed; start again",
+                &origin,
+                Some(&cookie_name),
+            )
+        }
+        used::Claim::Full => {
+            return refused(
+                gw,
+                req,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many sign-ins at once; try again in a few minutes",
+                &origin,
+                None,
+            )
+        }
+    }
     let mut resp = finish_callback(gw, req, &q, &flow, &origin).await;
     resp.headers_mut()
         .append(header::SET_COOKIE, cookies::clear(&cookie_name, None));
@@ -425,9 +456,22 @@ fn refused<B>(
     resp
 }
 
-/// `GET /` for a signed-in person: the portal.
-pub fn portal(_gw: &Gateway, p: &Principal, origin: &str) -> Response<BoxBody> {
-    render::portal(p, origin)
+/// `GET /` for a signed-in person: the portal, built on the blocking pool (an admin's page
+/// reads the usage store).
+pub async fn portal(gw: Arc<Gateway>, p: Principal, origin: String) -> Response<BoxBody> {
+    let idp = p
+        .session
+        .info
+        .authentication
+        .identity_provider
+        .as_deref()
+        .map(|n| {
+            gw.snapshot()
+                .identity_providers
+                .get(n)
+                .map_or_else(|| n.to_string(), |e| e.display_name.clone())
+        });
+    crate::portal::portal_page_async(gw, p, idp, origin).await
 }
 
 /// `GET|POST /logout`: ends the browser's Session on the server and clears its cookie.

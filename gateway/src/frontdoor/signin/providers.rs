@@ -6,6 +6,7 @@ use crate::state::{Gateway, IdentityProviderEntry};
 use postern_common::resources::OidcSpec;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// Why an IdentityProvider cannot be used right now.
 #[derive(Debug, thiserror::Error)]
@@ -16,6 +17,8 @@ pub enum ProviderError {
     MissingSecret(String),
     #[error(transparent)]
     Oidc(#[from] OidcError),
+    #[error("{0} (tried less than 5 s ago; the gateway tries again after that)")]
+    RecentlyFailed(String),
 }
 
 struct Cached {
@@ -24,10 +27,22 @@ struct Cached {
     client: Arc<OidcClient>,
 }
 
+/// A discovery that failed, remembered briefly so that a stranger reloading `/login` while
+/// the provider is down does not make the gateway hammer it.
+struct Failed {
+    spec: OidcSpec,
+    at: Instant,
+    message: String,
+}
+
+/// How long a failed discovery is answered from memory.
+pub const RETRY_DISCOVERY_AFTER: Duration = Duration::from_secs(5);
+
 /// Clients by IdentityProvider name.
 #[derive(Default)]
 pub struct ProviderClients {
     clients: Mutex<HashMap<String, Cached>>,
+    failed: Mutex<HashMap<String, Failed>>,
 }
 
 impl ProviderClients {
@@ -51,16 +66,34 @@ impl ProviderClients {
                 return Ok(c.client.clone());
             }
         }
-        let client = Arc::new(
-            OidcClient::discover(OidcConfig {
-                issuer_url: oidc.issuer_url.clone(),
-                client_id: oidc.client_id.clone(),
-                client_secret: secret.clone(),
-                scopes: oidc.effective_scopes(),
-                extra_root_ca_pem: None,
-            })
-            .await?,
-        );
+        if let Some(f) = self.failed.lock().expect("failed lock").get(&idp.name) {
+            if &f.spec == oidc && f.at.elapsed() < RETRY_DISCOVERY_AFTER {
+                return Err(ProviderError::RecentlyFailed(f.message.clone()));
+            }
+        }
+        let discovered = OidcClient::discover(OidcConfig {
+            issuer_url: oidc.issuer_url.clone(),
+            client_id: oidc.client_id.clone(),
+            client_secret: secret.clone(),
+            scopes: oidc.effective_scopes(),
+            extra_root_ca_pem: None,
+        })
+        .await;
+        let client = match discovered {
+            Ok(c) => Arc::new(c),
+            Err(e) => {
+                self.failed.lock().expect("failed lock").insert(
+                    idp.name.clone(),
+                    Failed {
+                        spec: oidc.clone(),
+                        at: Instant::now(),
+                        message: e.to_string(),
+                    },
+                );
+                return Err(e.into());
+            }
+        };
+        self.failed.lock().expect("failed lock").remove(&idp.name);
         self.clients.lock().expect("clients lock").insert(
             idp.name.clone(),
             Cached {

@@ -1,69 +1,64 @@
-//! The sign-in pages, as responses (the HTML comes from [`crate::portal`]).
+//! The sign-in pages as responses: the sign-in outcomes mapped onto [`crate::portal`]'s
+//! pages, each with a link to start again where that helps.
 
+use crate::portal::{self, ProviderChoice, SignInProblem};
 use crate::proxy::BoxBody;
 use crate::state::people::SignInRefusal;
 use crate::state::Snapshot;
 use http::{Response, StatusCode};
 
-fn page(status: StatusCode, title: &str, body: &str) -> Response<BoxBody> {
-    let esc = |s: &str| {
-        s.replace('&', "&amp;")
-            .replace('<', "&lt;")
-            .replace('>', "&gt;")
-            .replace('"', "&quot;")
-    };
-    let html = format!(
-        "<!doctype html><html lang=en><meta charset=utf-8><title>{}</title><h1>{}</h1><p>{}</p></html>",
-        esc(title),
-        esc(title),
-        esc(body)
-    );
-    let mut resp = Response::new(crate::frontdoor::respond::full(html));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("text/html; charset=utf-8"),
-    );
-    resp
+fn retry(origin: &str) -> String {
+    portal::sign_in_link(&format!("{origin}/"))
 }
 
-pub fn failure(status: StatusCode, why: &str, _origin: &str) -> Response<BoxBody> {
-    page(status, "Sign-in failed", why)
+pub fn failure(status: StatusCode, why: &str, origin: &str) -> Response<BoxBody> {
+    portal::failure_page(status, why, Some(&retry(origin)))
 }
 
-pub fn bad_return(why: &str, _origin: &str) -> Response<BoxBody> {
-    page(StatusCode::BAD_REQUEST, "Bad return address", why)
-}
-
-pub fn no_providers(_origin: &str) -> Response<BoxBody> {
-    page(
-        StatusCode::NOT_FOUND,
-        "No identity provider",
-        "no identity provider is configured; ask an administrator",
+pub fn bad_return(url: &str, origin: &str) -> Response<BoxBody> {
+    portal::problem_page(
+        &SignInProblem::BadReturnAddress {
+            url: url.to_string(),
+        },
+        Some(&retry(origin)),
     )
 }
 
-pub fn choice(snap: &Snapshot, _query: &[(&str, &str)]) -> Response<BoxBody> {
-    let names: Vec<_> = snap
+pub fn no_providers() -> Response<BoxBody> {
+    portal::problem_page(&SignInProblem::NoIdentityProvider, None)
+}
+
+pub fn choice(snap: &Snapshot, carry: &[(&str, &str)]) -> Response<BoxBody> {
+    let providers: Vec<ProviderChoice> = snap
         .identity_providers
         .values()
-        .map(|i| i.display_name.clone())
+        .map(|i| ProviderChoice {
+            name: i.name.clone(),
+            display_name: i.display_name.clone(),
+        })
         .collect();
-    page(StatusCode::OK, "Sign in", &names.join(", "))
+    let carry: Vec<(String, String)> = carry
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    portal::choice_page(&providers, None, &carry)
 }
 
-pub fn refusal(r: &SignInRefusal, _origin: &str) -> Response<BoxBody> {
-    page(StatusCode::FORBIDDEN, "Not signed in", &r.to_string())
+pub fn refusal(r: &SignInRefusal, origin: &str) -> Response<BoxBody> {
+    let problem = match r {
+        SignInRefusal::UnknownEmail { email } => SignInProblem::UnknownEmail {
+            email: email.clone(),
+        },
+        SignInRefusal::UserDisabled { user, .. } => {
+            SignInProblem::DisabledUser { user: user.clone() }
+        }
+        other => SignInProblem::Refused {
+            reason: other.to_string(),
+        },
+    };
+    portal::problem_page(&problem, Some(&retry(origin)))
 }
 
-pub fn signed_out(_origin: &str) -> Response<BoxBody> {
-    page(StatusCode::OK, "Signed out", "You are signed out.")
-}
-
-pub fn portal(p: &crate::state::Principal, _origin: &str) -> Response<BoxBody> {
-    page(
-        StatusCode::OK,
-        "Postern",
-        &format!("Signed in as {}", p.user.name),
-    )
+pub fn signed_out(origin: &str) -> Response<BoxBody> {
+    portal::signed_out_page(&retry(origin))
 }
