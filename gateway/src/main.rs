@@ -77,6 +77,10 @@ struct ServeArgs {
     /// Extra CA certificate (PEM) trusted for https upstreams, besides the standard roots.
     #[arg(long)]
     upstream_ca: Vec<PathBuf>,
+    /// Extra CA certificate (PEM) trusted for identity providers (IdentityProvider issuers
+    /// behind a private CA), besides the standard roots.
+    #[arg(long, value_name = "FILE")]
+    idp_ca: Vec<PathBuf>,
     /// Largest request body buffered when a policy or rule reads it (bytes).
     #[arg(long, default_value_t = 8 << 20)]
     max_body_bytes: usize,
@@ -300,6 +304,21 @@ async fn serve(a: ServeArgs) -> Result<()> {
             std::fs::read(p).with_context(|| format!("reading --upstream-ca {}", p.display()))?,
         );
     }
+    let mut idp_ca = Vec::new();
+    for p in &a.idp_ca {
+        let pem = std::fs::read(p).with_context(|| format!("reading --idp-ca {}", p.display()))?;
+        let certs = rustls_pemfile::certs(&mut pem.as_slice())
+            .collect::<Result<Vec<_>, _>>()
+            .with_context(|| format!("--idp-ca {} is not PEM", p.display()))?;
+        if certs.is_empty() {
+            anyhow::bail!(
+                "--idp-ca {} holds no certificate; pass the PEM of the CA that signed the identity provider's certificate",
+                p.display()
+            );
+        }
+        idp_ca.extend_from_slice(&pem);
+        idp_ca.push(b'\n');
+    }
     let upstream = UpstreamClient::new(UpstreamOptions {
         extra_ca_pem: extra_ca,
         connect_timeout: a.upstream_connect_timeout,
@@ -337,6 +356,7 @@ async fn serve(a: ServeArgs) -> Result<()> {
             max_body_bytes: a.max_body_bytes,
             limit_default_completion_tokens: a.limit_default_completion_tokens,
             client_limits: a.limits.limits(),
+            idp_extra_ca_pem: (!idp_ca.is_empty()).then_some(idp_ca),
         },
         store,
         secretbox,

@@ -8,7 +8,7 @@ use std::io::Write;
 /// Arguments of `posternctl delete`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct DeleteArgs {
-    /// services, users, groups, policies, secrets, credentials or sessions.
+    /// services, users, groups, policies, identityproviders, secrets, credentials or sessions.
     pub kind: String,
     /// The name of the one to delete.
     pub name: String,

@@ -10,8 +10,8 @@ use std::io::Write;
 /// Arguments of `posternctl get`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct GetArgs {
-    /// services, users, groups, policies, secrets, credentials or sessions (singular and
-    /// `svc` work too).
+    /// services, users, groups, policies, identityproviders, secrets, credentials or sessions
+    /// (singular, `svc` and `idp` work too).
     pub kind: String,
     /// Show only this one.
     pub name: Option<String>,

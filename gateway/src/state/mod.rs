@@ -36,6 +36,8 @@ pub struct Settings {
     pub limit_default_completion_tokens: u64,
     /// Connection, head, body-time and overload bounds of every HTTP listener.
     pub client_limits: crate::frontdoor::limits::Limits,
+    /// Extra CA certificates (PEM) trusted for identity providers (`--idp-ca`).
+    pub idp_extra_ca_pem: Option<Vec<u8>>,
 }
 
 impl Default for Settings {
@@ -46,6 +48,7 @@ impl Default for Settings {
             max_body_bytes: 8 << 20,
             limit_default_completion_tokens: crate::limits::DEFAULT_COMPLETION_TOKENS,
             client_limits: crate::frontdoor::limits::Limits::default(),
+            idp_extra_ca_pem: None,
         }
     }
 }

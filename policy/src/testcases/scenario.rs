@@ -6,7 +6,8 @@ use std::net::IpAddr;
 
 use postern_common::resources::validate::validate;
 use postern_common::resources::{
-    AuthMethod, Authentication, Kind, Resource, SessionInfo, SessionKind, SessionType,
+    AuthMethod, Authentication, CredentialType, Kind, Resource, SessionInfo, SessionKind,
+    SessionType,
 };
 use serde::Deserialize;
 
@@ -76,14 +77,27 @@ pub struct RequestSpec {
 }
 
 /// The calling Session's kind and authentication (`ctx.session.spec.kind`,
-/// `ctx.session.spec.authentication`); a workload's OAuth2 Session by default.
+/// `ctx.session.spec.authentication`); a workload's OAuth2 Session by default. Without
+/// `authentication`, an agent Session is an auth-token login, as the gateway makes them.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SessionSpec {
     #[serde(default)]
     pub kind: SessionKind,
     #[serde(default)]
-    pub authentication: Authentication,
+    pub authentication: Option<Authentication>,
+}
+
+impl SessionSpec {
+    /// `authentication`, or the one the gateway gives a Session of this kind by default.
+    pub fn authentication(&self) -> Authentication {
+        self.authentication.clone().unwrap_or_else(|| {
+            Authentication::credential(match self.kind {
+                SessionKind::Agent => CredentialType::AuthToken,
+                SessionKind::Browser | SessionKind::Workload => CredentialType::Oauth2,
+            })
+        })
+    }
 }
 
 /// Who calls which Service with what request.
@@ -217,11 +231,11 @@ impl PolicyWorld {
                 SessionKind::Browser | SessionKind::Workload => SessionType::Clientless,
             },
             kind: scenario.session.kind,
-            credential: match scenario.session.authentication.method {
+            credential: match scenario.session.authentication().method {
                 AuthMethod::Oidc => String::new(),
                 AuthMethod::Oauth2 | AuthMethod::AuthToken => "policy-test".into(),
             },
-            authentication: scenario.session.authentication.clone(),
+            authentication: scenario.session.authentication(),
             created_at: now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             expires_at: (now + chrono::Duration::hours(1))
                 .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),

@@ -1,6 +1,6 @@
 use super::*;
 use crate::Reason;
-use postern_common::resources::{parse_documents, Effect, Resource};
+use postern_common::resources::{parse_documents, AuthMethod, Effect, Resource, SessionKind};
 
 const RESOURCES: &str = "kind: Group
 metadata: {name: dev}
@@ -220,4 +220,24 @@ fn case_file_errors_name_file_line_and_field() {
         Some(true),
         "{e}"
     );
+}
+
+#[test]
+fn a_case_session_defaults_like_the_gateways_sessions() {
+    let file = parse_case_file(
+        "c.yaml",
+        "cases:\n\
+         - {name: a, user: bot, service: api, expect: DENY, session: {kind: agent}}\n\
+         - {name: b, user: bot, service: api, expect: DENY}\n\
+         - {name: c, user: bot, service: api, expect: DENY, session: {kind: browser, authentication: {method: oidc, identityProvider: corp, claims: {groups: [eng]}}}}\n",
+    )
+    .unwrap();
+    let sessions: Vec<_> = file.cases.iter().map(|c| c.scenario().session).collect();
+    assert_eq!(sessions[0].authentication().method, AuthMethod::AuthToken);
+    assert_eq!(sessions[1].kind, SessionKind::Workload);
+    assert_eq!(sessions[1].authentication().method, AuthMethod::Oauth2);
+    let c = sessions[2].authentication();
+    assert_eq!(c.method, AuthMethod::Oidc);
+    assert_eq!(c.identity_provider.as_deref(), Some("corp"));
+    assert_eq!(c.claims["groups"][0], "eng");
 }

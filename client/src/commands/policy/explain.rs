@@ -5,7 +5,7 @@ use crate::commands::writeln_out;
 use crate::commands::Context;
 use crate::error::{ClientError, Result};
 use crate::output::Table;
-use postern_common::resources::{AuthMethod, Authentication, CredentialType, Effect, SessionKind};
+use postern_common::resources::{AuthMethod, Authentication, Effect, SessionKind};
 use postern_policy::testcases::{ChosenConfig, RequestSpec, Scenario, SessionSpec};
 use postern_policy::Explanation;
 use std::collections::BTreeMap;
@@ -89,17 +89,11 @@ impl ExplainArgs {
             },
             None => serde_json::json!({}),
         };
-        let authentication = match &self.idp {
-            Some(idp) => Authentication {
-                method: AuthMethod::Oidc,
-                identity_provider: Some(idp.clone()),
-                claims,
-            },
-            None => Authentication::credential(match kind {
-                SessionKind::Agent => CredentialType::AuthToken,
-                _ => CredentialType::Oauth2,
-            }),
-        };
+        let authentication = self.idp.as_ref().map(|idp| Authentication {
+            method: AuthMethod::Oidc,
+            identity_provider: Some(idp.clone()),
+            claims,
+        });
         Ok(SessionSpec {
             kind,
             authentication,

@@ -305,6 +305,7 @@ async fn finish_callback<B>(
     let fail = |status: StatusCode, why: &str| {
         if let Some(a) = &flow.agent {
             log_event(gw, req.method(), "/callback", StatusCode::FOUND, |r| {
+                r.decision = Some(postern_common::resources::Effect::Deny);
                 r.reason = Some(format!("sign-in for the agent failed: {why}"));
             });
             return redirect(

@@ -76,7 +76,7 @@ impl ProviderClients {
             client_id: oidc.client_id.clone(),
             client_secret: secret.clone(),
             scopes: oidc.effective_scopes(),
-            extra_root_ca_pem: None,
+            extra_root_ca_pem: gw.settings.idp_extra_ca_pem.clone(),
         })
         .await;
         let client = match discovered {
