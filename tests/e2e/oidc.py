@@ -105,16 +105,28 @@ def ensure_node_modules() -> None:
         pytest.fail(f"npm ci in {IDP_DIR} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}", pytrace=False)
 
 
+@dataclass
+class IdpTls:
+    """PEM files for a provider served over https: its certificate (for 127.0.0.1), key, and
+    the CA that signed it."""
+    cert: str
+    key: str
+    ca: str
+
+
 class Idp:
-    """One running ``oidc-provider``; ``issuer`` is ``http://127.0.0.1:<port>``."""
+    """One running ``oidc-provider``; ``issuer`` is ``http://127.0.0.1:<port>``, or
+    ``https://`` with ``tls``."""
 
     def __init__(self, root: Path, clients: list[dict], accounts: list[dict], jwk: dict | None = None,
-                 name: str = "idp"):
+                 name: str = "idp", tls: IdpTls | None = None):
         self.root = root
         self.root.mkdir(parents=True, exist_ok=True)
         self.name = name
         self.port = _free_port()
-        self.issuer = f"http://127.0.0.1:{self.port}"
+        self.tls = tls
+        self.issuer = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
+        self.verify: Any = ssl.create_default_context(cafile=tls.ca) if tls else True
         self.jwk = jwk or make_jwk()
         self.clients = clients
         self.accounts = accounts
@@ -128,6 +140,8 @@ class Idp:
         cfg = {"issuer": self.issuer, "port": self.port, "clients": self.clients,
                "accounts": self.accounts, "jwk": self.jwk, "controlToken": self.control_token,
                "cookieKey": secrets.token_urlsafe(32)}
+        if self.tls:
+            cfg["tls"] = {"cert": self.tls.cert, "key": self.tls.key}
         path = self.root / f"{self.name}.json"
         path.write_text(json.dumps(cfg))
         os.chmod(path, 0o600)
@@ -140,7 +154,8 @@ class Idp:
             if self.proc.poll() is not None:
                 raise AssertionError(f"oidc-provider exited with {self.proc.returncode}:\n{self.log()}")
             try:
-                r = httpx.get(self.issuer + "/.well-known/openid-configuration", timeout=2)
+                r = httpx.get(self.issuer + "/.well-known/openid-configuration", timeout=2,
+                              verify=self.verify)
                 if r.status_code == 200:
                     self.discovery = r.json()
                     assert self.discovery["issuer"] == self.issuer, self.discovery
@@ -177,7 +192,7 @@ class Idp:
 
     # -- control API -----------------------------------------------------------------------
     def _control(self, method: str, path: str, body: Any = None) -> Any:
-        r = httpx.request(method, f"{self.issuer}/__control/{path}", timeout=5,
+        r = httpx.request(method, f"{self.issuer}/__control/{path}", timeout=5, verify=self.verify,
                           headers={"x-control-token": self.control_token},
                           content=None if body is None else json.dumps(body))
         assert r.status_code == 200, (r.status_code, r.text)
@@ -220,8 +235,9 @@ def idp_factory(tmp_path, request):
     """Factory: ``idp_factory(clients, accounts, jwk=None, name="idp") -> Idp`` (started)."""
     started: list[Idp] = []
 
-    def start(clients: list[dict], accounts: list[dict], jwk: dict | None = None, name: str | None = None) -> Idp:
-        idp = Idp(tmp_path / "idp", clients, accounts, jwk, name or f"idp{len(started)}")
+    def start(clients: list[dict], accounts: list[dict], jwk: dict | None = None, name: str | None = None,
+              tls: IdpTls | None = None) -> Idp:
+        idp = Idp(tmp_path / "idp", clients, accounts, jwk, name or f"idp{len(started)}", tls)
         started.append(idp)
         return idp.start()
 
@@ -327,9 +343,12 @@ class Browser:
     ``ca``: the gateway's CA file (the only CA trusted for https). The provider is plain http
     on loopback."""
 
-    def __init__(self, ca: str | None, accept: str = HTML_ACCEPT, password: str = "any-password"):
+    def __init__(self, ca: str | None, accept: str = HTML_ACCEPT, password: str = "any-password",
+                 extra_ca: str | None = None, http2: bool = False):
         verify: Any = ssl.create_default_context(cafile=ca) if ca else True
-        self.client = httpx.Client(verify=verify, follow_redirects=False, timeout=15,
+        if extra_ca:
+            verify.load_verify_locations(cafile=extra_ca)
+        self.client = httpx.Client(verify=verify, follow_redirects=False, timeout=15, http2=http2,
                                    headers={"Accept": accept, "User-Agent": "postern-e2e-browser/1"})
         self.password = password
 

@@ -14,6 +14,7 @@
 //   POST /__control/accounts [{id, email, ...}]            add or replace accounts
 //   GET  /__control/stats    {"tokenRequests": n}
 import { readFileSync } from 'node:fs';
+import https from 'node:https';
 
 import * as jose from 'jose';
 import Provider from 'oidc-provider';
@@ -125,9 +126,17 @@ provider.use(async (ctx, next) => {
 
 provider.on('server_error', (_ctx, err) => console.error('idp server_error', err));
 
-const server = provider.listen(config.port, '127.0.0.1', () => {
-  console.log(`idp listening on ${config.issuer}`);
-});
+// With `tls: {cert, key}` (PEM file paths) the provider serves https, for a provider behind
+// a private CA; otherwise plain http on loopback.
+const listening = () => console.log(`idp listening on ${config.issuer}`);
+const server = config.tls
+  ? https
+      .createServer(
+        { cert: readFileSync(config.tls.cert), key: readFileSync(config.tls.key) },
+        provider.callback(),
+      )
+      .listen(config.port, '127.0.0.1', listening)
+  : provider.listen(config.port, '127.0.0.1', listening);
 
 function stop() {
   server.close(() => process.exit(0));
