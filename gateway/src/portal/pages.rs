@@ -23,8 +23,8 @@ pub fn is_admin(principal: &Principal) -> bool {
 
 /// The portal's view for `principal`. `identity_provider` is the provider that signed the
 /// session in (its displayName), `public_origin` the gateway's own origin
-/// (`https://<domain>[:port]`), whose port the Service links reuse. Blocking for admins (reads
-/// the usage store).
+/// (`https://<domain>[:port]`), whose port the Service links reuse. Blocking (reads the
+/// usage store).
 pub fn portal_view(
     gw: &Gateway,
     principal: &Principal,
@@ -49,9 +49,8 @@ pub fn portal_view(
     }
 }
 
-/// `GET https://<domain>/` for a signed-in person: the portal page (200). Blocking for admins
-/// (a few indexed SQLite reads); call it from `spawn_blocking` or `block_in_place` when that
-/// matters.
+/// `GET https://<domain>/` for a signed-in person: the portal page (200). Blocking (one or
+/// two grouped reads of the usage store); async callers use [`portal_page_async`].
 pub fn portal_page(
     gw: &Gateway,
     principal: &Principal,
@@ -63,7 +62,7 @@ pub fn portal_page(
 }
 
 /// [`portal_page`] on the blocking pool, for async handlers that hold the gateway in an
-/// `Arc`: an admin's page scans a week of usage rows, which must not stall a runtime thread.
+/// `Arc`: the page scans a week of usage rows, which must not stall a runtime thread.
 pub async fn portal_page_async(
     gw: std::sync::Arc<Gateway>,
     principal: Principal,

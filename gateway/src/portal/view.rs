@@ -65,8 +65,7 @@ pub struct UsageView {
     /// Why usage cannot be shown (accounting off, store error); `None` when it can.
     pub unavailable: Option<String>,
     pub daily: DailyUsage,
-    /// Where the numbers come from (e.g. "from the usage store" or "among the last 1000
-    /// requests in memory").
+    /// Where the numbers come from, shown under the chart.
     pub source: String,
     /// Admins: the total per user over the same days, largest first.
     pub by_user: Vec<(String, u64)>,
