@@ -132,3 +132,21 @@ def test_idp_ca_that_is_not_a_certificate_stops_serve(tmp_path, gateway):
     r = subprocess.run(args, capture_output=True, text=True, timeout=30, env=gateway.env)
     assert r.returncode != 0
     assert "--idp-ca" in r.stderr and str(bogus) in r.stderr, r.stderr
+
+
+def test_the_control_api_ignores_the_browser_cookie(signin_env):
+    """A signed-in admin's browser cookie does not open the control API: another site could
+    otherwise drive it through the browser."""
+    env = signin_env
+    env.gw.apply_text("kind: User\nmetadata: {name: alice}\n"
+                      "spec: {type: HUMAN, email: alice@corp.example, groups: [admins]}\n")
+    with env.browser() as b:
+        walk = env.sign_in(b, "alice", env.url("/"))
+        assert walk.final.status == 200, walk.hops
+        cookie = b.cookie(SESSION_COOKIE)
+        assert cookie
+        api = env.gw.url(None, "/api/v1/sessions")
+        assert b.get(api).status == 401
+        assert env.api(api, cookie=cookie).status_code == 401
+        # The same token as a bearer is an admin's: the refusal is about the cookie.
+        assert env.api(api, bearer=cookie).status_code == 200
