@@ -183,39 +183,10 @@ async fn route(gw: Arc<Gateway>, req: ClientRequest, peer: SocketAddr) -> Respon
     {
         Some(label) if !label.is_empty() && !label.contains('.') => {
             let label = label.to_string();
-            let caller = public_caller(&gw, &req);
-            pipeline::handle(gw, &label, req, peer, caller).await
+            pipeline::handle(gw, &label, req, peer).await
         }
         _ => respond::not_found(),
     }
-}
-
-/// Who calls a public Service: a bearer token wins over the browser's Session cookie; a
-/// browser with neither is sent to sign in, back to the exact URL it asked for.
-fn public_caller(gw: &Gateway, req: &ClientRequest) -> pipeline::PublicCaller {
-    let token = pipeline::bearer_token(req.headers())
-        .or_else(|| cookies::get(req.headers(), cookies::SESSION_COOKIE))
-        .map(str::to_string);
-    let sign_in = (pipeline::bearer_token(req.headers()).is_none()
-        && signin::wants_html(req.headers()))
-    .then(|| {
-        let (origin, port) = signin::public_origin(&gw.domain, req.headers(), req.uri());
-        let host = req
-            .headers()
-            .get(http::header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .or_else(|| req.uri().authority().map(|a| a.as_str()))
-            .unwrap_or(&gw.domain);
-        let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
-        let port = if port == 443 {
-            String::new()
-        } else {
-            format!(":{port}")
-        };
-        let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
-        signin::sign_in_url(&origin, &format!("https://{host}{port}{path}"))
-    });
-    pipeline::PublicCaller { token, sign_in }
 }
 
 async fn control_plane(gw: &Arc<Gateway>, req: ClientRequest) -> Response<BoxBody> {

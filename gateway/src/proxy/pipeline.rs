@@ -8,6 +8,7 @@ use super::inbound::ClientRequest;
 use super::replay::RequestBody;
 use super::{cors, rewrite, BoxBody};
 use crate::frontdoor::respond::{error, full, not_found};
+use crate::frontdoor::{cookies, signin};
 use crate::state::{AuthError, Gateway, Principal, ServiceEntry, Snapshot, UpstreamConfig};
 use crate::telemetry::access_log::AccessRecord;
 use crate::telemetry::body::{BodyOutcome, ObservedBody};
@@ -73,17 +74,8 @@ impl Trace {
     }
 }
 
-/// The credentials of a request at the public door, as the front door found them.
-pub struct PublicCaller {
-    /// A bearer token, else the browser's Session cookie.
-    pub token: Option<String>,
-    /// Where to send a browser that cannot be identified (it asked for HTML and sent no
-    /// bearer token); `None` answers 401.
-    pub sign_in: Option<String>,
-}
-
 /// The token of an `Authorization: Bearer` header.
-pub fn bearer_token(headers: &http::HeaderMap) -> Option<&str> {
+fn bearer_token(headers: &http::HeaderMap) -> Option<&str> {
     let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = v.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
@@ -148,7 +140,7 @@ fn begin(
 fn send_to_sign_in(mut trace: Trace, gw: &Gateway, e: &AuthError, url: &str) -> Response<BoxBody> {
     trace.record.decision = Some(Effect::Deny);
     trace.record.reason = Some(format!("not authenticated ({e}): sent to sign in"));
-    let mut resp = Response::new(crate::frontdoor::respond::full(""));
+    let mut resp = Response::new(full(""));
     *resp.status_mut() = StatusCode::FOUND;
     if let Ok(v) = http::HeaderValue::from_str(url) {
         resp.headers_mut().insert(http::header::LOCATION, v);
@@ -173,14 +165,14 @@ fn unauthenticated(mut trace: Trace, gw: &Gateway, e: &AuthError) -> Response<Bo
     )
 }
 
-/// Serves one request to public Service `name` at the public door (bearer token or
-/// Session cookie).
+/// Serves one request to public Service `name` at the public door. The caller is a bearer
+/// token, else the browser's Session cookie; a browser (it asks for HTML) with neither valid
+/// is sent to sign in, back to the exact URL.
 pub async fn handle(
     gw: Arc<Gateway>,
     name: &str,
     req: ClientRequest,
     peer: SocketAddr,
-    caller: PublicCaller,
 ) -> Response<BoxBody> {
     let snap = gw.snapshot();
     let Some(service) = snap
@@ -195,17 +187,18 @@ pub async fn handle(
         Ok(t) => t,
         Err(resp) => return *resp,
     };
-    let principal = match caller
-        .token
-        .as_deref()
+    let bearer = bearer_token(req.headers());
+    let principal = match bearer
+        .or_else(|| cookies::get(req.headers(), cookies::SESSION_COOKIE))
         .ok_or(AuthError::Missing)
         .and_then(|t| gw.authenticate(t))
     {
         Ok(p) => p,
-        Err(e) => match caller.sign_in {
-            Some(url) => return send_to_sign_in(trace, &gw, &e, &url),
-            None => return unauthenticated(trace, &gw, &e),
-        },
+        Err(e) if bearer.is_none() && signin::wants_html(req.headers()) => {
+            let url = signin::sign_in_redirect_for(&gw.domain, req.headers(), req.uri());
+            return send_to_sign_in(trace, &gw, &e, &url);
+        }
+        Err(e) => return unauthenticated(trace, &gw, &e),
     };
     serve(
         gw,

@@ -81,6 +81,25 @@ pub fn wants_html(headers: &HeaderMap) -> bool {
         .any(|v| v.to_ascii_lowercase().contains("text/html"))
 }
 
+/// Where a browser that asked a Service for `uri` without a valid Session is sent: the
+/// sign-in page, with the exact URL it asked for as the return address.
+pub fn sign_in_redirect_for(domain: &str, headers: &HeaderMap, uri: &http::Uri) -> String {
+    let (origin, port) = public_origin(domain, headers, uri);
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| uri.authority().map(|a| a.as_str()))
+        .unwrap_or(domain);
+    let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
+    let port = if port == 443 {
+        String::new()
+    } else {
+        format!(":{port}")
+    };
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    sign_in_url(&origin, &format!("https://{host}{port}{path}"))
+}
+
 /// `https://<domain>[:port]/login?rd=<url>`: where a browser without a session goes.
 pub fn sign_in_url(origin: &str, return_to: &str) -> String {
     let rd: String = url::form_urlencoded::byte_serialize(return_to.as_bytes()).collect();
