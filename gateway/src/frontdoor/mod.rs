@@ -215,7 +215,7 @@ async fn control_plane(gw: &Arc<Gateway>, req: ClientRequest) -> Response<BoxBod
             &serde_json::json!({"status": "ok", "sessions": gw.session_count()}),
         ),
         (Method::GET, "/.well-known/oauth-authorization-server") => {
-            oauth2::metadata(&issuer(gw, &req))
+            oauth2::metadata(&signin::public_origin(&gw.domain, req.headers(), req.uri()).0)
         }
         (Method::POST, "/oauth2/token") => {
             let headers = req.headers().clone();
@@ -236,20 +236,5 @@ async fn control_plane(gw: &Arc<Gateway>, req: ClientRequest) -> Response<BoxBod
             control::handle(gw, req).await
         }
         _ => respond::not_found(),
-    }
-}
-
-/// `https://<domain>[:port]` as the client addressed us, for OAuth2 metadata.
-fn issuer(gw: &Gateway, req: &ClientRequest) -> String {
-    let port = req
-        .headers()
-        .get(http::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| req.uri().authority().map(|a| a.as_str()))
-        .and_then(|h| h.rsplit_once(':').map(|(_, p)| p.to_string()))
-        .filter(|p| p.bytes().all(|b| b.is_ascii_digit()) && p != "443");
-    match port {
-        Some(p) => format!("https://{}:{p}", gw.domain),
-        None => format!("https://{}", gw.domain),
     }
 }
