@@ -140,15 +140,7 @@ fn begin(
 fn send_to_sign_in(mut trace: Trace, gw: &Gateway, e: &AuthError, url: &str) -> Response<BoxBody> {
     trace.record.decision = Some(Effect::Deny);
     trace.record.reason = Some(format!("not authenticated ({e}): sent to sign in"));
-    let mut resp = Response::new(full(""));
-    *resp.status_mut() = StatusCode::FOUND;
-    if let Ok(v) = http::HeaderValue::from_str(url) {
-        resp.headers_mut().insert(http::header::LOCATION, v);
-    }
-    resp.headers_mut().insert(
-        http::header::CACHE_CONTROL,
-        http::HeaderValue::from_static("no-store"),
-    );
+    let resp = signin::redirect(url);
     trace.finish(gw, resp.status(), 0);
     resp
 }
