@@ -2,14 +2,15 @@
 //! credential is checked.
 //!
 //! Properties: arbitrary headers and bodies are refused or yield one client, never both
-//! methods at once; any client id and secret sent by either method (each encoded as RFC
-//! 6749 says) read back exactly.
+//! methods at once (the agent's authorization code grant carries no client authentication
+//! at all); any client id and secret sent by either method (each encoded as RFC 6749 says)
+//! read back exactly.
 
 use arbitrary::{Arbitrary, Unstructured};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use http::{header, HeaderMap, HeaderValue};
-use postern_gateway::frontdoor::oauth2::read_request;
+use postern_gateway::frontdoor::oauth2::{read_request, TokenRequest};
 
 #[derive(Debug, Arbitrary)]
 struct Input {
@@ -68,17 +69,28 @@ pub fn run(data: &[u8]) {
         input
             .extra
             .iter()
-            .filter(|(k, _)| !matches!(k.as_str(), "grant_type" | "client_id" | "client_secret"))
+            .filter(|(k, _)| {
+                !matches!(
+                    k.as_str(),
+                    "grant_type"
+                        | "client_id"
+                        | "client_secret"
+                        | "code"
+                        | "code_verifier"
+                        | "redirect_uri"
+                )
+            })
             .map(|(k, v)| (k.as_str(), v.as_str())),
     );
     pairs.push(("client_id", &input.id));
     pairs.push(("client_secret", &input.secret));
     let mut headers = HeaderMap::new();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(FORM));
-    assert_eq!(
-        read_request(&headers, &form(&pairs)),
-        Ok((input.id.clone(), input.secret.clone()))
-    );
+    let client = Ok(TokenRequest::ClientCredentials {
+        id: input.id.clone(),
+        secret: input.secret.clone(),
+    });
+    assert_eq!(read_request(&headers, &form(&pairs)), client);
 
     // client_secret_basic round trip (RFC 6749 2.3.1: form-encoded, then Base64).
     let basic = STANDARD.encode(format!(
@@ -91,10 +103,7 @@ pub fn run(data: &[u8]) {
         HeaderValue::from_str(&format!("Basic {basic}")).expect("base64 is a valid header"),
     );
     let body = form(&[("grant_type", "client_credentials")]);
-    assert_eq!(
-        read_request(&headers, &body),
-        Ok((input.id.clone(), input.secret.clone()))
-    );
+    assert_eq!(read_request(&headers, &body), client);
     // Both methods at once: refused.
     assert!(read_request(&headers, &form(&pairs)).is_err());
 }

@@ -127,7 +127,10 @@ pub fn read_request(headers: &HeaderMap, body: &[u8]) -> Result<TokenRequest, Re
             Ok(TokenRequest::ClientCredentials { id, secret })
         }
         Some("authorization_code") => {
-            if post_id.as_deref() != Some(AGENT_CLIENT_ID) || post_secret.is_some() {
+            if post_id.as_deref() != Some(AGENT_CLIENT_ID)
+                || post_secret.is_some()
+                || headers.contains_key(header::AUTHORIZATION)
+            {
                 return Err(refuse(
                     StatusCode::UNAUTHORIZED,
                     "invalid_client",
@@ -322,6 +325,19 @@ mod tests {
                 .unwrap_err()
                 .error,
             "invalid_request"
+        );
+        let basic = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode("a:b")
+        );
+        assert_eq!(
+            read_request(
+                &headers(Some(&basic)),
+                b"grant_type=authorization_code&client_id=postern-cli&code=c&code_verifier=v&redirect_uri=x"
+            )
+            .unwrap_err()
+            .error,
+            "invalid_client"
         );
         assert_eq!(
             r(b"grant_type=authorization_code&client_id=postern-cli&code=c&code=d")
