@@ -85,12 +85,13 @@ impl SignInFlow {
     }
 }
 
-/// `postern_signin_<first 12 characters of the state>`. States are random base64url, so
-/// the name is a valid cookie name.
+/// `postern_signin_<first 12 characters of the state>`. The gateway's states are random
+/// base64url, whose characters are all valid in a cookie name; any other character (a state
+/// a stranger sent to `/callback`) is left out, so the name is always header-safe.
 pub fn cookie_name_for_state(state: &str) -> String {
     let short: String = state
         .chars()
-        .filter(|c| c.is_ascii_alphanumeric())
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
         .take(12)
         .collect();
     format!("{COOKIE_PREFIX}{short}")
@@ -146,5 +147,19 @@ mod tests {
             Err(FlowError::Tampered)
         );
         assert_eq!(flow().cookie_name(), "postern_signin_abcdefghijkl");
+    }
+
+    #[test]
+    fn cookie_names_keep_base64url_and_drop_anything_else() {
+        assert_eq!(
+            cookie_name_for_state("b1g4tmcKE-rCzc5t_7kbpu9G"),
+            "postern_signin_b1g4tmcKE-rC"
+        );
+        assert_eq!(cookie_name_for_state("a_b-c"), "postern_signin_a_b-c");
+        let hostile = cookie_name_for_state("x;\r\n Set-Cookie: evil=1\u{0}é");
+        assert_eq!(hostile, "postern_signin_xSet-Cookiee");
+        assert!(crate::frontdoor::cookies::clear(&hostile, None)
+            .to_str()
+            .is_ok());
     }
 }
