@@ -37,7 +37,7 @@ const POLL: RetryPolicy = RetryPolicy::new()
 /// Why talking to the CA failed.
 #[derive(Debug, thiserror::Error)]
 pub enum AcmeError {
-    #[error("{0}")]
+    #[error("{}", with_causes(.0))]
     Acme(#[from] instant_acme::Error),
     #[error("the ACME client's TLS settings were refused: {0}")]
     Tls(String),
@@ -55,6 +55,22 @@ pub enum AcmeError {
     NoDns,
     #[error("the order became {status}: {detail}")]
     NotReady { status: String, detail: String },
+}
+
+/// An error with its causes, `outer: inner: innermost` (hyper's own text leaves out why a
+/// connection failed).
+pub fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
 }
 
 /// The CA's last `Retry-After` on a 429 or 503, as Unix seconds.
@@ -413,7 +429,10 @@ async fn why_invalid(order: &mut Order, order_problem: Option<String>) -> String
         let name = state.identifier().to_string();
         for c in &state.challenges {
             if let Some(e) = &c.error {
-                reasons.push(format!("{name}: {e}"));
+                let text = e.to_string();
+                if !reasons.iter().any(|r| r.contains(&text)) {
+                    reasons.push(format!("{name}: {text}"));
+                }
             }
         }
     }

@@ -263,7 +263,7 @@ impl Manager {
             .await?
             .order(&wanted.identifiers, kind, &installer)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| client::with_causes(&e))?;
         let loaded = pem::load(issued.chain_pem.as_bytes(), issued.key_pem.as_bytes())
             .map_err(|e| format!("the CA's certificate cannot be used: {e}"))?;
         let stored = StoredCertificate {
@@ -307,7 +307,7 @@ impl Manager {
             let (client, new_creds) =
                 AcmeClient::connect(&self.opts, stored.as_deref(), self.retry_after.clone())
                     .await
-                    .map_err(|e| format!("ACME account at {dir}: {e}"))?;
+                    .map_err(|e| format!("ACME account at {dir}: {}", client::with_causes(&e)))?;
             if let Some(creds) = new_creds {
                 tracing::info!("ACME: account created at {dir}");
                 if let Err(e) = self.gw.save_acme_account(dir, &creds) {
