@@ -31,15 +31,16 @@ pub mod rfc2136;
 
 pub use args::{AcmeArgs, AcmeConfigError, AcmeOptions};
 
-use crate::certs::stub::StoredCertificate;
 use crate::certs::{pem, Certificates};
-use crate::state::{now_unix, Gateway};
+use crate::state::{now_unix, Gateway, IssuedCertificate};
+use crate::store::StoredCertificate;
 use client::{AcmeClient, Installer, RetryAfter};
 use plan::{Backoff, Held};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use zeroize::Zeroize;
 use std::time::Duration;
 use tokio::task::JoinHandle;
 
@@ -89,6 +90,7 @@ pub async fn launch(
 /// Installs the stored certificates now, then runs the manager task.
 pub fn start(gw: Arc<Gateway>, certs: Arc<Certificates>, opts: AcmeOptions) -> JoinHandle<()> {
     METRICS.enabled.store(true, Ordering::Relaxed);
+    certs.set_acme_enabled();
     let mut manager = Manager {
         gw,
         certs,
@@ -128,11 +130,13 @@ impl Manager {
         );
         loop {
             self.sync_from_store();
-            let wanted = plan::wanted(
-                &self.gw.domain,
-                &self.gw.public_service_names(),
-                self.opts.wildcard(),
-            );
+            let services: Vec<String> = self
+                .gw
+                .public_service_hosts()
+                .into_iter()
+                .map(|(name, _host)| name)
+                .collect();
+            let wanted = plan::wanted(&self.gw.domain, &services, self.opts.wildcard());
             let held: Vec<Held> = self.held.values().map(|h| h.held.clone()).collect();
             let now = now_unix();
             let p = plan::plan(&wanted, &held, &self.backoff, &self.opts.directory, now);
@@ -165,7 +169,14 @@ impl Manager {
     /// Installs what the store holds and the table does not (at start, and what another
     /// gateway on the same store ordered).
     fn sync_from_store(&mut self) {
-        for (stored, key_pem) in self.gw.acme_certificates() {
+        let stored = match self.gw.acme_certificates() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("ACME: reading the stored certificates failed: {e}");
+                return;
+            }
+        };
+        for IssuedCertificate { stored, key_pem } in stored {
             if self
                 .held
                 .get(&stored.name)
@@ -175,7 +186,6 @@ impl Manager {
             }
             match pem::load(stored.chain_pem.as_bytes(), &key_pem) {
                 Ok(loaded) => {
-                    METRICS.set_expiry(&stored.name, loaded.not_after);
                     self.certs.set_acme(&stored.name, Some(loaded));
                     tracing::info!(
                         "ACME: serving the stored certificate for {}, expires {}",
@@ -211,7 +221,6 @@ impl Manager {
         }
         self.held.remove(name);
         self.backoff.remove(name);
-        METRICS.forget(name);
         tracing::info!("ACME: {name} no longer served; certificate dropped");
     }
 
@@ -275,16 +284,22 @@ impl Manager {
             not_after: loaded.not_after,
             directory: self.opts.directory.clone(),
         };
-        if let Err(e) = self
-            .gw
-            .save_acme_certificate(&stored, issued.key_pem.as_bytes())
-        {
+        let issued_cert = IssuedCertificate {
+            stored,
+            key_pem: issued.key_pem.as_bytes().to_vec(),
+        };
+        let saved = self.gw.save_acme_certificate(&issued_cert);
+        let IssuedCertificate {
+            stored,
+            mut key_pem,
+        } = issued_cert;
+        key_pem.zeroize();
+        if let Err(e) = saved {
             tracing::warn!(
                 "ACME: storing the certificate for {} failed ({e}); it is served until the next restart",
                 wanted.name
             );
         }
-        METRICS.set_expiry(&wanted.name, loaded.not_after);
         let held = Held {
             name: stored.name,
             identifiers: stored.identifiers,
@@ -303,7 +318,10 @@ impl Manager {
     async fn client(&mut self) -> Result<&AcmeClient, String> {
         if self.client.is_none() {
             let dir = &self.opts.directory;
-            let stored = self.gw.acme_account(dir);
+            let stored = self
+                .gw
+                .acme_account(dir)
+                .map_err(|e| format!("ACME account at {dir}: {e}"))?;
             let (client, new_creds) =
                 AcmeClient::connect(&self.opts, stored.as_deref(), self.retry_after.clone())
                     .await
@@ -345,12 +363,12 @@ fn human(secs: i64) -> String {
     out
 }
 
-/// ACME's Prometheus series, rendered by the `/metrics` listener.
+/// ACME's Prometheus series, rendered by the `/metrics` listener. (The expiry of every
+/// served certificate, ACME ones included, comes from the live table: `certs::watch`.)
 pub struct AcmeMetrics {
     enabled: AtomicBool,
     issued: AtomicU64,
     failed: AtomicU64,
-    expiry: Mutex<BTreeMap<String, i64>>,
 }
 
 /// The process's ACME metrics (one manager per process).
@@ -358,26 +376,10 @@ pub static METRICS: AcmeMetrics = AcmeMetrics {
     enabled: AtomicBool::new(false),
     issued: AtomicU64::new(0),
     failed: AtomicU64::new(0),
-    expiry: Mutex::new(BTreeMap::new()),
 };
 
 impl AcmeMetrics {
-    fn set_expiry(&self, name: &str, not_after: i64) {
-        self.expiry
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(name.to_string(), not_after);
-    }
-
-    fn forget(&self, name: &str) {
-        self.expiry
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(name);
-    }
-
-    /// Appends `postern_acme_orders_total` and the ACME certificates'
-    /// `postern_certificate_expiry_timestamp_seconds{source="acme"}` (nothing without `--acme`).
+    /// Appends `postern_acme_orders_total` (nothing without `--acme`).
     pub fn render(&self, out: &mut String) {
         if !self.enabled.load(Ordering::Relaxed) {
             return;
@@ -391,21 +393,6 @@ impl AcmeMetrics {
             self.issued.load(Ordering::Relaxed),
             self.failed.load(Ordering::Relaxed)
         );
-        let expiry = self.expiry.lock().unwrap_or_else(|e| e.into_inner());
-        if expiry.is_empty() {
-            return;
-        }
-        let _ = writeln!(
-            out,
-            "# HELP postern_certificate_expiry_timestamp_seconds When each served certificate expires (Unix time).\n\
-             # TYPE postern_certificate_expiry_timestamp_seconds gauge"
-        );
-        for (name, not_after) in expiry.iter() {
-            let _ = writeln!(
-                out,
-                "postern_certificate_expiry_timestamp_seconds{{name=\"{name}\",source=\"acme\"}} {not_after}"
-            );
-        }
     }
 }
 
@@ -423,12 +410,11 @@ mod tests {
     }
 
     #[test]
-    fn metrics_render_counters_and_expiry() {
+    fn metrics_render_counters() {
         let m = AcmeMetrics {
             enabled: AtomicBool::new(false),
             issued: AtomicU64::new(0),
             failed: AtomicU64::new(0),
-            expiry: Mutex::new(BTreeMap::new()),
         };
         let mut out = String::new();
         m.render(&mut out);
@@ -436,15 +422,9 @@ mod tests {
         m.enabled.store(true, Ordering::Relaxed);
         m.issued.fetch_add(2, Ordering::Relaxed);
         m.failed.fetch_add(1, Ordering::Relaxed);
-        m.set_expiry("a.example.com", 1_900_000_000);
-        m.set_expiry("b.example.com", 1_800_000_000);
-        m.forget("b.example.com");
         m.render(&mut out);
+        assert!(out.contains("# TYPE postern_acme_orders_total counter\n"));
         assert!(out.contains("postern_acme_orders_total{result=\"issued\"} 2\n"));
         assert!(out.contains("postern_acme_orders_total{result=\"failed\"} 1\n"));
-        assert!(out.contains(
-            "postern_certificate_expiry_timestamp_seconds{name=\"a.example.com\",source=\"acme\"} 1900000000\n"
-        ));
-        assert!(!out.contains("b.example.com"));
     }
 }
