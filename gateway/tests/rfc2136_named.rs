@@ -87,6 +87,14 @@ fn start(tag: &str) -> Option<Named> {
          ns IN A 127.0.0.1\n",
     )
     .unwrap();
+    let locked_file = dir.join("locked.test.zone");
+    std::fs::write(
+        &locked_file,
+        "$TTL 60\n\
+         @ IN SOA ns.locked.test. hostmaster.locked.test. 1 3600 600 86400 60\n\
+         @ IN NS ns.acme.test.\n",
+    )
+    .unwrap();
     let port = free_port();
     let d = dir.display();
     let conf = dir.join("named.conf");
@@ -107,10 +115,16 @@ fn start(tag: &str) -> Option<Named> {
              zone \"acme.test\" {{\n\
                type primary;\n\
                file \"{zone}\";\n\
-               allow-update {{ key \"{KEY_NAME}\"; }};\n\
+               update-policy {{ grant \"{KEY_NAME}\" zonesub TXT; }};\n\
+             }};\n\
+             zone \"locked.test\" {{\n\
+               type primary;\n\
+               file \"{locked}\";\n\
+               allow-update {{ none; }};\n\
              }};\n",
             key = key_file.display(),
             zone = zone_file.display(),
+            locked = locked_file.display(),
         ),
     )
     .unwrap();
@@ -236,11 +250,20 @@ async fn a_wrong_secret_or_key_name_is_refused_and_the_error_names_the_tsig_fail
 }
 
 #[tokio::test]
-async fn a_name_in_no_zone_of_the_server_says_so() {
-    let Some(named) = start("nozone") else {
+async fn a_zone_closed_to_the_key_or_not_on_the_server_says_what_to_check() {
+    let Some(named) = start("refused") else {
         return;
     };
     let dns = Rfc2136::from_flag(&named.flag(&named.key_file)).unwrap();
+    let err = dns
+        .add_txt("_acme-challenge.locked.test", "value")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("answered REFUSED"), "{err}");
+    assert!(err.contains("update-policy/allow-update"), "{err}");
+    assert_eq!(named.dig_short("_acme-challenge.locked.test", "TXT"), "");
+
     let err = dns
         .add_txt("_acme-challenge.elsewhere.test", "value")
         .await
