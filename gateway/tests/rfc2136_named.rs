@@ -115,7 +115,7 @@ fn start(tag: &str) -> Option<Named> {
              zone \"acme.test\" {{\n\
                type primary;\n\
                file \"{zone}\";\n\
-               update-policy {{ grant \"{KEY_NAME}\" zonesub TXT; }};\n\
+               update-policy {{ grant \"{KEY_NAME}\" name {NAME}. TXT; }};\n\
              }};\n\
              zone \"locked.test\" {{\n\
                type primary;\n\
