@@ -55,15 +55,19 @@ pub enum Rfc2136Error {
     #[error("cannot resolve the DNS server {server}: {reason}; check the SERVER part of --acme-dns-rfc2136")]
     Resolve { server: String, reason: String },
     #[error(
-        "no answer from the DNS server {server} after {tries} tries of {secs} s each: check that \
-         it listens there and that no firewall drops DNS (UDP and TCP)"
+        "no answer from the DNS server {server} over {transport} ({tries} × {secs} s): check \
+         that it listens there and that no firewall drops DNS (UDP and TCP)"
     )]
     Timeout {
         server: String,
+        transport: &'static str,
         tries: u32,
         secs: u64,
     },
-    #[error("talking to the DNS server {server}: {source}")]
+    #[error(
+        "talking to the DNS server {server}: {source}; check the SERVER part of \
+         --acme-dns-rfc2136 and that the server listens there"
+    )]
     Io {
         server: String,
         source: std::io::Error,
@@ -273,6 +277,7 @@ impl Rfc2136 {
         }
         Err(Rfc2136Error::Timeout {
             server: self.server.clone(),
+            transport: "UDP",
             tries: TRIES,
             secs: TRY_TIMEOUT.as_secs(),
         })
@@ -309,6 +314,7 @@ impl Rfc2136 {
             .await
             .map_err(|_| Rfc2136Error::Timeout {
                 server: self.server.clone(),
+                transport: "TCP",
                 tries: 1,
                 secs: TRY_TIMEOUT.as_secs(),
             })?

@@ -153,3 +153,24 @@ async fn a_forged_unsigned_success_is_an_error() {
     let err = add_txt(port).await.unwrap_err();
     assert!(matches!(err, Rfc2136Error::Unverified { .. }), "{err:?}");
 }
+
+#[tokio::test]
+async fn a_closed_port_is_reported_at_once_with_what_to_check() {
+    let port = {
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        socket.local_addr().unwrap().port()
+    };
+    let started = std::time::Instant::now();
+    let err = add_txt(port).await.unwrap_err();
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(4),
+        "{err}"
+    );
+    let text = err.to_string();
+    assert!(matches!(err, Rfc2136Error::Io { .. }), "{err:?}");
+    assert!(text.contains(&format!("127.0.0.1:{port}")), "{text}");
+    assert!(
+        text.contains("check the SERVER part of --acme-dns-rfc2136"),
+        "{text}"
+    );
+}
