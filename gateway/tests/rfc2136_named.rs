@@ -55,6 +55,19 @@ fn free_port() -> u16 {
     }
 }
 
+/// Where named's files go: under `/var/cache/bind` when this user may write there (root in
+/// CI), because Debian's AppArmor profile for named, enforced wherever AppArmor is on, lets
+/// it read and write almost nowhere else; else the temp directory.
+fn base_dir() -> PathBuf {
+    let cache = Path::new("/var/cache/bind");
+    let probe = cache.join(format!(".postern-probe-{}", std::process::id()));
+    if std::fs::create_dir(&probe).is_ok() {
+        let _ = std::fs::remove_dir(&probe);
+        return cache.to_path_buf();
+    }
+    std::env::temp_dir()
+}
+
 fn tsig_keygen(tool: &Path, algorithm: &str, name: &str) -> String {
     let out = Command::new(tool)
         .args(["-a", algorithm, name])
@@ -73,7 +86,7 @@ fn start(tag: &str) -> Option<Named> {
         );
         return None;
     };
-    let dir = std::env::temp_dir().join(format!("postern-rfc2136-{}-{tag}", std::process::id()));
+    let dir = base_dir().join(format!("postern-rfc2136-{}-{tag}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let key_file = dir.join("postern-acme.key");

@@ -22,6 +22,7 @@ import shutil
 import socket
 import struct
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -81,6 +82,18 @@ def _soa_answered(port: int, zone: str) -> bool:
     return ident == 0x5053 and flags & 0x8000 and flags & 0x0400 and flags & 0x000F == 0 and ancount > 0
 
 
+def _named_dir(tmp_path: Path, zone: str) -> Path:
+    """Where named's files go: under /var/cache/bind when this user may write there (root in
+    CI), because Debian's AppArmor profile for named, enforced wherever AppArmor is on, lets
+    it read and write almost nowhere else; else under tmp_path. ``stop`` removes the former."""
+    try:
+        return Path(tempfile.mkdtemp(prefix=f"postern-{zone}-", dir="/var/cache/bind"))
+    except OSError:
+        directory = tmp_path / f"named-{zone}"
+        directory.mkdir(parents=True, exist_ok=True)
+        return directory
+
+
 class Named:
     """A running ``named -g`` with its directory (config, zone, journal, key, log)."""
 
@@ -120,6 +133,8 @@ class Named:
             except subprocess.TimeoutExpired:
                 self._proc.kill()
                 self._proc.wait()
+        if self.directory.parent == Path("/var/cache/bind"):
+            shutil.rmtree(self.directory, ignore_errors=True)
 
     def __enter__(self) -> Named:
         return self
@@ -136,8 +151,7 @@ def start_named(tmp_path: Path, zone: str, records: list[str]) -> Named:
     if not named:
         pytest.skip("BIND 9 is not installed: apt-get install bind9 bind9-dnsutils")
     zone = zone.rstrip(".")
-    directory = Path(tmp_path) / f"named-{zone}"
-    directory.mkdir(parents=True, exist_ok=True)
+    directory = _named_dir(Path(tmp_path), zone)
     key_file = directory / f"{KEY_NAME}.key"
     key_file.write_text(_key_statement(KEY_NAME))
     key_file.chmod(0o600)
