@@ -173,8 +173,8 @@ impl Rfc2136 {
     async fn change(&self, fqdn: &str, value: &str, change: Change) -> Result<(), Rfc2136Error> {
         let name = message::owner_name(fqdn)?;
         let txt = message::txt_value(value)?;
-        let addr = self.resolve().await?;
-        let zone = self.find_zone(addr, &name).await?;
+        let addrs = self.resolve().await?;
+        let (addr, zone) = self.find_zone_at_any(&addrs, &name).await?;
         let update = message::update(&zone, &name, txt, change)?;
         let id = update.metadata.id;
         let (bytes, mut verifier) = message::sign(update, &self.key, unix_now())?;
@@ -200,16 +200,40 @@ impl Rfc2136 {
         Ok(())
     }
 
-    async fn resolve(&self) -> Result<SocketAddr, Rfc2136Error> {
+    async fn resolve(&self) -> Result<Vec<SocketAddr>, Rfc2136Error> {
         let err = |reason: String| Rfc2136Error::Resolve {
             server: self.server.clone(),
             reason,
         };
-        tokio::net::lookup_host(self.server.as_str())
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host(self.server.as_str())
             .await
             .map_err(|e| err(e.to_string()))?
-            .next()
-            .ok_or_else(|| err("no address".into()))
+            .collect();
+        if addrs.is_empty() {
+            return Err(err("no address".into()));
+        }
+        Ok(addrs)
+    }
+
+    /// The first of the server's addresses that answers (a name such as `localhost` may
+    /// resolve to an address the server does not listen on), and the zone it names.
+    async fn find_zone_at_any(
+        &self,
+        addrs: &[SocketAddr],
+        name: &Name,
+    ) -> Result<(SocketAddr, Name), Rfc2136Error> {
+        let mut last = None;
+        for &addr in addrs {
+            match self.find_zone(addr, name).await {
+                Ok(zone) => return Ok((addr, zone)),
+                Err(e @ Rfc2136Error::Io { .. }) => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| Rfc2136Error::Resolve {
+            server: self.server.clone(),
+            reason: "no address".into(),
+        }))
     }
 
     /// The zone enclosing `name` on the server: the SOA owner the server names when asked for

@@ -174,3 +174,26 @@ async fn a_closed_port_is_reported_at_once_with_what_to_check() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn an_address_the_server_does_not_listen_on_is_skipped_for_the_next() {
+    let closed = {
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        socket.local_addr().unwrap()
+    };
+    let (port, _) = serve(Script::StrayThenAnswer).await;
+    let open: SocketAddr = ([127, 0, 0, 1], port).into();
+    let dir = std::env::temp_dir().join(format!("postern-rfc2136-any-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("k.key");
+    std::fs::write(&file, b64(&SECRET)).unwrap();
+    let dns = Rfc2136::from_flag(&format!("localhost:{port},postern-acme,{}", file.display()));
+    std::fs::remove_dir_all(&dir).unwrap();
+    let name = Name::from_ascii("_acme-challenge.acme.test.").unwrap();
+    let (addr, zone) = dns
+        .unwrap()
+        .find_zone_at_any(&[closed, open], &name)
+        .await
+        .unwrap();
+    assert_eq!((addr, zone.to_ascii()), (open, "acme.test.".to_string()));
+}
