@@ -40,9 +40,9 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use zeroize::Zeroize;
 use std::time::Duration;
 use tokio::task::JoinHandle;
+use zeroize::Zeroize;
 
 /// Longest sleep between two plans, so a changed system clock is noticed within the hour.
 const MAX_SLEEP: i64 = 3600;
