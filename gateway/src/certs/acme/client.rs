@@ -73,6 +73,18 @@ pub fn with_causes(e: &dyn std::error::Error) -> String {
     out
 }
 
+impl AcmeError {
+    /// The CA no longer knows the account (deactivated, or a test CA that restarted): the
+    /// stored credentials are useless and a new account is needed.
+    pub fn account_gone(&self) -> bool {
+        matches!(
+            self,
+            AcmeError::Acme(instant_acme::Error::Api(p))
+                if p.r#type.as_deref() == Some("urn:ietf:params:acme:error:accountDoesNotExist")
+        )
+    }
+}
+
 /// The CA's last `Retry-After` on a 429 or 503, as Unix seconds.
 #[derive(Debug, Default, Clone)]
 pub struct RetryAfter(Arc<Mutex<Option<i64>>>);
