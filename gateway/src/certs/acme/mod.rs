@@ -32,7 +32,7 @@ pub mod rfc2136;
 pub use args::{AcmeArgs, AcmeConfigError, AcmeOptions};
 
 use crate::certs::{pem, Certificates};
-use crate::state::{now_unix, Gateway, IssuedCertificate};
+use crate::state::{now_unix, Gateway, IssuedCertificate, SealedError};
 use crate::store::StoredCertificate;
 use client::{AcmeClient, Installer, RetryAfter};
 use plan::{Backoff, Held};
@@ -335,10 +335,14 @@ impl Manager {
             let dir = &self.opts.directory;
             let stored = match self.new_account {
                 true => None,
-                false => self
-                    .gw
-                    .acme_account(dir)
-                    .map_err(|e| format!("ACME account at {dir}: {e}"))?,
+                false => match self.gw.acme_account(dir) {
+                    Ok(stored) => stored,
+                    Err(e @ SealedError::Open { .. }) => {
+                        tracing::warn!("ACME: {e}; making a new account instead");
+                        None
+                    }
+                    Err(e) => return Err(format!("ACME account at {dir}: {e}")),
+                },
             };
             let (client, new_creds) =
                 AcmeClient::connect(&self.opts, stored.as_deref(), self.retry_after.clone())
