@@ -456,26 +456,5 @@ async fn why_invalid(order: &mut Order, order_problem: Option<String>) -> String
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn retry_after_reads_seconds_and_http_dates() {
-        assert_eq!(parse_retry_after("120", 1000), Some(1120));
-        assert_eq!(
-            parse_retry_after("Fri, 31 Dec 1999 23:59:59 GMT", 0),
-            Some(946_684_799)
-        );
-        assert_eq!(parse_retry_after("soon", 0), None);
-        assert_eq!(parse_retry_after("-5", 0), None);
-    }
-
-    #[test]
-    fn retry_after_keeps_the_latest_and_is_cleared_by_take() {
-        let r = RetryAfter::default();
-        r.record(50);
-        r.record(20);
-        assert_eq!(r.take(), Some(50));
-        assert_eq!(r.take(), None);
-    }
-}
+#[path = "client_tests.rs"]
+mod tests;
