@@ -55,8 +55,7 @@ async fn server(
                 continue;
             };
             let svc = hyper::service::service_fn(move |_req| async move {
-                let mut resp =
-                    http::Response::new(http_body_util::Full::new(Bytes::from(vec![
+                let mut resp = http::Response::new(http_body_util::Full::new(Bytes::from(vec![
                         b'x';
                         body_len
                     ])));
