@@ -430,9 +430,10 @@ async fn drive(
     })
 }
 
-/// The CA's reasons on the failed challenges, for the log.
+/// The CA's reasons, for the log: each failed challenge with its name, else the order's
+/// own problem.
 async fn why_invalid(order: &mut Order, order_problem: Option<String>) -> String {
-    let mut reasons: Vec<String> = order_problem.into_iter().collect();
+    let mut reasons: Vec<String> = Vec::new();
     let mut authzs = order.authorizations();
     while let Some(Ok(mut authz)) = authzs.next().await {
         let Ok(state) = authz.refresh().await else {
@@ -441,17 +442,14 @@ async fn why_invalid(order: &mut Order, order_problem: Option<String>) -> String
         let name = state.identifier().to_string();
         for c in &state.challenges {
             if let Some(e) = &c.error {
-                let text = e.to_string();
-                if !reasons.iter().any(|r| r.contains(&text)) {
-                    reasons.push(format!("{name}: {text}"));
-                }
+                reasons.push(format!("{name}: {e}"));
             }
         }
     }
-    if reasons.is_empty() {
-        "the CA gave no reason".into()
-    } else {
-        reasons.join("; ")
+    match (reasons.is_empty(), order_problem) {
+        (false, _) => reasons.join("; "),
+        (true, Some(problem)) => problem,
+        (true, None) => "the CA gave no reason".into(),
     }
 }
 
