@@ -100,3 +100,88 @@ impl Gateway {
         self.store.delete_certificate(name)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::TokenSigner;
+    use crate::proxy::upstream::{UpstreamClient, UpstreamOptions};
+    use crate::state::{GatewayParts, Settings};
+    use crate::store::Store;
+    use crate::telemetry::{access_log::AccessLog, Telemetry};
+    use std::sync::Arc;
+
+    fn gateway(store: Store, secretbox: SecretBox) -> Arc<Gateway> {
+        Gateway::open(GatewayParts {
+            domain: "p.test".into(),
+            settings: Settings::default(),
+            store,
+            secretbox,
+            signer: TokenSigner::from_key(&[1u8; 32]),
+            upstream: UpstreamClient::new(UpstreamOptions {
+                extra_ca_pem: Vec::new(),
+                connect_timeout: std::time::Duration::from_secs(1),
+                response_header_timeout: std::time::Duration::from_secs(1),
+            })
+            .unwrap(),
+            telemetry: Telemetry::new(AccessLog::disabled()),
+        })
+        .unwrap()
+    }
+
+    const KEY_PEM: &[u8] =
+        b"-----BEGIN PRIVATE KEY-----\nsecret-key-bytes\n-----END PRIVATE KEY-----\n";
+
+    #[test]
+    fn keys_and_accounts_are_sealed_at_rest_and_open_only_with_the_same_secret_key() {
+        let dir = std::env::temp_dir().join(format!("postern-state-certs-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let db = dir.join("postern.db");
+        let key = [7u8; 32];
+        let gw = gateway(Store::open(&db).unwrap(), SecretBox::from_key(&key));
+        gw.save_acme_account("https://ca/dir", b"{\"account\":\"creds\"}")
+            .unwrap();
+        gw.save_acme_certificate(&IssuedCertificate {
+            stored: StoredCertificate {
+                name: "p.test".into(),
+                identifiers: vec!["p.test".into()],
+                chain_pem: "chain".into(),
+                key_sealed: Vec::new(),
+                not_before: 1,
+                not_after: 2,
+                directory: "https://ca/dir".into(),
+            },
+            key_pem: KEY_PEM.to_vec(),
+        })
+        .unwrap();
+
+        // Neither the key nor the account is in the database file in clear.
+        drop(gw);
+        let raw = std::fs::read(&db).unwrap();
+        let wal = std::fs::read(dir.join("postern.db-wal")).unwrap_or_default();
+        for bytes in [&raw, &wal] {
+            let found = |needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
+            assert!(!found(b"secret-key-bytes"));
+            assert!(!found(b"account\":\"creds"));
+        }
+
+        let gw = gateway(Store::open(&db).unwrap(), SecretBox::from_key(&key));
+        let certs = gw.acme_certificates().unwrap();
+        assert_eq!(certs[0].key_pem, KEY_PEM);
+        assert_eq!(
+            gw.acme_account("https://ca/dir").unwrap().unwrap(),
+            b"{\"account\":\"creds\"}"
+        );
+        drop(gw);
+
+        // Another secret.key (or a Secret's key) cannot open them.
+        let other = gateway(Store::open(&db).unwrap(), SecretBox::from_key(&[8u8; 32]));
+        assert!(matches!(
+            other.acme_certificates(),
+            Err(SealedError::Open { .. })
+        ));
+        assert!(other.acme_account("https://ca/dir").is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -144,7 +144,10 @@ impl Manager {
             // it would only spend the CA's rate limits.
             wanted.retain(|w| {
                 !w.identifiers.iter().all(|name| {
-                    matches!(self.certs.coverage(name), crate::certs::Coverage::File { .. })
+                    matches!(
+                        self.certs.coverage(name),
+                        crate::certs::Coverage::File { .. }
+                    )
                 })
             });
             let held: Vec<Held> = self.held.values().map(|h| h.held.clone()).collect();
