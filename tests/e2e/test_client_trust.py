@@ -8,7 +8,7 @@ certificate for ``postern.test`` and ``*.postern.test`` from ANOTHER CA (made he
 ``cryptography``, standing in for a public CA). With ``SSL_CERT_FILE`` (or ``SSL_CERT_DIR``)
 naming that other CA, the saved session keeps working: ``posternctl get services``, and
 ``postern connect --userspace`` reaches a private Service while ``postern status`` reports
-it. Without it, both fail with a certificate error that says what to do. A system store
+it; a new ``postern login`` needs no ``--ca-file``. Without it, both fail with a certificate error that says what to do. A system store
 that cannot be read or holds garbage never locks the client out of a gateway its
 ``--ca-file`` covers.
 
@@ -179,6 +179,13 @@ def test_clients_follow_the_gateway_to_another_ca(start_gateway, tmp_path):
         assert service_names(run(gw, by_dir, "posternctl", "get", "services", "-o", "json")) == ["web"]
         by_file = client_env(gw, SSL_CERT_FILE=str(ca_pem))
         assert service_names(run(gw, by_file, "posternctl", "get", "services", "-o", "json")) == ["web"]
+
+        # A new login needs no --ca-file when the system store trusts the gateway.
+        fresh = dict(by_file, POSTERN_HOME=str(tmp_path / "fresh-home"))
+        r = run(gw, fresh, "postern", "login", "--domain", f"{DOMAIN}:{gw.port}", "--auth-token", gw.admin_token)
+        assert r.returncode == 0, (r.stdout, r.stderr)
+        assert "caFile" not in json.loads((tmp_path / "fresh-home" / "session.json").read_text())
+        assert service_names(run(gw, fresh, "posternctl", "get", "services", "-o", "json")) == ["web"]
 
         # The agent: connect (HTTPS to /api/v1/tunnel/connect, then check-ins) and status.
         local = free_port()
