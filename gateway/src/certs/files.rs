@@ -34,9 +34,12 @@ pub struct FileSources {
     dirs: Vec<PathBuf>,
 }
 
+/// Size, modification time (seconds, nanoseconds) and inode-and-device of one file.
+type FileFacts = (u64, i64, i64, u64);
+
 /// What a set of files looked like when last read: any change means reload.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Fingerprint(Vec<(PathBuf, Option<(u64, i64, i64, u64)>)>);
+pub struct Fingerprint(Vec<(PathBuf, Option<FileFacts>)>);
 
 impl FileSources {
     /// `pairs` from repeated `--tls-cert`/`--tls-key`, `dirs` from `--tls-dir`.
@@ -225,8 +228,7 @@ mod tests {
         std::fs::write(&bad.cert, "not a certificate").unwrap();
         let err = FileSources::new(vec![good, bad.clone()], vec![])
             .load()
-            .err()
-            .expect("a bad file fails the load");
+            .expect_err("a bad file fails the load");
         assert!(err.to_string().contains("bad.pem"), "{err}");
         std::fs::remove_dir_all(&d).unwrap();
     }

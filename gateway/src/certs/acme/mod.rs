@@ -139,7 +139,14 @@ impl Manager {
                 .into_iter()
                 .map(|(name, _host)| name)
                 .collect();
-            let wanted = plan::wanted(&self.gw.domain, &services, self.opts.wildcard());
+            let mut wanted = plan::wanted(&self.gw.domain, &services, self.opts.wildcard());
+            // A name the operator's files cover is served from them (files win), so ordering
+            // it would only spend the CA's rate limits.
+            wanted.retain(|w| {
+                !w.identifiers.iter().all(|name| {
+                    matches!(self.certs.coverage(name), crate::certs::Coverage::File { .. })
+                })
+            });
             let held: Vec<Held> = self.held.values().map(|h| h.held.clone()).collect();
             let now = now_unix();
             let p = plan::plan(&wanted, &held, &self.backoff, &self.opts.directory, now);
