@@ -1,15 +1,16 @@
-//! The control-API client: HTTPS only (rustls, webpki roots plus an optional extra CA), a
-//! bearer token when logged in, and errors mapped to [`ClientError`].
+//! The control-API client: HTTPS only (rustls; the system roots, the webpki roots and an
+//! optional extra CA), a bearer token when logged in, and errors mapped to [`ClientError`].
 
 use crate::domain::Domain;
 use crate::error::{ClientError, Result};
 use crate::signin::callback::for_terminal;
 use postern_common::api::{ErrorBody, OAuthError, API_PREFIX};
+use rustls::pki_types::CertificateDer;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 /// When set to `ip:port`, TCP connects there while SNI, `Host` and certificate checks still
@@ -31,8 +32,8 @@ pub struct ApiClient {
 }
 
 impl ApiClient {
-    /// Builds a client for `domain`, trusting the webpki roots plus `ca_file` if given, and
-    /// honouring [`GATEWAY_ADDRESS_ENV`].
+    /// Builds a client for `domain`, trusting what [`tls_config`] trusts, and honouring
+    /// [`GATEWAY_ADDRESS_ENV`].
     pub fn new(domain: Domain, ca_file: Option<&Path>, token: Option<String>) -> Result<Self> {
         let tls = Arc::new(tls_config(ca_file)?);
         let mut address = format!("{}:{}", domain.host(), domain.port());
@@ -308,7 +309,10 @@ impl ApiClient {
             detail = t.kind().to_string();
         }
         let hint = if detail.to_ascii_lowercase().contains("certificate") {
-            "if the gateway uses a private CA, pass its certificate with `postern login --ca-file FILE`"
+            "the gateway's certificate was refused; this client trusts the system CA store \
+             (or SSL_CERT_FILE / SSL_CERT_DIR), the bundled public roots and the --ca-file \
+             saved at login: if the gateway uses a private CA, run `postern login --ca-file \
+             FILE` with that CA's certificate, or point SSL_CERT_FILE at a bundle that holds it"
         } else {
             "check --domain and that posternd is running"
         };
@@ -344,12 +348,12 @@ fn agent(
     builder.build()
 }
 
-/// The rustls client configuration: webpki roots plus the certificates in `ca_file`.
+/// The rustls client configuration: the system's roots, the bundled webpki roots and the
+/// certificates in `ca_file`, so a gateway moved from its own CA to a publicly trusted (or
+/// company) certificate keeps working for clients that logged in with `--ca-file`.
 /// Verification is never turned off.
 pub fn tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig> {
-    let mut roots = rustls::RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-    };
+    let mut roots = base_roots().clone();
     if let Some(path) = ca_file {
         let ca_err = |detail: String| ClientError::CaFile {
             path: path.to_path_buf(),
@@ -375,6 +379,32 @@ pub fn tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig> {
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(config)
+}
+
+/// The roots trusted before any `--ca-file`: the system store (`SSL_CERT_FILE` /
+/// `SSL_CERT_DIR` when set, else the distribution's bundle) and the bundled webpki roots, for
+/// containers that have no system store. Read once per process: the system store is many
+/// files, and a tunnel builds a client on every re-login.
+fn base_roots() -> &'static rustls::RootCertStore {
+    static ROOTS: OnceLock<rustls::RootCertStore> = OnceLock::new();
+    ROOTS.get_or_init(|| {
+        let system = rustls_native_certs::load_native_certs();
+        for error in &system.errors {
+            tracing::debug!(%error, "skipping part of the system certificate store");
+        }
+        with_system_roots(system.certs)
+    })
+}
+
+/// The webpki roots plus every parsable certificate of `system`. Entries that do not parse
+/// as trust anchors are skipped: a broken system store must not lock the client out.
+fn with_system_roots(system: Vec<CertificateDer<'static>>) -> rustls::RootCertStore {
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    let (added, skipped) = roots.add_parsable_certificates(system);
+    tracing::debug!(added, skipped, "system root certificates");
+    roots
 }
 
 #[cfg(test)]
@@ -414,5 +444,28 @@ mod tests {
         let err = tls_config(Some(&empty)).unwrap_err();
         assert!(err.to_string().contains("no CERTIFICATE"), "{err}");
         std::fs::remove_file(empty).unwrap();
+    }
+
+    fn ca_der() -> CertificateDer<'static> {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let key = rcgen::KeyPair::generate().unwrap();
+        params.self_signed(&key).unwrap().der().clone()
+    }
+
+    #[test]
+    fn system_roots_are_added_to_the_webpki_roots() {
+        let webpki = webpki_roots::TLS_SERVER_ROOTS.len();
+        let roots = with_system_roots(vec![ca_der(), ca_der()]);
+        assert_eq!(roots.len(), webpki + 2);
+    }
+
+    #[test]
+    fn unparsable_system_roots_are_skipped() {
+        let webpki = webpki_roots::TLS_SERVER_ROOTS.len();
+        let garbage = CertificateDer::from(b"not a certificate".to_vec());
+        let roots = with_system_roots(vec![garbage, ca_der()]);
+        assert_eq!(roots.len(), webpki + 1);
+        assert_eq!(with_system_roots(Vec::new()).len(), webpki);
     }
 }

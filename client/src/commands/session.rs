@@ -22,7 +22,8 @@ pub struct LoginArgs {
     #[arg(long, env = "POSTERN_AUTH_TOKEN", hide_env_values = true)]
     pub auth_token: Option<String>,
     /// A PEM file with an extra CA certificate to trust for this gateway (remembered for
-    /// later commands). The public web roots are always trusted too.
+    /// later commands). The system's CA store (or SSL_CERT_FILE / SSL_CERT_DIR) and the
+    /// public web roots are always trusted too.
     #[arg(long, value_name = "FILE")]
     pub ca_file: Option<PathBuf>,
     /// Browser sign-in: the IdentityProvider to use, by name; without it the gateway shows a

@@ -42,7 +42,8 @@ pub struct ConnectArgs {
     /// The auth token for that login.
     #[arg(long, env = "POSTERN_AUTH_TOKEN", hide_env_values = true)]
     pub auth_token: Option<String>,
-    /// A PEM file with an extra CA certificate, for that login.
+    /// A PEM file with an extra CA certificate, for that login (the system's CA store and the
+    /// public web roots are trusted too).
     #[arg(long, env = "POSTERN_CA_FILE", value_name = "FILE")]
     pub ca_file: Option<PathBuf>,
     /// An OAuth2 credential's client id, to log in (and in again when the Session expires)
