@@ -20,6 +20,13 @@ pub enum SealedError {
     Open { what: String, reason: String },
 }
 
+/// The stored ACME certificates: those this gateway can open, and why the others cannot.
+#[derive(Default)]
+pub struct StoredCertificates {
+    pub readable: Vec<IssuedCertificate>,
+    pub unreadable: Vec<SealedError>,
+}
+
 /// An issued certificate as the ACME manager hands it over and gets it back: the key in clear.
 pub struct IssuedCertificate {
     pub stored: StoredCertificate,
@@ -70,22 +77,22 @@ impl Gateway {
             .put_acme_account(directory, &self.acme_box().seal(credentials))
     }
 
-    /// Every stored ACME certificate with its key opened.
-    pub fn acme_certificates(&self) -> Result<Vec<IssuedCertificate>, SealedError> {
+    /// Every stored ACME certificate with its key opened. A row that cannot be opened (another
+    /// `secret.key` sealed it) is listed apart, so the others are still served and the
+    /// manager can order that name again, overwriting the row.
+    pub fn acme_certificates(&self) -> Result<StoredCertificates, StoreError> {
         let boxed = self.acme_box();
-        self.store
-            .list_certificates()?
-            .into_iter()
-            .map(|stored| {
-                let key_pem = boxed
-                    .open(&stored.key_sealed)
-                    .map_err(|e| SealedError::Open {
-                        what: format!("certificate key for {}", stored.name),
-                        reason: e.to_string(),
-                    })?;
-                Ok(IssuedCertificate { stored, key_pem })
-            })
-            .collect()
+        let mut out = StoredCertificates::default();
+        for stored in self.store.list_certificates()? {
+            match boxed.open(&stored.key_sealed) {
+                Ok(key_pem) => out.readable.push(IssuedCertificate { stored, key_pem }),
+                Err(e) => out.unreadable.push(SealedError::Open {
+                    what: format!("certificate key for {}", stored.name),
+                    reason: e.to_string(),
+                }),
+            }
+        }
+        Ok(out)
     }
 
     /// Keeps an issued certificate, its key sealed (`stored.key_sealed` is ignored).
@@ -168,7 +175,8 @@ mod tests {
 
         let gw = gateway(Store::open(&db).unwrap(), SecretBox::from_key(&key));
         let certs = gw.acme_certificates().unwrap();
-        assert_eq!(certs[0].key_pem, KEY_PEM);
+        assert_eq!(certs.readable[0].key_pem, KEY_PEM);
+        assert!(certs.unreadable.is_empty());
         assert_eq!(
             gw.acme_account("https://ca/dir").unwrap().unwrap(),
             b"{\"account\":\"creds\"}"
@@ -177,10 +185,9 @@ mod tests {
 
         // Another secret.key (or a Secret's key) cannot open them.
         let other = gateway(Store::open(&db).unwrap(), SecretBox::from_key(&[8u8; 32]));
-        assert!(matches!(
-            other.acme_certificates(),
-            Err(SealedError::Open { .. })
-        ));
+        let certs = other.acme_certificates().unwrap();
+        assert!(certs.readable.is_empty());
+        assert!(matches!(certs.unreadable[..], [SealedError::Open { .. }]));
         assert!(other.acme_account("https://ca/dir").is_err());
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -100,6 +100,7 @@ pub fn start(gw: Arc<Gateway>, certs: Arc<Certificates>, opts: AcmeOptions) -> J
         client: None,
         new_account: false,
         retry_after: RetryAfter::default(),
+        unreadable_warned: Default::default(),
     };
     manager.sync_from_store();
     tokio::spawn(manager.run())
@@ -121,6 +122,8 @@ struct Manager {
     /// The stored account was refused: make a new one instead of reading it.
     new_account: bool,
     retry_after: RetryAfter,
+    /// Stored rows this gateway cannot open, already logged (once each).
+    unreadable_warned: std::collections::BTreeSet<String>,
 }
 
 impl Manager {
@@ -189,7 +192,13 @@ impl Manager {
                 return;
             }
         };
-        for IssuedCertificate { stored, key_pem } in stored {
+        for e in &stored.unreadable {
+            let text = e.to_string();
+            if self.unreadable_warned.insert(text.clone()) {
+                tracing::warn!("ACME: {text}");
+            }
+        }
+        for IssuedCertificate { stored, key_pem } in stored.readable {
             if self
                 .held
                 .get(&stored.name)
