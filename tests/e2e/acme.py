@@ -17,6 +17,9 @@
   throwaway CA made per session (``pebble_https``); its issuing root and intermediate are read
   from its management endpoint and verified with that CA. Fixture ``start_pebble`` starts any
   number and stops them; without ``/usr/bin/pebble`` the ACME tests skip, saying why.
+* ``acme_gateway`` (fixture factory): a Pebble and a gateway ordering from it (TLS-ALPN-01, or
+  HTTP-01 with ``--http-listen``, or DNS-01 through a given RFC 2136 server), its metrics
+  endpoint, and ``wait_acme(name)``: the certificate once it verifies against Pebble's root.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import httpx
 import pytest
@@ -42,6 +45,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+if TYPE_CHECKING:
+    from conftest import Gateway
 
 WAIT = 30.0
 
@@ -558,3 +564,59 @@ def start_pebble(pebble_https, tmp_path, request):
         p.stop()
         if failed:
             sys.stderr.write(f"\n----- pebble ({p.dir}) -----\n{p.log()}\n")
+
+
+# --------------------------------------------------------------------------------------------
+# A gateway ordering from a Pebble.
+ISSUE_WAIT = 60.0  # generous bound for one order (Pebble answers in about a second)
+
+
+@dataclass
+class AcmeGateway:
+    gw: Gateway
+    pebble: Pebble
+    http_port: int
+    metrics: str
+
+    def log(self) -> str:
+        return self.gw.stderr()
+
+    def wait_acme(self, name: str, pred=lambda c: True, timeout: float = ISSUE_WAIT, what: str = ""):
+        """The certificate served for ``name`` once it verifies against Pebble's root only."""
+        return wait_served(self.gw.port, name, pred, timeout=timeout, cafile=self.pebble.root,
+                           what=what or "a certificate from Pebble", log=self.log)
+
+    def trust_pebble(self) -> None:
+        """Adds Pebble's root (known once it started) to the CAs the test's CLI trusts."""
+        Path(self.gw.ca).write_text(Path(self.gw.internal_ca).read_text() + self.pebble.root.read_text())
+
+    def metric_lines(self, prefix: str) -> list[str]:
+        text = httpx.get(self.metrics, timeout=5).text
+        return [ln for ln in text.splitlines() if ln.startswith(prefix)]
+
+
+@pytest.fixture
+def acme_gateway(start_gateway, start_pebble, tmp_path):
+    """Factory: a Pebble and a gateway ordering from it. ``http01`` adds ``--http-listen``;
+    ``validity`` is Pebble's certificate lifetime in seconds; ``dns`` is ``(server addr,
+    --acme-dns-rfc2136 value)``; ``pebble_first=False`` starts the gateway while nothing
+    listens at the directory URL (start Pebble later with ``env.pebble.start()``)."""
+
+    def make(http01: bool = False, validity: int | None = None, dns: tuple[str, str] | None = None,
+             pebble_first: bool = True) -> AcmeGateway:
+        https_port, http_port, metrics_port = free_port(), free_port(), free_port()
+        pebble = start_pebble(http_port, https_port, validity_seconds=validity,
+                              dns_server=dns[0] if dns else None, start=pebble_first)
+        args = ["--acme", "--acme-directory", pebble.directory, "--acme-ca", str(pebble.https.ca),
+                "--acme-email", "ops@example.com", "--metrics-listen", f"127.0.0.1:{metrics_port}"]
+        if http01:
+            args += ["--http-listen", f"127.0.0.1:{http_port}"]
+        if dns:
+            args += ["--acme-dns-rfc2136", dns[1]]
+        placeholder = tmp_path / "no-pebble-root-yet.pem"
+        placeholder.write_text("")
+        gw = start_gateway(extra_args=args, port=https_port,
+                           trust=[str(pebble.root if pebble_first else placeholder)])
+        return AcmeGateway(gw, pebble, http_port, f"http://127.0.0.1:{metrics_port}/metrics")
+
+    return make
