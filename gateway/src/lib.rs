@@ -1,6 +1,7 @@
 //! The Postern gateway (`posternd`): the public front door and the shared core of identity,
 //! policy and forwarding. `main.rs` is only the command line; everything lives here.
 
+pub mod certs;
 pub mod datadir;
 pub mod frontdoor;
 pub mod identity;
