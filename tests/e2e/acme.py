@@ -263,8 +263,8 @@ def curl(url: str, port: int, cacert: str | Path, *args: str, http: str = "2", t
 
 def peer_serial(response: httpx.Response) -> int:
     """Serial of the certificate on the connection that carried ``response``."""
-    ssl_object = response.extensions["network_stream"].get_extra_info("ssl_object")
-    der = ssl_object.getpeercert(binary_form=True)
+    sock = response.extensions["network_stream"].get_extra_info("socket")
+    der = sock.getpeercert(binary_form=True)
     return x509.load_der_x509_certificate(der).serial_number
 
 

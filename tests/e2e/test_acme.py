@@ -204,9 +204,9 @@ def test_ca_unreachable_at_start_then_certificate_arrives(acme_gateway):
     env = acme_gateway(pebble_first=False)
     gw = env.gw
     # Serving at once, with the internal CA, and saying why.
-    served(gw.port, DOMAIN, cafile=gw.internal_ca)
     log = wait_log(env.log, f"ACME: order for {DOMAIN} failed:", timeout=30)
     assert re.search(rf"ACME: order for {re.escape(DOMAIN)} failed: .+; retrying in \S+", log), log
+    served(gw.port, DOMAIN, cafile=gw.internal_ca)
     wait_log(env.log, f"serving {DOMAIN} with the internal CA's certificate")
 
     env.pebble.start()
