@@ -55,7 +55,7 @@ impl Table {
 /// shows as `-` rather than failing.
 pub fn table_for(kind: Kind, items: &[Value]) -> Table {
     let headers: &[&str] = match kind {
-        Kind::Service => &["NAME", "PUBLIC", "MODE", "UPSTREAM/CONFIGS"],
+        Kind::Service => &["NAME", "PUBLIC", "MODE", "UPSTREAM/CONFIGS", "TLS"],
         Kind::User => &["NAME", "TYPE", "GROUPS", "EMAIL"],
         Kind::Group => &["NAME", "POLICIES"],
         Kind::Policy => &["NAME", "RULES", "DISABLED"],
@@ -85,6 +85,7 @@ fn row_for(kind: Kind, item: &Value) -> Vec<String> {
                 .unwrap_or("HTTP")
                 .to_string(),
             upstream(item),
+            s("/status/tls/source"),
         ],
         Kind::User => vec![
             s("/metadata/name"),
@@ -264,18 +265,29 @@ mod tests {
         let t = table_for(
             Kind::Service,
             &[
-                service("gemini", "https://generativelanguage.googleapis.com", true),
+                {
+                    let mut gemini =
+                        service("gemini", "https://generativelanguage.googleapis.com", true);
+                    gemini["status"] = json!({"tls": {"source": "acme"}});
+                    gemini
+                },
                 dynamic,
             ],
         );
         let out = t.render();
         let lines: Vec<&str> = out.lines().collect();
-        assert_eq!(lines[0], "NAME     PUBLIC   MODE   UPSTREAM/CONFIGS");
+        assert_eq!(
+            lines[0],
+            "NAME     PUBLIC   MODE   UPSTREAM/CONFIGS                            TLS"
+        );
         assert_eq!(
             lines[1],
-            "gemini   true     HTTP   https://generativelanguage.googleapis.com"
+            "gemini   true     HTTP   https://generativelanguage.googleapis.com   acme"
         );
-        assert_eq!(lines[2], "llm      false    HTTP   2 configs: a,b");
+        assert_eq!(
+            lines[2],
+            "llm      false    HTTP   2 configs: a,b                              -"
+        );
     }
 
     #[test]

@@ -318,9 +318,9 @@ fn get_table_yaml_json_and_not_found() {
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(
         r.stdout,
-        "NAME     PUBLIC   MODE   UPSTREAM/CONFIGS\n\
-         gemini   true     HTTP   https://up.example\n\
-         claude   true     HTTP   https://up.example\n"
+        "NAME     PUBLIC   MODE   UPSTREAM/CONFIGS     TLS\n\
+         gemini   true     HTTP   https://up.example   -\n\
+         claude   true     HTTP   https://up.example   -\n"
     );
     let r = ctl(
         &dir,

@@ -2,6 +2,7 @@
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
+use postern_gateway::certs::Certificates;
 use postern_gateway::datadir::{self, DataDir, InitOptions};
 use postern_gateway::frontdoor::limits::Limits;
 use postern_gateway::identity::{SecretBox, TokenSigner};
@@ -124,6 +125,8 @@ struct ServeArgs {
     /// Remove tunnel peers silent for this long (their addresses are freed).
     #[arg(long, default_value = "10m", value_parser = parse_duration, requires = "wg_listen")]
     wg_idle_timeout: Duration,
+    #[command(flatten)]
+    tls: postern_gateway::certs::args::TlsArgs,
     #[command(flatten)]
     limits: LimitArgs,
 }
@@ -357,6 +360,7 @@ async fn serve(a: ServeArgs) -> Result<()> {
             limit_default_completion_tokens: a.limit_default_completion_tokens,
             client_limits: a.limits.limits(),
             idp_extra_ca_pem: (!idp_ca.is_empty()).then_some(idp_ca),
+            hsts: a.tls.hsts.clone(),
         },
         store,
         secretbox,
@@ -392,7 +396,17 @@ async fn serve(a: ServeArgs) -> Result<()> {
             );
         }
     }
-    let tls = postern_gateway::frontdoor::tls::server_config(&config.tls_cert, &config.tls_key)?;
+    let setup = a.tls.file_setup(&config)?;
+    let certs = Certificates::new(config.domain.clone(), setup.files, setup.internal)
+        .context("loading the TLS certificates")?;
+    let _ = gw.certs.set(certs.clone());
+    let tls = certs.server_config()?;
+    tokio::spawn(postern_gateway::certs::watch::reload_files(certs.clone()));
+    tokio::spawn(postern_gateway::certs::watch::report_coverage(
+        gw.clone(),
+        certs.clone(),
+        false,
+    ));
     let listener = tokio::net::TcpListener::bind(a.https_listen)
         .await
         .with_context(|| format!("binding --https-listen {}", a.https_listen))?;

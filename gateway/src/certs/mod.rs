@@ -7,9 +7,11 @@
 //! are kept here too, because the listeners that answer them read this state.
 
 // `pub mod acme;` is added with the ACME manager.
+pub mod args;
 pub mod files;
 pub mod pem;
 pub mod table;
+pub mod watch;
 
 use arc_swap::ArcSwap;
 use rustls::server::{ClientHello, ResolvesServerCert};

@@ -262,6 +262,22 @@ fn item_name(v: &serde_json::Value) -> Option<&str> {
         .and_then(|n| n.as_str())
 }
 
+/// `status.tls` of a public Service: what covers its name (`file`, `acme`, `internal-ca` or
+/// `none`) and when that certificate expires.
+fn service_tls_status(gw: &Gateway, service: &serde_json::Value) -> Option<serde_json::Value> {
+    let public = service.pointer("/spec/isPublic")?.as_bool()?;
+    let certs = gw.certs.get().filter(|_| public)?;
+    let host = format!("{}.{}", item_name(service)?, gw.domain);
+    let coverage = certs.coverage(&host);
+    let not_after = certs
+        .table()
+        .select(Some(&host))
+        .filter(|_| coverage != crate::certs::Coverage::None)
+        .and_then(|e| chrono::DateTime::from_timestamp(e.not_after, 0))
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+    Some(serde_json::json!({ "source": coverage.label(), "notAfter": not_after }))
+}
+
 /// The items `get` shows: full resources for declared kinds, info records (never secret
 /// values or hashes) for the others.
 /// IdentityProviders also show `status.redirectURI`, the address to register at the provider
@@ -277,6 +293,11 @@ fn list(gw: &Gateway, kind: Kind, origin: &str) -> Vec<serde_json::Value> {
                 let mut v = r.to_json();
                 if kind == Kind::IdentityProvider {
                     v["status"] = serde_json::json!({"redirectURI": format!("{origin}/callback")});
+                }
+                if kind == Kind::Service {
+                    if let Some(status) = service_tls_status(gw, &v) {
+                        v["status"] = serde_json::json!({ "tls": status });
+                    }
                 }
                 v
             })

@@ -54,11 +54,11 @@ fn respond<B>(gw: &Gateway, req: &Request<B>) -> Response<Full<Bytes>> {
                 requests_shed: gw.shedder.shed_total(),
                 connections_refused: gw.shedder.refused_connections(),
             };
-            (
-                StatusCode::OK,
-                CONTENT_TYPE,
-                gw.telemetry.metrics.render(gauges),
-            )
+            let mut text = gw.telemetry.metrics.render(gauges);
+            if let Some(certs) = gw.certs.get() {
+                crate::certs::watch::render_metrics(certs, &mut text);
+            }
+            (StatusCode::OK, CONTENT_TYPE, text)
         }
         _ => (
             StatusCode::NOT_FOUND,

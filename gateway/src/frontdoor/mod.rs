@@ -90,6 +90,12 @@ pub async fn serve(
                 r = handshake => r,
                 _ = conn::closing(closing_rx.clone()) => return,
             } {
+                Ok(Ok(s)) if crate::certs::is_acme_challenge(s.get_ref().1.alpn_protocol()) => {
+                    // A TLS-ALPN-01 validation: the handshake was the answer; no HTTP follows.
+                    let mut s = s;
+                    let _ = tokio::io::AsyncWriteExt::shutdown(&mut s).await;
+                    return;
+                }
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
                     tracing::debug!(%peer, error = %e, "TLS handshake failed");
@@ -155,7 +161,8 @@ async fn admit(
     limits: &Limits,
 ) -> Response<BoxBody> {
     let (req, leftover) = inbound::wrap(req);
-    let resp = match shed::admit(activity, shedder, limits, req.headers()) {
+    let hsts = gw.settings.hsts.clone();
+    let mut resp = match shed::admit(activity, shedder, limits, req.headers()) {
         Ok(admitted) => admitted.hold(route(gw, req, peer).await),
         Err(refused) => {
             drop(req);
@@ -163,6 +170,10 @@ async fn admit(
         }
     };
     leftover.drain_in_background();
+    if let Some(value) = hsts {
+        resp.headers_mut()
+            .insert(http::header::STRICT_TRANSPORT_SECURITY, value);
+    }
     resp
 }
 

@@ -1,9 +1,7 @@
-//! TLS for the front door: the gateway's own CA and certificate (made by `init`), and the
-//! rustls server configuration (TLS 1.2 and 1.3; HTTP/2 and HTTP/1.1 by ALPN).
+//! The gateway's own CA and certificate, made by `init`. What the front door serves, and how
+//! it is chosen per handshake, is `crate::certs`.
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
-use std::path::Path;
-use std::sync::Arc;
 
 /// Errors loading or making TLS material; each names the file involved.
 #[derive(Debug, thiserror::Error)]
@@ -66,33 +64,4 @@ fn time_now() -> time::OffsetDateTime {
 
 fn add_days(t: time::OffsetDateTime, days: i64) -> time::OffsetDateTime {
     t + time::Duration::days(days)
-}
-
-/// The rustls server config the front door listens with.
-pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    let file_err = |p: &Path, m: String| TlsError::File {
-        path: p.display().to_string(),
-        message: m,
-    };
-    let cert_pem = std::fs::read(cert).map_err(|e| file_err(cert, e.to_string()))?;
-    let chain: Vec<_> = rustls_pemfile::certs(&mut cert_pem.as_slice())
-        .collect::<Result<_, _>>()
-        .map_err(|e| file_err(cert, format!("not a PEM certificate chain: {e}")))?;
-    if chain.is_empty() {
-        return Err(file_err(cert, "no certificate in the file".into()));
-    }
-    let key_pem = std::fs::read(key).map_err(|e| file_err(key, e.to_string()))?;
-    let key_der = rustls_pemfile::private_key(&mut key_pem.as_slice())
-        .map_err(|e| file_err(key, format!("not a PEM private key: {e}")))?
-        .ok_or_else(|| file_err(key, "no private key in the file".into()))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-        .with_no_client_auth()
-        .with_single_cert(chain, key_der)?;
-    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    // The server's order (AES-256-GCM first) decides, not a client's, so a client cannot steer
-    // the choice; every suite offered is an AEAD with forward secrecy either way.
-    cfg.ignore_client_order = true;
-    Ok(Arc::new(cfg))
 }

@@ -72,6 +72,7 @@ impl Gateway {
         let live = snap.upstream_keys();
         self.snapshot.store(Arc::new(snap));
         self.upstream_states.keep_only(&live);
+        self.changes.send_modify(|generation| *generation += 1);
         Ok(())
     }
 

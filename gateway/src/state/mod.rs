@@ -2,6 +2,7 @@
 //! (swapped atomically on every change), the live Sessions, and the handles to the store
 //! and keys. The hot path reads memory only; every change goes to the store first.
 
+mod certs;
 mod changes;
 pub mod people;
 mod sessions;
@@ -38,6 +39,10 @@ pub struct Settings {
     pub client_limits: crate::frontdoor::limits::Limits,
     /// Extra CA certificates (PEM) trusted for identity providers (`--idp-ca`).
     pub idp_extra_ca_pem: Option<Vec<u8>>,
+    /// `Strict-Transport-Security` sent on every front-door response (`--hsts`); off unless
+    /// the operator sets it, since a browser then refuses the domain's plain-HTTP names for
+    /// as long as it says.
+    pub hsts: Option<http::HeaderValue>,
 }
 
 impl Default for Settings {
@@ -49,6 +54,7 @@ impl Default for Settings {
             limit_default_completion_tokens: crate::limits::DEFAULT_COMPLETION_TOKENS,
             client_limits: crate::frontdoor::limits::Limits::default(),
             idp_extra_ca_pem: None,
+            hsts: None,
         }
     }
 }
@@ -79,6 +85,10 @@ pub struct Gateway {
     pub shedder: Arc<crate::frontdoor::shed::Shedder>,
     /// IdentityProvider clients, the agent's one-time codes and the sign-in cookie key.
     pub signin: crate::frontdoor::signin::SignInState,
+    /// The front door's certificates, set once at startup (`posternd serve`).
+    pub certs: OnceLock<Arc<crate::certs::Certificates>>,
+    /// Bumped after each snapshot rebuild, so background tasks (ACME) see applied changes.
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 /// Everything [`Gateway::open`] needs.
@@ -111,6 +121,8 @@ impl Gateway {
             telemetry: parts.telemetry,
             limits: Arc::new(Limiter::new(parts.settings.limit_default_completion_tokens)),
             tunnel: OnceLock::new(),
+            certs: OnceLock::new(),
+            changes: tokio::sync::watch::channel(0).0,
             upstream_states: Default::default(),
             shedder: crate::frontdoor::shed::Shedder::new(
                 parts.settings.client_limits.max_inflight,

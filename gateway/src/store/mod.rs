@@ -4,6 +4,7 @@
 //! The API is synchronous. Callers on tokio use `spawn_blocking` (or call directly for rare
 //! admin writes); the request hot path never reads the store, it reads the in-memory state.
 
+mod certs;
 mod limits;
 mod records;
 mod schema;
@@ -11,6 +12,8 @@ mod sqlite;
 #[cfg(test)]
 mod tests;
 pub mod usage;
+
+pub use certs::StoredCertificate;
 
 use postern_common::resources::{CredentialInfo, Kind};
 use std::path::PathBuf;

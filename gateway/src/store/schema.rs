@@ -84,4 +84,23 @@ pub(super) const MIGRATIONS: &[&str] = &[
     ALTER TABLE sessions ADD COLUMN authentication TEXT NOT NULL DEFAULT '';
     CREATE INDEX sessions_identity_provider ON sessions (identity_provider);
     ",
+    // 4 -> 5: certificates: the ACME account per directory (its credentials sealed) and the
+    // certificates ACME issued (the chain in clear, the private key sealed), so a restart
+    // serves them without ordering again.
+    "
+    CREATE TABLE acme_accounts (
+        directory  TEXT PRIMARY KEY NOT NULL,
+        sealed     BLOB NOT NULL,
+        created    INTEGER NOT NULL
+    ) STRICT;
+    CREATE TABLE certificates (
+        name        TEXT PRIMARY KEY NOT NULL,
+        identifiers TEXT NOT NULL,
+        chain_pem   TEXT NOT NULL,
+        key_sealed  BLOB NOT NULL,
+        not_before  INTEGER NOT NULL,
+        not_after   INTEGER NOT NULL,
+        directory   TEXT NOT NULL
+    ) STRICT;
+    ",
 ];
