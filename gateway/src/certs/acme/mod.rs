@@ -1,0 +1,1 @@
+pub mod rfc2136;
