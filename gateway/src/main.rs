@@ -129,6 +129,8 @@ struct ServeArgs {
     tls: postern_gateway::certs::args::TlsArgs,
     #[command(flatten)]
     limits: LimitArgs,
+    #[command(flatten)]
+    acme: postern_gateway::certs::acme::AcmeArgs,
 }
 
 /// Bounds on what clients may hold or send (see docs/operations.md, "Limits and overload").
@@ -405,12 +407,14 @@ async fn serve(a: ServeArgs) -> Result<()> {
     tokio::spawn(postern_gateway::certs::watch::report_coverage(
         gw.clone(),
         certs.clone(),
-        false,
+        a.acme.acme,
     ));
     let listener = tokio::net::TcpListener::bind(a.https_listen)
         .await
         .with_context(|| format!("binding --https-listen {}", a.https_listen))?;
     let local = listener.local_addr()?;
+    postern_gateway::certs::acme::launch(a.acme.clone(), gw.clone(), certs.clone(), local.port())
+        .await?;
     tracing::info!(
         "listening on {local}: control plane https://{d}, services https://<name>.{d}",
         d = config.domain

@@ -58,6 +58,7 @@ fn respond<B>(gw: &Gateway, req: &Request<B>) -> Response<Full<Bytes>> {
             if let Some(certs) = gw.certs.get() {
                 crate::certs::watch::render_metrics(certs, &mut text);
             }
+            crate::certs::acme::METRICS.render(&mut text);
             (StatusCode::OK, CONTENT_TYPE, text)
         }
         _ => (

@@ -8,6 +8,7 @@ pub mod people;
 mod sessions;
 pub mod snapshot;
 
+pub use certs::{IssuedCertificate, SealedError};
 pub use changes::{ChangeError, LoginOutcome};
 pub use sessions::{AuthError, Principal, SessionEntry};
 pub use snapshot::{
