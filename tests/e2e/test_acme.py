@@ -103,15 +103,23 @@ def test_orders_domain_and_public_services(acme_gateway, challenge):
                 assert (r.rc, r.status, r.http_version) == (0, 200, http), (svc, r)
         assert {r.path for r in up.requests} == {"/v1/models"}
 
+    # Pebble's own log says how it validated (it logs HTTP-01 attempts only).
+    tried = set(re.findall(rf"Attempting to validate w/ HTTP: http://([a-z0-9.-]+):{env.http_port}"
+                           r"/\.well-known/acme-challenge/([A-Za-z0-9_-]+)", env.pebble.log()))
     if challenge == "http-01":
+        assert {host for host, _ in tried} == set(names), tried
         base = f"http://alpha.{DOMAIN}:{env.http_port}"
         with httpx.Client(timeout=10, follow_redirects=False) as c:
+            for host, token in tried:  # answered while Pebble validated, removed after
+                r = c.get(f"http://{host}:{env.http_port}/.well-known/acme-challenge/{token}")
+                assert r.status_code == 404, (host, r.status_code, r.text)
             r = c.get(f"{base}/v1/models?page=2&q=a%20b")
             assert r.status_code == 308, r
             assert r.headers["location"] == f"https://alpha.{DOMAIN}:{gw.port}/v1/models?page=2&q=a%20b"
             assert c.get(f"{base}/.well-known/acme-challenge/not-a-token").status_code == 404
             assert c.post(f"{base}/oauth2/token", content=b"x" * 100).status_code == 308
     else:
+        assert not tried and "validate w/ HTTP" not in env.pebble.log()
         # Nothing pending: a client offering only acme-tls/1 gets no certificate at all.
         with pytest.raises(OSError):
             served(gw.port, f"alpha.{DOMAIN}", alpn=["acme-tls/1"])
@@ -146,6 +154,11 @@ def test_dns01_wildcard_covers_a_service_applied_later(acme_gateway, tmp_path):
                      "-H", f"Authorization: {headers['Authorization']}")
             assert (r.rc, r.status) == (0, 200), r
         assert set(orders(env.log())) == {(wildcard, "dns-01")}, "a Service under the wildcard was ordered"
+        # The challenge's TXT record was taken out of the zone again.
+        deadline = time.monotonic() + 15
+        while named.txt(f"_acme-challenge.{DOMAIN}") and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert named.txt(f"_acme-challenge.{DOMAIN}") == [], named.log()[-3000:]
     finally:
         named.stop()
 
