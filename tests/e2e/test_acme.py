@@ -15,16 +15,14 @@ from __future__ import annotations
 import datetime as dt
 import re
 import time
-from contextlib import ExitStack
-from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 import pytest
 import yaml
 
-pytest.register_assert_rewrite("acme")  # before the import, so its asserts explain themselves
-from acme import LoadLoop, curl, issuer_cn, require_pebble, sans, served, wait_log, wait_served
+pytest.register_assert_rewrite("acme", "tls_helpers")  # before the imports, so their asserts explain themselves
+from acme import require_pebble
+from tls_helpers import LoadLoop, curl, issuer_cn, sans, served, wait_log, wait_served
 from conftest import APP_USER, DOMAIN, Gateway, public_service
 from standin import StandIn
 

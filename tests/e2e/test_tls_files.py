@@ -13,16 +13,14 @@ import os
 import signal
 import ssl
 import subprocess
-import time
 from contextlib import ExitStack
-from pathlib import Path
 
 import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-pytest.register_assert_rewrite("acme")  # before the import, so its asserts explain themselves
-from acme import (Issued, LoadLoop, TestCA, curl, peer_serial, sans, served, wait_log, wait_served,
+pytest.register_assert_rewrite("tls_helpers")  # before the import, so its asserts explain themselves
+from tls_helpers import (Issued, LoadLoop, TestCA, curl, peer_serial, sans, served, wait_log, wait_served,
                   write_atomic)
 from conftest import APP_USER, DOMAIN, free_port, items_of, public_service
 from standin import StandIn
