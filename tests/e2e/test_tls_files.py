@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import ssl
 import subprocess
+import time
 from contextlib import ExitStack
 
 import httpx
@@ -304,3 +306,51 @@ def test_hsts_only_when_asked(start_gateway, tmp_path):
         bad.communicate()
         raise AssertionError("posternd serve --hsts includeSubDomains started instead of refusing the value")
     assert bad.returncode != 0 and "max-age" in out + err, (bad.returncode, err)
+
+
+def _raw_http(port: int, head: bytes, timeout: float = 25.0) -> bytes:
+    """Sends ``head`` on a new connection to 127.0.0.1:``port`` and reads until the server
+    closes it (or ``timeout``: then what was read, and the test sees no close)."""
+    out = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(head)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                chunk = s.recv(65536)
+            except (ConnectionResetError, socket.timeout):
+                break
+            if not chunk:
+                return out + b"<closed>"
+            out += chunk
+    return out
+
+
+def test_http_listener_redirects_only_our_names_within_limits(start_gateway):
+    """`--http-listen` without ACME: 308 to https for the gateway's own names (path and query
+    kept), never a redirect to a name a stranger chose, 404 for an unknown challenge token,
+    and a bounded request head (8 KiB, 10 s)."""
+    http_port = free_port()
+    gw = start_gateway(extra_args=["--http-listen", f"127.0.0.1:{http_port}"])
+    base = f"http://127.0.0.1:{http_port}"
+    with httpx.Client(timeout=10, follow_redirects=False) as c:
+        for host in (DOMAIN, f"gemini.{DOMAIN}", f"GEMINI.{DOMAIN}:{http_port}"):
+            r = c.get(f"{base}/v1/models?page=2&q=a%20b", headers={"Host": host})
+            assert r.status_code == 308, (host, r.status_code, r.text)
+            want = f"https://{host.split(':')[0].lower()}:{gw.port}/v1/models?page=2&q=a%20b"
+            assert r.headers["location"] == want, (host, r.headers.get("location"))
+        r = c.get(f"{base}//evil.example/x", headers={"Host": DOMAIN})
+        assert r.headers.get("location", "").startswith(f"https://{DOMAIN}:{gw.port}/"), r.headers
+        for host in ("evil.example", f"{DOMAIN}.evil.example", f"a.b.{DOMAIN}", f"evil.example:{http_port}"):
+            r = c.get(f"{base}/login", headers={"Host": host})
+            assert r.status_code in (400, 404) and "location" not in r.headers, (host, r.status_code, r.headers)
+        r = c.get(f"{base}/.well-known/acme-challenge/no-such-token", headers={"Host": DOMAIN})
+        assert r.status_code == 404 and "location" not in r.headers, r
+
+    # A request head over 8 KiB is refused (431 or closed), not redirected.
+    big = _raw_http(http_port, b"GET / HTTP/1.1\r\nHost: " + DOMAIN.encode() + b"\r\nX-Pad: "
+                    + b"a" * 16384 + b"\r\n\r\n")
+    assert b" 308 " not in big.split(b"\r\n", 1)[0] and (big.startswith(b"HTTP/1.1 431") or big.endswith(b"<closed>")), big[:200]
+    # A head that never ends is cut off (header timeout 10 s; 25 s is the generous bound).
+    slow = _raw_http(http_port, b"GET / HTTP/1.1\r\nHost: " + DOMAIN.encode() + b"\r\n")
+    assert slow.endswith(b"<closed>") and b" 308 " not in slow, slow[:200]
