@@ -29,7 +29,6 @@ from standin import StandIn
 pytest_plugins = ["acme"]  # fixtures start_pebble, acme_gateway
 
 
-
 @pytest.fixture(autouse=True)
 def _pebble_installed():
     require_pebble()
