@@ -197,3 +197,23 @@ fn dns_flag_conflicts_with_a_chosen_challenge() {
     ]);
     assert!(e.starts_with("--acme-dns-rfc2136: "), "{e}");
 }
+
+#[test]
+fn dns_flag_means_dns01_and_one_wildcard() {
+    let key = temp_file(
+        "tsig.key",
+        "key \"postern-acme\" {\n\talgorithm hmac-sha256;\n\tsecret \"c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LTMyYg==\";\n};\n",
+    );
+    let spec = format!("127.0.0.1:5353,postern-acme,{}", key.display());
+    let o = parse(&[
+        "--acme",
+        "--acme-dns-rfc2136",
+        &spec,
+        "--http-listen",
+        "127.0.0.1:80",
+    ])
+    .unwrap()
+    .unwrap();
+    assert_eq!(o.challenge, ChallengeKind::Dns01);
+    assert!(o.wildcard() && o.dns.is_some());
+}

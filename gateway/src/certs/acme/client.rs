@@ -73,6 +73,18 @@ pub fn with_causes(e: &dyn std::error::Error) -> String {
     out
 }
 
+impl AcmeError {
+    /// The CA no longer knows the account (deactivated, or a test CA that restarted): the
+    /// stored credentials are useless and a new account is needed.
+    pub fn account_gone(&self) -> bool {
+        matches!(
+            self,
+            AcmeError::Acme(instant_acme::Error::Api(p))
+                if p.r#type.as_deref() == Some("urn:ietf:params:acme:error:accountDoesNotExist")
+        )
+    }
+}
+
 /// The CA's last `Retry-After` on a 429 or 503, as Unix seconds.
 #[derive(Debug, Default, Clone)]
 pub struct RetryAfter(Arc<Mutex<Option<i64>>>);
@@ -418,9 +430,10 @@ async fn drive(
     })
 }
 
-/// The CA's reasons on the failed challenges, for the log.
+/// The CA's reasons, for the log: each failed challenge with its name, else the order's
+/// own problem.
 async fn why_invalid(order: &mut Order, order_problem: Option<String>) -> String {
-    let mut reasons: Vec<String> = order_problem.into_iter().collect();
+    let mut reasons: Vec<String> = Vec::new();
     let mut authzs = order.authorizations();
     while let Some(Ok(mut authz)) = authzs.next().await {
         let Ok(state) = authz.refresh().await else {
@@ -429,41 +442,17 @@ async fn why_invalid(order: &mut Order, order_problem: Option<String>) -> String
         let name = state.identifier().to_string();
         for c in &state.challenges {
             if let Some(e) = &c.error {
-                let text = e.to_string();
-                if !reasons.iter().any(|r| r.contains(&text)) {
-                    reasons.push(format!("{name}: {text}"));
-                }
+                reasons.push(format!("{name}: {e}"));
             }
         }
     }
-    if reasons.is_empty() {
-        "the CA gave no reason".into()
-    } else {
-        reasons.join("; ")
+    match (reasons.is_empty(), order_problem) {
+        (false, _) => reasons.join("; "),
+        (true, Some(problem)) => problem,
+        (true, None) => "the CA gave no reason".into(),
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn retry_after_reads_seconds_and_http_dates() {
-        assert_eq!(parse_retry_after("120", 1000), Some(1120));
-        assert_eq!(
-            parse_retry_after("Fri, 31 Dec 1999 23:59:59 GMT", 0),
-            Some(946_684_799)
-        );
-        assert_eq!(parse_retry_after("soon", 0), None);
-        assert_eq!(parse_retry_after("-5", 0), None);
-    }
-
-    #[test]
-    fn retry_after_keeps_the_latest_and_is_cleared_by_take() {
-        let r = RetryAfter::default();
-        r.record(50);
-        r.record(20);
-        assert_eq!(r.take(), Some(50));
-        assert_eq!(r.take(), None);
-    }
-}
+#[path = "client_tests.rs"]
+mod tests;

@@ -32,7 +32,7 @@ pub mod rfc2136;
 pub use args::{AcmeArgs, AcmeConfigError, AcmeOptions};
 
 use crate::certs::{pem, Certificates};
-use crate::state::{now_unix, Gateway, IssuedCertificate};
+use crate::state::{now_unix, Gateway, IssuedCertificate, SealedError};
 use crate::store::StoredCertificate;
 use client::{AcmeClient, Installer, RetryAfter};
 use plan::{Backoff, Held};
@@ -40,9 +40,9 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use zeroize::Zeroize;
 use std::time::Duration;
 use tokio::task::JoinHandle;
+use zeroize::Zeroize;
 
 /// Longest sleep between two plans, so a changed system clock is noticed within the hour.
 const MAX_SLEEP: i64 = 3600;
@@ -98,6 +98,7 @@ pub fn start(gw: Arc<Gateway>, certs: Arc<Certificates>, opts: AcmeOptions) -> J
         held: BTreeMap::new(),
         backoff: BTreeMap::new(),
         client: None,
+        new_account: false,
         retry_after: RetryAfter::default(),
     };
     manager.sync_from_store();
@@ -117,6 +118,8 @@ struct Manager {
     held: BTreeMap<String, HeldCert>,
     backoff: BTreeMap<String, Backoff>,
     client: Option<AcmeClient>,
+    /// The stored account was refused: make a new one instead of reading it.
+    new_account: bool,
     retry_after: RetryAfter,
 }
 
@@ -267,12 +270,24 @@ impl Manager {
             dns: self.opts.dns.clone(),
         };
         let kind = self.opts.challenge;
-        let issued = self
+        let ordered = self
             .client()
             .await?
             .order(&wanted.identifiers, kind, &installer)
-            .await
-            .map_err(|e| client::with_causes(&e))?;
+            .await;
+        let issued = match ordered {
+            Ok(issued) => issued,
+            Err(e) => {
+                if e.account_gone() {
+                    tracing::warn!(
+                        "ACME: the CA no longer knows the stored account; making a new one"
+                    );
+                    self.client = None;
+                    self.new_account = true;
+                }
+                return Err(client::with_causes(&e));
+            }
+        };
         let loaded = pem::load(issued.chain_pem.as_bytes(), issued.key_pem.as_bytes())
             .map_err(|e| format!("the CA's certificate cannot be used: {e}"))?;
         let stored = StoredCertificate {
@@ -318,10 +333,17 @@ impl Manager {
     async fn client(&mut self) -> Result<&AcmeClient, String> {
         if self.client.is_none() {
             let dir = &self.opts.directory;
-            let stored = self
-                .gw
-                .acme_account(dir)
-                .map_err(|e| format!("ACME account at {dir}: {e}"))?;
+            let stored = match self.new_account {
+                true => None,
+                false => match self.gw.acme_account(dir) {
+                    Ok(stored) => stored,
+                    Err(e @ SealedError::Open { .. }) => {
+                        tracing::warn!("ACME: {e}; making a new account instead");
+                        None
+                    }
+                    Err(e) => return Err(format!("ACME account at {dir}: {e}")),
+                },
+            };
             let (client, new_creds) =
                 AcmeClient::connect(&self.opts, stored.as_deref(), self.retry_after.clone())
                     .await
@@ -335,6 +357,7 @@ impl Manager {
                 }
             }
             self.client = Some(client);
+            self.new_account = false;
         }
         Ok(self.client.as_ref().expect("set above"))
     }
