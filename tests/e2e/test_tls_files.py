@@ -296,16 +296,45 @@ def test_hsts_only_when_asked(start_gateway, tmp_path):
 
     # A value that is not an HSTS policy is refused at start, saying what is expected.
     hsts.stop()
-    bad = subprocess.Popen([hsts.bin("posternd"), "serve", "--data-dir", str(hsts.data_dir),
-                            "--https-listen", f"127.0.0.1:{free_port()}", "--hsts", "includeSubDomains"],
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=hsts.env)
+    assert "max-age" in refused_serve(hsts, ["--hsts", "includeSubDomains"])
+
+
+def refused_serve(gw, args: list[str]) -> str:
+    """Runs ``posternd serve`` on ``gw``'s (stopped) data dir with ``args``, expecting it to
+    refuse to start; returns what it printed."""
+    p = subprocess.Popen([gw.bin("posternd"), "serve", "--data-dir", str(gw.data_dir),
+                          "--https-listen", f"127.0.0.1:{free_port()}", *args],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=gw.env)
     try:
-        out, err = bad.communicate(timeout=20)
+        out, err = p.communicate(timeout=20)
     except subprocess.TimeoutExpired:
-        bad.kill()
-        bad.communicate()
-        raise AssertionError("posternd serve --hsts includeSubDomains started instead of refusing the value")
-    assert bad.returncode != 0 and "max-age" in out + err, (bad.returncode, err)
+        p.kill()
+        p.communicate()
+        raise AssertionError(f"posternd serve {' '.join(args)} started instead of refusing") from None
+    assert p.returncode != 0, (args, out, err)
+    return out + err
+
+
+def test_bad_files_at_start_are_refused_naming_the_file(start_gateway, ca, tmp_path):
+    gw = start_gateway()
+    gw.stop()
+    good = ca.issue(WILDCARD, "ecdsa")
+    other = ca.issue(WILDCARD, "ecdsa")
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate\n")
+    missing = tmp_path / "missing.pem"
+    cases = {
+        "a key of another certificate": (["--tls-cert", str(good.chain), "--tls-key", str(other.key)], good.chain),
+        "not PEM": (["--tls-cert", str(garbage), "--tls-key", str(good.key)], garbage),
+        "a missing file": (["--tls-cert", str(missing), "--tls-key", str(good.key)], missing),
+    }
+    for what, (args, named) in cases.items():
+        text = refused_serve(gw, args)
+        assert str(named) in text, (what, text)
+    # Two certificates and one key cannot be paired.
+    refused_serve(gw, ["--tls-cert", str(good.chain), "--tls-key", str(good.key), "--tls-cert", str(other.chain)])
+    # Nothing was half-started: the same data dir still serves.
+    gw.serve()
 
 
 def _raw_http(port: int, head: bytes, timeout: float = 25.0) -> bytes:
