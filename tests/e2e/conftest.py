@@ -145,7 +145,7 @@ def name_of(item: dict) -> str:
 
 class Gateway:
     def __init__(self, bin_dir: Path, root: Path, extra_args: list[str], max_body: int | None,
-                 upstream_ca: str | None):
+                 upstream_ca: str | None, port: int | None = None, trust: list[str] | None = None):
         self.bin_dir = bin_dir
         self.root = root
         self.data_dir = root / "data"
@@ -156,7 +156,8 @@ class Gateway:
         self.access_log = root / "access.log"
         self.stderr_path = root / "posternd.stderr"
         self.domain = DOMAIN
-        self.port = free_port()
+        self.port = port or free_port()
+        self.trust = list(trust or [])
         self.extra_args = extra_args
         self.max_body = max_body
         self.upstream_ca = upstream_ca
@@ -196,7 +197,14 @@ class Gateway:
         r = self.init()
         assert r.returncode == 0, f"posternd init failed ({r.returncode}):\n{r.stdout}\n{r.stderr}"
         self.init_output = parse_json(r.stdout, "posternd init -o json")
-        self.ca = str(self.init_output["caCert"])
+        self.internal_ca = str(self.init_output["caCert"])
+        self.ca = self.internal_ca
+        if self.trust:
+            # The gateway may serve certificates of other CAs (files, ACME): the test's own
+            # clients trust the internal CA and those, the CLI through its saved --ca-file.
+            bundle = self.root / "trusted-cas.pem"
+            bundle.write_text("".join(Path(p).read_text() for p in [self.internal_ca, *self.trust]))
+            self.ca = str(bundle)
         self.admin_token = self.init_output["adminToken"]
         self.serve()
         self.login(self.admin_token)
@@ -366,14 +374,18 @@ class Gateway:
 
 @pytest.fixture
 def start_gateway(bin_dir, tmp_path, request):
-    """Factory: ``start_gateway(extra_args=[...], max_body=N, upstream_ca=...)``."""
+    """Factory: ``start_gateway(extra_args=[...], max_body=N, upstream_ca=..., port=N,
+    trust=[CA files])``. ``port`` fixes the HTTPS port (an ACME CA must know it before the
+    gateway starts); ``trust`` adds CAs the test's clients and the CLI trust besides the
+    internal one (``gw.ca`` is then a bundle; ``gw.internal_ca`` stays the internal CA)."""
     started: list[Gateway] = []
 
     def start(extra_args: list[str] | None = None, max_body: int | None = None,
-              upstream_ca: str | None = None) -> Gateway:
+              upstream_ca: str | None = None, port: int | None = None,
+              trust: list[str] | None = None) -> Gateway:
         root = tmp_path / f"gw{len(started)}"
         root.mkdir()
-        gw = Gateway(bin_dir, root, list(extra_args or []), max_body, upstream_ca)
+        gw = Gateway(bin_dir, root, list(extra_args or []), max_body, upstream_ca, port, trust)
         started.append(gw)
         return gw.start()
 
