@@ -256,16 +256,12 @@ def test_service_not_covered_is_reported(start_gateway, ca):
         assert col.get("gemini") == "file", col
         assert tls_status(gw, "gemini").get("source") == "file"
         assert tls_status(gw, "gemini").get("notAfter"), tls_status(gw, "gemini")
-        # `other` is served either with the internal CA's certificate (init made one and it
-        # covers *.DOMAIN: `internal-ca`) or, with none, with the first file's (`none`); the
-        # report says which, and the handshake agrees with it.
-        assert col.get("other") in ("internal-ca", "none"), col
-        assert tls_status(gw, "other").get("source") == col["other"]
-        if col["other"] == "internal-ca":
-            served(gw.port, f"other.{DOMAIN}", cafile=gw.internal_ca)
-            assert "served with the internal CA's certificate" in gw.stderr()
-        else:
-            assert served(gw.port, f"other.{DOMAIN}").serial_number == pair.serial
+        # `init` made the internal CA, whose certificate covers *.DOMAIN and stays the fallback
+        # beside the operator's files: `other` is reported and served as `internal-ca`.
+        assert col.get("other") == "internal-ca", col
+        assert tls_status(gw, "other").get("source") == "internal-ca"
+        served(gw.port, f"other.{DOMAIN}", cafile=gw.internal_ca)
+        assert f"serving other.{DOMAIN} with the internal CA's certificate" in gw.stderr()
 
         # At startup too, for the Services already in the store.
         gw.stop()
