@@ -134,7 +134,8 @@ class CliLogin:
         env.procs.append(self.proc)
         self.lines: queue.Queue[str] = queue.Queue()
         self.err: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
 
     def _read(self) -> None:
         for line in self.proc.stderr:
@@ -154,8 +155,13 @@ class CliLogin:
         raise AssertionError(f"no sign-in address on stderr after {WAIT}s: {self.err}")
 
     def finish(self) -> tuple[int, str, str]:
-        out, _ = self.proc.communicate(timeout=WAIT)
-        time.sleep(0.1)
+        # stdout only: stderr belongs to the reader thread (communicate() would race it for
+        # the same pipe and could swallow the lines the test checks).
+        # (What login prints on stdout is a few lines: it fits the pipe while we wait.)
+        self.proc.wait(timeout=WAIT)
+        out = self.proc.stdout.read()
+        # All of stderr is read once the reader sees its end (the process has exited).
+        self.reader.join(timeout=WAIT)
         while not self.lines.empty():
             self.err.append(self.lines.get())
         return self.proc.returncode, out, "".join(self.err)
