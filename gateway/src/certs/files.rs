@@ -166,10 +166,11 @@ fn certbot_pair(dir: &Path) -> Option<FilePair> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn write_pair(dir: &Path, stem: &str, names: &[&str]) -> FilePair {
+    /// Writes a self-signed pair for `names` as `dir/stem.pem` and `dir/stem.key`.
+    pub(crate) fn write_pair(dir: &Path, stem: &str, names: &[&str]) -> FilePair {
         let key = rcgen::KeyPair::generate().unwrap();
         let cert =
             rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
@@ -185,7 +186,8 @@ mod tests {
         pair
     }
 
-    fn tempdir(tag: &str) -> PathBuf {
+    /// A fresh scratch directory for one test.
+    pub(crate) fn tempdir(tag: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("postern-certs-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).unwrap();

@@ -180,28 +180,7 @@ async fn handshake(
     Ok((names, conn.alpn_protocol().map(|p| p.to_vec())))
 }
 
-fn write(dir: &std::path::Path, stem: &str, names: &[&str]) -> FilePair {
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert =
-        rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-            .unwrap()
-            .self_signed(&key)
-            .unwrap();
-    let pair = FilePair {
-        cert: dir.join(format!("{stem}.pem")),
-        key: dir.join(format!("{stem}.key")),
-    };
-    std::fs::write(&pair.cert, cert.pem()).unwrap();
-    std::fs::write(&pair.key, key.serialize_pem()).unwrap();
-    pair
-}
-
-fn scratch(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("postern-resolver-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
+use super::files::tests::{tempdir as scratch, write_pair as write};
 
 #[tokio::test]
 async fn handshakes_pick_by_sni_and_acme_tls_alpn_gets_only_the_challenge() {
