@@ -298,6 +298,8 @@ fn init(a: InitArgs) -> Result<()> {
 }
 
 async fn serve(a: ServeArgs) -> Result<()> {
+    // Flag mistakes are reported before anything is opened or bound.
+    a.acme.clone().into_options()?;
     let dd = DataDir::new(&a.data_dir);
     let config = dd.load_config()?;
     let secretbox = SecretBox::load(&dd.secret_key())?;
