@@ -3,5 +3,6 @@
 
 pub mod api;
 pub mod netstack;
+pub mod path;
 pub mod resources;
 pub mod wireguard;

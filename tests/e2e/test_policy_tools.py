@@ -148,3 +148,36 @@ def test_case_file_parse_error_names_file_and_line(gateway):
                     check=False)
     assert r.returncode != 0
     assert f"{bad}:5" in r.stderr and "cases[0].expect" in r.stderr, r.stderr
+
+
+def test_explain_sees_the_normalised_path_like_a_real_request(myapi):
+    """A rule on the path judges the path the gateway would see: an encoded or dotted spelling
+    of a denied path is denied by explain as by the gateway, and a path the gateway refuses
+    with 400 is reported as such instead of being evaluated."""
+    myapi.gw.apply_text("""\
+kind: Policy
+metadata: {name: no-admin}
+spec:
+  global: true
+  rules:
+    - name: admin-path
+      effect: DENY
+      priority: -4
+      condition:
+        match: ctx.request.http.path.startsWith("/v1/admin/")
+""", "no-admin.yaml")
+    body = chat_body(**GOOD)
+    f = myapi.gw.write(json.dumps(body), "body.json")
+    for path in ("/v1/%61dmin/x", "/v1/chat/../admin/x", "/v1//admin/x"):
+        out = myapi.gw.ctl("policy", "explain", "--user", "ci-bot", "--service", "my-api", "--method", "POST",
+                           "--path", path, "--body", str(f)).stdout
+        assert "Decision: DENY by policy no-admin rule admin-path" in out, (path, out)
+        token = myapi.gw.token(*myapi.creds["ci-bot"])
+        r = myapi.gw.curl("-X", "POST", "--path-as-is", "-H", f"Authorization: Bearer {token}",
+                          "-H", "Content-Type: application/json", "--data-binary", json.dumps(body),
+                          myapi.gw.url("my-api", path))
+        assert r.status == 403, (path, r.status, r.body)
+    r = myapi.gw.ctl("policy", "explain", "--user", "ci-bot", "--service", "my-api",
+                     "--path", "/v1/admin;x/y", check=False)
+    assert r.returncode != 0 and "400" in r.stderr and "/v1/admin;x/y" in r.stderr, r
+    assert not myapi.up.requests, "nothing reached the upstream"

@@ -32,6 +32,16 @@ pub enum ScenarioError {
     /// No Service of that name.
     #[error("Service {0:?} not found in the resources")]
     UnknownService(String),
+    /// A path the gateway refuses with 400 before any policy runs.
+    #[error(
+        "path {path:?} is refused by the gateway (400) before any policy is evaluated: {reason}"
+    )]
+    Path {
+        /// The path as given.
+        path: String,
+        /// Why it is refused.
+        reason: String,
+    },
     /// A header name or value HTTP does not allow.
     #[error("invalid header {name:?}: {message}")]
     Header {
@@ -290,9 +300,15 @@ fn build_ctx(
             .map(|b| b.to_string().len() as u64)
             .unwrap_or(0)
     });
+    // Rules see the path the gateway would: normalised the same way, or refused.
+    let given = req.path.as_deref().unwrap_or("/");
+    let path = postern_common::path::normalize(given).map_err(|e| ScenarioError::Path {
+        path: given.to_string(),
+        reason: e.to_string(),
+    })?;
     let facts = RequestFacts {
         method: req.method.as_deref().unwrap_or("GET"),
-        path: req.path.as_deref().unwrap_or("/"),
+        path: &path,
         host: req.host.as_deref().unwrap_or(service_name),
         scheme: "https",
         headers: &headers,

@@ -241,3 +241,47 @@ fn a_case_session_defaults_like_the_gateways_sessions() {
     assert_eq!(c.identity_provider.as_deref(), Some("corp"));
     assert_eq!(c.claims["groups"][0], "eng");
 }
+
+#[test]
+fn rules_see_the_path_the_gateway_would_and_refused_paths_are_errors() {
+    let docs = parse_documents(
+        "r.yaml",
+        "kind: User
+metadata: {name: bot}
+spec: {type: WORKLOAD}
+---
+kind: Service
+metadata: {name: api}
+spec:
+  config: {upstream: {url: 'http://up'}}
+  authorization:
+    inlinePolicies:
+      - spec:
+          rules:
+            - {effect: ALLOW, condition: {match: 'ctx.request.http.path == \"/admin/\"'}}
+",
+    )
+    .unwrap();
+    let world = PolicyWorld::build(docs.into_iter().map(|d| d.resource)).unwrap();
+    let scenario = |path: &str| Scenario {
+        user: "bot".into(),
+        service: "api".into(),
+        request: RequestSpec {
+            path: Some(path.into()),
+            ..RequestSpec::default()
+        },
+        session: Default::default(),
+    };
+    for path in ["/%61dmin/", "/x/../admin/", "//admin//"] {
+        let e = world.prepare(&scenario(path)).unwrap().explain();
+        assert_eq!(e.decision.effect, Effect::Allow, "{path}: {e:?}");
+    }
+    for path in ["/%2e%2e%2fadmin", "/admin;x", "/a%252e", "/a\\b"] {
+        let err = world.prepare(&scenario(path)).err().expect(path);
+        assert!(
+            matches!(&err, ScenarioError::Path { path: p, .. } if p == path),
+            "{path}: {err}"
+        );
+        assert!(err.to_string().contains("400"), "{err}");
+    }
+}
