@@ -218,6 +218,26 @@ def test_disabling_the_user_signs_the_browser_out(signin_env):
     assert len(env.svc.requests) == before
 
 
+def test_changing_the_users_email_signs_the_person_out(signin_env):
+    """The email links a User to a person: when it changes, the Sessions the old person signed
+    in end; a change of case is the same address, and the User's credentials keep working."""
+    env = signin_env
+    token = env.gw.token(*env.gw.create_oauth2("alice"))
+
+    def signed_in_sessions() -> list[dict]:
+        return [s for s in env.sessions("alice") if s.get("authentication", {}).get("identityProvider")]
+
+    with env.browser() as b:
+        cookie = signed_in(env, b)
+        assert len(signed_in_sessions()) == 1
+        env.gw.apply_text(human("alice", "ALICE@corp.example"))
+        assert env.api(env.url("/same"), cookie=cookie).status_code == 200
+        env.gw.apply_text(human("alice", "alice.new@corp.example"))
+        assert_signed_out(env, b, cookie)
+    assert signed_in_sessions() == []
+    assert env.api(env.url("/credential"), bearer=token).status_code == 200
+
+
 def test_policies_read_the_browser_session(signin_env):
     env = signin_env
     cond = ('ctx.session.spec.kind == "browser" && ctx.session.spec.authentication.method == "oidc"'

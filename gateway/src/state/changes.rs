@@ -57,6 +57,16 @@ pub struct LoginOutcome {
     pub user: String,
 }
 
+/// Whether User `name` had another email (ignoring case) in `before`; a new User has none.
+fn email_changed(before: &Snapshot, name: &str, email: Option<&str>) -> bool {
+    let old = match before.resources.get(&(Kind::User, name.to_string())) {
+        Some(Resource::User { spec, .. }) => spec.email.as_deref(),
+        _ => return false,
+    };
+    let lower = |e: Option<&str>| e.map(str::to_ascii_lowercase);
+    lower(old) != lower(email)
+}
+
 fn join(errors: &[BuildError]) -> String {
     errors
         .iter()
@@ -190,11 +200,19 @@ impl Gateway {
             self.store.upsert_resources(&changed)?;
             // A disabled User's Sessions end: signing in again is refused while disabled, and
             // enabling the User later brings no old Session back.
+            // A User whose email changed is linked to another person: the Sessions the old
+            // person signed in end (those of its credentials stay).
             for r in &changed {
                 if let Resource::User { metadata, spec } = r {
                     if spec.is_disabled {
                         self.store.delete_sessions_of_user(&metadata.name)?;
                         self.remove_sessions_where(|s| s.user == metadata.name);
+                    } else if email_changed(&current, &metadata.name, spec.email.as_deref()) {
+                        self.store
+                            .delete_signed_in_sessions_of_user(&metadata.name)?;
+                        self.remove_sessions_where(|s| {
+                            s.user == metadata.name && s.authentication.identity_provider.is_some()
+                        });
                     }
                 }
             }

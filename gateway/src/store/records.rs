@@ -205,6 +205,15 @@ impl Store {
         )?)
     }
 
+    /// Deletes every session of `user` signed in through an IdentityProvider (when the
+    /// User's email, the link to the person, changes); returns how many.
+    pub fn delete_signed_in_sessions_of_user(&self, user: &str) -> Result<usize, StoreError> {
+        Ok(self.lock().execute(
+            "DELETE FROM sessions WHERE user = ?1 AND identity_provider IS NOT NULL",
+            params![user],
+        )?)
+    }
+
     /// Deletes every session created by `credential` (when it is deleted); returns how many.
     pub fn delete_sessions_of_credential(&self, credential: &str) -> Result<usize, StoreError> {
         Ok(self.lock().execute(
