@@ -302,6 +302,10 @@ async fn serve(a: ServeArgs) -> Result<()> {
     a.acme.clone().into_options()?;
     let dd = DataDir::new(&a.data_dir);
     let config = dd.load_config()?;
+    // Certificate files are checked before the store is opened, so a bad one changes nothing.
+    let setup = a.tls.file_setup(&config)?;
+    let certs = Certificates::new(config.domain.clone(), setup.files, setup.internal)
+        .context("loading the TLS certificates")?;
     let secretbox = SecretBox::load(&dd.secret_key())?;
     let signer = TokenSigner::load(&dd.signing_key())?;
     let store = Store::open(&dd.database())?;
@@ -400,9 +404,6 @@ async fn serve(a: ServeArgs) -> Result<()> {
             );
         }
     }
-    let setup = a.tls.file_setup(&config)?;
-    let certs = Certificates::new(config.domain.clone(), setup.files, setup.internal)
-        .context("loading the TLS certificates")?;
     let _ = gw.certs.set(certs.clone());
     let tls = certs.server_config()?;
     tokio::spawn(postern_gateway::certs::watch::reload_files(certs.clone()));

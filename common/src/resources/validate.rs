@@ -140,8 +140,8 @@ pub fn validate(r: &Resource) -> Vec<FieldError> {
 }
 
 /// `name@domain` with no spaces or control characters: enough to catch a typo; the
-/// IdentityProvider is what proves an address.
-fn is_plausible_email(s: &str) -> bool {
+/// IdentityProvider (or the ACME CA) is what proves an address.
+pub fn is_plausible_email(s: &str) -> bool {
     match s.split_once('@') {
         Some((local, domain)) => {
             !local.is_empty()

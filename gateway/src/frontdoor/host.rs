@@ -28,6 +28,14 @@ pub enum HostError {
     Mismatch,
 }
 
+/// The Service label a host names under `domain` (`gemini` for `gemini.example.com`): exactly
+/// one non-empty label, else `None` (the domain itself, deeper names, other domains).
+pub fn service_label<'a>(host: &'a str, domain: &str) -> Option<&'a str> {
+    host.strip_suffix(domain)
+        .and_then(|h| h.strip_suffix('.'))
+        .filter(|label| !label.is_empty() && !label.contains('.'))
+}
+
 /// The request's host name: lowercase, without port, userinfo or trailing dot.
 pub fn request_host(
     authority: Option<&Authority>,
@@ -65,6 +73,16 @@ fn canonical(host: &str) -> String {
 mod tests {
     use super::*;
     use http::HeaderMap;
+
+    #[test]
+    fn a_service_label_is_exactly_one_label_under_the_domain() {
+        assert_eq!(service_label("gemini.p.test", "p.test"), Some("gemini"));
+        assert_eq!(service_label("p.test", "p.test"), None);
+        assert_eq!(service_label(".p.test", "p.test"), None);
+        assert_eq!(service_label("a.b.p.test", "p.test"), None);
+        assert_eq!(service_label("gemini.xp.test", "p.test"), None);
+        assert_eq!(service_label("geminip.test", "p.test"), None);
+    }
 
     fn run(authority: Option<&str>, hosts: &[&str]) -> Result<String, HostError> {
         let mut h = HeaderMap::new();

@@ -188,15 +188,12 @@ async fn route(gw: Arc<Gateway>, req: ClientRequest, peer: SocketAddr) -> Respon
     if host == gw.domain {
         return control_plane(&gw, req).await;
     }
-    match host
-        .strip_suffix(gw.domain.as_str())
-        .and_then(|h| h.strip_suffix('.'))
-    {
-        Some(label) if !label.is_empty() && !label.contains('.') => {
+    match host::service_label(&host, &gw.domain) {
+        Some(label) => {
             let label = label.to_string();
             pipeline::handle(gw, &label, req, peer).await
         }
-        _ => respond::not_found(),
+        None => respond::not_found(),
     }
 }
 

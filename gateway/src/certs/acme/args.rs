@@ -187,20 +187,12 @@ pub fn directory_url(v: &str) -> Result<String, AcmeConfigError> {
 /// A plausible single address: what a `mailto:` contact can carry without escaping.
 pub fn email(v: &str) -> Result<&str, AcmeConfigError> {
     let v = v.trim();
-    let ok = match v.split_once('@') {
-        Some((local, domain)) => {
-            !local.is_empty()
-                && domain.contains('.')
-                && !domain.starts_with('.')
-                && !domain.ends_with('.')
-                && !domain.contains('@')
-                && v.len() <= 254
-                && v.chars().all(|c| {
-                    c.is_ascii_graphic() && !matches!(c, ',' | '?' | '&' | '<' | '>' | '"' | '\\')
-                })
-        }
-        None => false,
-    };
+    // Beyond a plausible address: nothing a `mailto:` URI would need to escape.
+    let ok = postern_common::resources::validate::is_plausible_email(v)
+        && v.len() <= 254
+        && v.chars().all(|c| {
+            c.is_ascii_graphic() && !matches!(c, ',' | '?' | '&' | '<' | '>' | '"' | '\\')
+        });
     if ok {
         Ok(v)
     } else {

@@ -133,11 +133,7 @@ pub fn respond(
 
 /// DOMAIN itself or one label under it.
 fn ours(host: &str, domain: &str) -> bool {
-    host == domain
-        || host
-            .strip_suffix(domain)
-            .and_then(|h| h.strip_suffix('.'))
-            .is_some_and(|label| !label.is_empty() && !label.contains('.'))
+    host == domain || crate::frontdoor::host::service_label(host, domain).is_some()
 }
 
 /// A token is base64url (RFC 8555 section 8.3).
