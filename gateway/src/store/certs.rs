@@ -1,7 +1,7 @@
 //! ACME accounts and the certificates ACME issued. The store holds the sealed bytes only; the
 //! Gateway seals and opens them (`state::certs`), so this file never sees a private key.
 
-use super::{Store, StoreError};
+use super::{SqliteStore, StoreError};
 use rusqlite::{params, OptionalExtension};
 
 /// A certificate ACME issued, as stored.
@@ -22,7 +22,7 @@ pub struct StoredCertificate {
     pub directory: String,
 }
 
-impl Store {
+impl SqliteStore {
     /// Saves (or replaces) the sealed credentials of the account at `directory`.
     pub fn put_acme_account(&self, directory: &str, sealed: &[u8]) -> Result<(), StoreError> {
         self.lock().execute(
@@ -43,6 +43,15 @@ impl Store {
                 |r| r.get(0),
             )
             .optional()?)
+    }
+
+    /// Every ACME account: directory, sealed credentials, creation (Unix seconds).
+    pub fn list_acme_accounts(&self) -> Result<Vec<(String, Vec<u8>, i64)>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare("SELECT directory, sealed, created FROM acme_accounts ORDER BY directory")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// Saves (or replaces, by name) an issued certificate.
@@ -131,7 +140,7 @@ mod tests {
 
     #[test]
     fn certificates_are_replaced_by_name_listed_and_deleted() {
-        let s = Store::open_in_memory().unwrap();
+        let s = SqliteStore::open_in_memory().unwrap();
         s.put_certificate(&cert("b.test", 100)).unwrap();
         s.put_certificate(&cert("a.test", 100)).unwrap();
         s.put_certificate(&cert("a.test", 200)).unwrap();
@@ -145,7 +154,7 @@ mod tests {
 
     #[test]
     fn accounts_are_kept_per_directory() {
-        let s = Store::open_in_memory().unwrap();
+        let s = SqliteStore::open_in_memory().unwrap();
         assert_eq!(s.get_acme_account("https://a/dir").unwrap(), None);
         s.put_acme_account("https://a/dir", b"one").unwrap();
         s.put_acme_account("https://a/dir", b"two").unwrap();

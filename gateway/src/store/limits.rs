@@ -1,11 +1,11 @@
 //! Rate-limit and budget counters: written in batches by the limiter's flush, read at start.
 
-use super::{Store, StoreError};
+use super::{SqliteStore, StoreError};
 use crate::limits::counters::CounterRow;
 use crate::limits::window::Window;
 use rusqlite::params;
 
-impl Store {
+impl SqliteStore {
     /// Upserts `rows` and deletes counters whose window ended at or before `now`, in one
     /// transaction.
     pub fn save_limit_counters(&self, rows: &[CounterRow], now: i64) -> Result<(), StoreError> {
@@ -58,7 +58,7 @@ mod tests {
 
     #[test]
     fn save_load_prune() {
-        let store = Store::open_in_memory().unwrap();
+        let store = SqliteStore::open_in_memory().unwrap();
         let row = |key: &str, start, end, used| CounterRow {
             key: key.into(),
             window: Window { start, end },

@@ -1,23 +1,28 @@
 //! The durable record of the gateway: declared resources, sealed Secrets, Credentials (as
-//! hashes) and Sessions, in one SQLite file.
+//! hashes), Sessions, usage, limit counters and certificates.
 //!
-//! The API is synchronous. Callers on tokio use `spawn_blocking` (or call directly for rare
-//! admin writes); the request hot path never reads the store, it reads the in-memory state.
+//! [`StoreBackend`] is the interface; SQLite (one file, the default) and PostgreSQL (shared by
+//! several gateways) implement it. The request hot path never reads the store: it reads the
+//! in-memory state, and [`feed`] tells a gateway what other gateways changed.
 
 mod certs;
+pub mod dump;
+pub mod feed;
 mod limits;
 mod records;
 mod schema;
 mod sqlite;
+mod sqlite_backend;
 #[cfg(test)]
 mod tests;
 pub mod usage;
 
 pub use certs::StoredCertificate;
+pub use sqlite::SqliteStore;
 
-use postern_common::resources::{CredentialInfo, Kind};
+use crate::limits::counters::CounterRow;
+use postern_common::resources::{CredentialInfo, Kind, Resource, SecretInfo, SessionInfo};
 use std::path::PathBuf;
-use std::sync::Mutex;
 
 /// Why a store operation failed. Messages say what to do about it.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +60,26 @@ pub enum StoreError {
     /// SQLite reported an error.
     #[error("database error: {0}; check disk space and file permissions of the data directory")]
     Database(#[from] rusqlite::Error),
+    /// The database cannot be reached (connection refused or lost, timed out). Reads of the
+    /// in-memory state go on; changes are refused until it is back.
+    #[error("the store ({backend}) is unreachable: {reason}; changes are refused until it answers again (check the database server and the network to it)")]
+    Unavailable {
+        backend: &'static str,
+        reason: String,
+    },
+    /// PostgreSQL refused a statement.
+    #[error("PostgreSQL error: {0}; check the server log and the role's privileges")]
+    Postgres(String),
+    /// `import` into a store that already holds data, without `replace`.
+    #[error("the target store is not empty ({what}); pass --force to replace what it holds, or point at an empty database")]
+    NotEmpty { what: String },
+}
+
+impl StoreError {
+    /// The database could not be reached: the caller should answer 503 and retry later.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Unavailable { .. })
+    }
 }
 
 /// A credential as stored: its public info plus the hash of its secret.
@@ -69,14 +94,170 @@ pub struct CredentialRecord {
     pub secret_hash: [u8; 32],
 }
 
-/// The SQLite-backed store. One connection behind a mutex: writes are rare and short, and
-/// SQLite serialises writers anyway.
+/// The store interface: everything the gateway keeps durably, whichever database holds it.
+///
+/// Two backends implement it: [`SqliteStore`] (the default, one file in the data directory)
+/// and `PgStore` (PostgreSQL, shared by several gateways). The API is synchronous: callers on
+/// tokio use `spawn_blocking`, or call directly for rare admin writes. The request hot path
+/// never calls it; it reads the in-memory state, which [`StoreBackend::subscribe`] keeps in
+/// step with writes made by other gateways.
+pub trait StoreBackend: Send + Sync {
+    /// `sqlite` or `postgres`, for logs, `/healthz` and errors.
+    fn backend_name(&self) -> &'static str;
+
+    /// Whether other gateways may write the same store (so changes arrive through
+    /// [`StoreBackend::subscribe`] and limits must be shared).
+    fn is_shared(&self) -> bool {
+        false
+    }
+
+    /// Checks that the database answers (for `/healthz`); `Unavailable` when it does not.
+    fn ping(&self) -> Result<(), StoreError>;
+
+    /// The changes other gateways write, as they commit; `None` for a store no one else
+    /// writes. Called once, at startup, from within the tokio runtime.
+    fn subscribe(&self) -> Option<tokio::sync::mpsc::Receiver<feed::FeedEvent>> {
+        None
+    }
+
+    // Declared resources and Secrets.
+
+    /// Every declared resource (Service, User, Group, Policy, ...), ordered by kind then name.
+    fn list_resources(&self) -> Result<Vec<Resource>, StoreError>;
+    /// Upserts all of `resources` in one transaction (all or nothing) and returns them as
+    /// stored. `created_at` of existing rows is kept; `updated_at` is set to now (RFC 3339
+    /// UTC) unless the resource is unchanged apart from those server-set fields.
+    fn upsert_resources(&self, resources: &[Resource]) -> Result<Vec<Resource>, StoreError>;
+    /// Deletes one declared resource; `NotFound` if absent. Deleting a User deletes its
+    /// Credentials and Sessions in the same transaction.
+    fn delete_resource(&self, kind: Kind, name: &str) -> Result<(), StoreError>;
+    /// Stores a Secret's ciphertext. `AlreadyExists` if the name is taken, unless
+    /// `overwrite`, which replaces the value and keeps `created_at`.
+    fn put_secret(&self, name: &str, ciphertext: &[u8], overwrite: bool) -> Result<(), StoreError>;
+    /// Every Secret with its ciphertext, ordered by name.
+    fn list_secrets(&self) -> Result<Vec<(SecretInfo, Vec<u8>)>, StoreError>;
+    /// Deletes a Secret; `NotFound` if absent.
+    fn delete_secret(&self, name: &str) -> Result<(), StoreError>;
+
+    // Credentials and Sessions.
+
+    /// Stores a new credential. `AlreadyExists` if the name is taken; `DuplicateLookupId` if
+    /// its lookup id is.
+    fn insert_credential(&self, c: &CredentialRecord) -> Result<(), StoreError>;
+    /// Every credential, ordered by name.
+    fn list_credentials(&self) -> Result<Vec<CredentialRecord>, StoreError>;
+    /// The credential with this lookup id (client id or auth-token id).
+    fn get_credential_by_lookup_id(
+        &self,
+        lookup_id: &str,
+    ) -> Result<Option<CredentialRecord>, StoreError>;
+    /// Deletes a credential and the Sessions it made, in one transaction; `NotFound` if absent.
+    fn delete_credential(&self, name: &str) -> Result<(), StoreError>;
+    /// Deletes every credential of `user`; returns how many.
+    fn delete_credentials_of_user(&self, user: &str) -> Result<usize, StoreError>;
+    /// Stores a new Session; `AlreadyExists` if the name is taken.
+    fn insert_session(&self, s: &SessionInfo) -> Result<(), StoreError>;
+    /// Every Session, ordered by name.
+    fn list_sessions(&self) -> Result<Vec<SessionInfo>, StoreError>;
+    /// One Session by name, for a gateway that has not heard of it yet.
+    fn get_session(&self, name: &str) -> Result<Option<SessionInfo>, StoreError>;
+    /// Deletes one Session; `NotFound` if absent.
+    fn delete_session(&self, name: &str) -> Result<(), StoreError>;
+    /// Deletes Sessions that expired at or before `now_rfc3339`; returns how many.
+    fn delete_expired_sessions(&self, now_rfc3339: &str) -> Result<usize, StoreError>;
+    /// Deletes every Session of `user`; returns how many.
+    fn delete_sessions_of_user(&self, user: &str) -> Result<usize, StoreError>;
+    /// Deletes every Session signed in through IdentityProvider `idp`; returns how many.
+    fn delete_sessions_of_identity_provider(&self, idp: &str) -> Result<usize, StoreError>;
+    /// Deletes the Sessions of `user` signed in through any IdentityProvider.
+    fn delete_signed_in_sessions_of_user(&self, user: &str) -> Result<usize, StoreError>;
+    /// Deletes every Session made with `credential`; returns how many.
+    fn delete_sessions_of_credential(&self, credential: &str) -> Result<usize, StoreError>;
+
+    // Usage and limit counters.
+
+    /// Inserts usage rows in one transaction.
+    fn insert_usage(&self, rows: &[usage::UsageRow]) -> Result<(), StoreError>;
+    /// Totals per `by` over the rows at or after `since`, largest total first.
+    fn usage_totals(
+        &self,
+        by: usage::UsageKey,
+        since: &str,
+    ) -> Result<Vec<usage::UsageTotals>, StoreError>;
+    /// Total tokens per (UTC day, model) at or after `since`, of one `user` or everyone.
+    fn usage_daily(
+        &self,
+        user: Option<&str>,
+        since: &str,
+    ) -> Result<Vec<(String, String, u64)>, StoreError>;
+    /// Every usage row, oldest first (for `posternd migrate`).
+    fn list_usage(&self) -> Result<Vec<usage::UsageRow>, StoreError>;
+    /// Upserts limit counters and prunes those whose window ended at or before `now`.
+    fn save_limit_counters(&self, rows: &[CounterRow], now: i64) -> Result<(), StoreError>;
+    /// Limit counters whose window is still open at `now`.
+    fn load_limit_counters(&self, now: i64) -> Result<Vec<CounterRow>, StoreError>;
+
+    // Certificates.
+
+    /// Saves (or replaces) the sealed credentials of the ACME account at `directory`.
+    fn put_acme_account(&self, directory: &str, sealed: &[u8]) -> Result<(), StoreError>;
+    /// The sealed credentials of the ACME account at `directory`.
+    fn get_acme_account(&self, directory: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Every ACME account: directory, sealed credentials, creation (Unix seconds).
+    fn list_acme_accounts(&self) -> Result<Vec<(String, Vec<u8>, i64)>, StoreError>;
+    /// Saves (or replaces by name) a certificate ACME issued.
+    fn put_certificate(&self, c: &StoredCertificate) -> Result<(), StoreError>;
+    /// Every stored certificate.
+    fn list_certificates(&self) -> Result<Vec<StoredCertificate>, StoreError>;
+    /// Deletes a stored certificate (absent is fine).
+    fn delete_certificate(&self, name: &str) -> Result<(), StoreError>;
+
+    // Moving an install.
+
+    /// Writes every row of `dump` into this store in one transaction, keeping timestamps.
+    /// Refuses (`NotEmpty`) unless the store holds nothing or `replace` is set, in which
+    /// case everything it held is deleted first.
+    fn import(&self, dump: &dump::Dump, replace: bool) -> Result<(), StoreError>;
+}
+
+/// The gateway's store: one backend behind the [`StoreBackend`] interface.
 pub struct Store {
-    conn: Mutex<rusqlite::Connection>,
+    backend: Box<dyn StoreBackend>,
+}
+
+impl Store {
+    /// Opens (creating with mode 0600 if absent) the SQLite database at `path`.
+    pub fn open(path: &std::path::Path) -> Result<Store, StoreError> {
+        Ok(Store::from_backend(SqliteStore::open(path)?))
+    }
+
+    /// A private in-memory SQLite database, for tests and dry runs.
+    pub fn open_in_memory() -> Result<Store, StoreError> {
+        Ok(Store::from_backend(SqliteStore::open_in_memory()?))
+    }
+
+    /// Wraps any backend.
+    pub fn from_backend(backend: impl StoreBackend + 'static) -> Store {
+        Store {
+            backend: Box::new(backend),
+        }
+    }
+
+    /// Every row of the store, for `posternd migrate` and its count check.
+    pub fn export(&self) -> Result<dump::Dump, StoreError> {
+        dump::Dump::read(self.backend.as_ref())
+    }
+}
+
+impl std::ops::Deref for Store {
+    type Target = dyn StoreBackend;
+    fn deref(&self) -> &Self::Target {
+        self.backend.as_ref()
+    }
 }
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Store(sqlite)")
+        write!(f, "Store({})", self.backend.backend_name())
     }
 }

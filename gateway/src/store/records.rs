@@ -1,53 +1,24 @@
 //! Credentials (stored as hashes) and Sessions: server-managed records, never declared in YAML.
 
 use super::sqlite::{expect_one, is_constraint};
-use super::{CredentialRecord, Store, StoreError};
+use super::{CredentialRecord, SqliteStore, StoreError};
 use postern_common::resources::{
     Authentication, CredentialInfo, CredentialType, Kind, SessionInfo, SessionKind, SessionType,
 };
 use rusqlite::ffi::{SQLITE_CONSTRAINT_PRIMARYKEY, SQLITE_CONSTRAINT_UNIQUE};
-use rusqlite::{params, OptionalExtension, Row, TransactionBehavior};
+use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 
 const CREDENTIAL_COLUMNS: &str =
     "name, user, type, client_id, lookup_id, secret_hash, created_at, expires_at";
 
-impl Store {
+const SESSION_COLUMNS: &str =
+    "name, user, type, credential, created_at, expires_at, kind, authentication";
+
+impl SqliteStore {
     /// Stores a new credential. `AlreadyExists` if the name is taken; `DuplicateLookupId` if
     /// its lookup id is (which only happens if ids are not random).
     pub fn insert_credential(&self, c: &CredentialRecord) -> Result<(), StoreError> {
-        parse_rfc3339("createdAt", &c.info.created_at)?;
-        if let Some(expires_at) = &c.info.expires_at {
-            parse_rfc3339("expiresAt", expires_at)?;
-        }
-        let conn = self.lock();
-        conn.execute(
-            &format!("INSERT INTO credentials ({CREDENTIAL_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"),
-            params![
-                c.info.name,
-                c.info.user,
-                c.info.credential_type.as_str(),
-                c.info.client_id,
-                c.lookup_id,
-                &c.secret_hash[..],
-                c.info.created_at,
-                c.info.expires_at,
-            ],
-        )
-        .map_err(|e| {
-            if is_constraint(&e, SQLITE_CONSTRAINT_PRIMARYKEY) {
-                StoreError::AlreadyExists {
-                    kind: Kind::Credential,
-                    name: c.info.name.clone(),
-                }
-            } else if is_constraint(&e, SQLITE_CONSTRAINT_UNIQUE) {
-                StoreError::DuplicateLookupId {
-                    lookup_id: c.lookup_id.clone(),
-                }
-            } else {
-                e.into()
-            }
-        })?;
-        Ok(())
+        insert_credential_row(&self.lock(), c)
     }
 
     /// Every credential, ordered by name, for building the in-memory state.
@@ -100,75 +71,30 @@ impl Store {
     /// Stores a new session. `AlreadyExists` if the name is taken; `InvalidTimestamp` unless
     /// both timestamps are RFC 3339.
     pub fn insert_session(&self, s: &SessionInfo) -> Result<(), StoreError> {
-        parse_rfc3339("createdAt", &s.created_at)?;
-        let expires_unix = parse_rfc3339("expiresAt", &s.expires_at)?;
-        let conn = self.lock_relaxed();
-        conn.execute(
-            "INSERT INTO sessions (name, user, type, credential, created_at, expires_at, expires_unix,
-                                   kind, identity_provider, authentication)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-            params![
-                s.name,
-                s.user,
-                session_type_str(s.session_type),
-                s.credential,
-                s.created_at,
-                s.expires_at,
-                expires_unix,
-                s.kind.as_str(),
-                s.authentication.identity_provider,
-                serde_json::to_string(&s.authentication).expect("serializes"),
-            ],
-        )
-        .map_err(|e| {
-            if is_constraint(&e, SQLITE_CONSTRAINT_PRIMARYKEY) {
-                StoreError::AlreadyExists {
-                    kind: Kind::Session,
-                    name: s.name.clone(),
-                }
-            } else {
-                e.into()
-            }
-        })?;
-        Ok(())
+        insert_session_row(&self.lock_relaxed(), s)
     }
 
     /// Every session, ordered by name, for building the in-memory state.
     pub fn list_sessions(&self) -> Result<Vec<SessionInfo>, StoreError> {
         let conn = self.lock();
-        let mut stmt = conn.prepare(
-            "SELECT name, user, type, credential, created_at, expires_at, kind, authentication
-             FROM sessions ORDER BY name",
-        )?;
-        let rows = stmt.query_map([], |r| {
-            let name: String = r.get(0)?;
-            let type_text: String = r.get(2)?;
-            let kind_text: String = r.get(6)?;
-            let auth_text: String = r.get(7)?;
-            let corrupt = |reason: String| StoreError::Corrupt {
-                what: format!("Session {name:?}"),
-                reason,
-            };
-            let Some(session_type) = parse_session_type(&type_text) else {
-                return Ok(Err(corrupt(format!("unknown session type {type_text:?}"))));
-            };
-            let (kind, authentication) = match session_origin(session_type, &kind_text, &auth_text)
-            {
-                Ok(x) => x,
-                Err(reason) => return Ok(Err(corrupt(reason))),
-            };
-            Ok(Ok(SessionInfo {
-                name: name.clone(),
-                user: r.get(1)?,
-                session_type,
-                kind,
-                credential: r.get(3)?,
-                authentication,
-                created_at: r.get(4)?,
-                expires_at: r.get(5)?,
-            }))
-        })?;
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {SESSION_COLUMNS} FROM sessions ORDER BY name"
+        ))?;
+        let rows = stmt.query_map([], read_session)?;
         rows.map(|row| row?).collect()
+    }
+
+    /// One session by name.
+    pub fn get_session(&self, name: &str) -> Result<Option<SessionInfo>, StoreError> {
+        let conn = self.lock();
+        let found = conn
+            .query_row(
+                &format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE name = ?1"),
+                params![name],
+                read_session,
+            )
+            .optional()?;
+        found.transpose()
     }
 
     /// Deletes a session (logout, revocation); `NotFound` if absent.
@@ -221,6 +147,111 @@ impl Store {
             params![credential],
         )?)
     }
+}
+
+/// Inserts one credentials row (see [`SqliteStore::insert_credential`]).
+pub(super) fn insert_credential_row(
+    conn: &Connection,
+    c: &CredentialRecord,
+) -> Result<(), StoreError> {
+    parse_rfc3339("createdAt", &c.info.created_at)?;
+    if let Some(expires_at) = &c.info.expires_at {
+        parse_rfc3339("expiresAt", expires_at)?;
+    }
+    conn.execute(
+        &format!(
+            "INSERT INTO credentials ({CREDENTIAL_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+        ),
+        params![
+            c.info.name,
+            c.info.user,
+            c.info.credential_type.as_str(),
+            c.info.client_id,
+            c.lookup_id,
+            &c.secret_hash[..],
+            c.info.created_at,
+            c.info.expires_at,
+        ],
+    )
+    .map_err(|e| {
+        if is_constraint(&e, SQLITE_CONSTRAINT_PRIMARYKEY) {
+            StoreError::AlreadyExists {
+                kind: Kind::Credential,
+                name: c.info.name.clone(),
+            }
+        } else if is_constraint(&e, SQLITE_CONSTRAINT_UNIQUE) {
+            StoreError::DuplicateLookupId {
+                lookup_id: c.lookup_id.clone(),
+            }
+        } else {
+            e.into()
+        }
+    })?;
+    Ok(())
+}
+
+/// Inserts one sessions row (see [`SqliteStore::insert_session`]).
+pub(super) fn insert_session_row(conn: &Connection, s: &SessionInfo) -> Result<(), StoreError> {
+    parse_rfc3339("createdAt", &s.created_at)?;
+    let expires_unix = parse_rfc3339("expiresAt", &s.expires_at)?;
+    conn.execute(
+        "INSERT INTO sessions (name, user, type, credential, created_at, expires_at, expires_unix,
+                               kind, identity_provider, authentication)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        params![
+            s.name,
+            s.user,
+            session_type_str(s.session_type),
+            s.credential,
+            s.created_at,
+            s.expires_at,
+            expires_unix,
+            s.kind.as_str(),
+            s.authentication.identity_provider,
+            serde_json::to_string(&s.authentication).expect("serializes"),
+        ],
+    )
+    .map_err(|e| {
+        if is_constraint(&e, SQLITE_CONSTRAINT_PRIMARYKEY) {
+            StoreError::AlreadyExists {
+                kind: Kind::Session,
+                name: s.name.clone(),
+            }
+        } else {
+            e.into()
+        }
+    })?;
+    Ok(())
+}
+
+/// Decodes a sessions row ([`SESSION_COLUMNS`]); the outer error is SQLite's, the inner one a
+/// corrupt row.
+fn read_session(r: &Row<'_>) -> rusqlite::Result<Result<SessionInfo, StoreError>> {
+    let name: String = r.get(0)?;
+    let type_text: String = r.get(2)?;
+    let kind_text: String = r.get(6)?;
+    let auth_text: String = r.get(7)?;
+    let corrupt = |reason: String| StoreError::Corrupt {
+        what: format!("Session {name:?}"),
+        reason,
+    };
+    let Some(session_type) = parse_session_type(&type_text) else {
+        return Ok(Err(corrupt(format!("unknown session type {type_text:?}"))));
+    };
+    let (kind, authentication) = match session_origin(session_type, &kind_text, &auth_text) {
+        Ok(x) => x,
+        Err(reason) => return Ok(Err(corrupt(reason))),
+    };
+    Ok(Ok(SessionInfo {
+        name: name.clone(),
+        user: r.get(1)?,
+        session_type,
+        kind,
+        credential: r.get(3)?,
+        authentication,
+        created_at: r.get(4)?,
+        expires_at: r.get(5)?,
+    }))
 }
 
 /// Decodes a credentials row; the outer error is SQLite's, the inner one a corrupt row.

@@ -103,4 +103,15 @@ pub(super) const MIGRATIONS: &[&str] = &[
         directory   TEXT NOT NULL
     ) STRICT;
     ",
+    // 5 -> 6: several gateways: which gateway served each accounted request, and the tunnel
+    // client addresses claimed by Sessions (unique across gateways sharing a store).
+    "
+    ALTER TABLE usage ADD COLUMN gateway TEXT;
+    CREATE TABLE tunnel_addresses (
+        idx        INTEGER PRIMARY KEY NOT NULL,
+        session    TEXT NOT NULL UNIQUE,
+        gateway    TEXT NOT NULL,
+        claimed_at INTEGER NOT NULL
+    ) STRICT;
+    ",
 ];

@@ -1,7 +1,9 @@
-//! Opening the SQLite file, and the declarative resources and sealed Secrets.
+//! The SQLite backend (the default): opening the file, and the declarative resources and
+//! sealed Secrets. Credentials and Sessions are in `records.rs`, usage in `usage.rs`, limit
+//! counters in `limits.rs` and certificates in `certs.rs`, all on [`SqliteStore`].
 
 use super::schema::MIGRATIONS;
-use super::{Store, StoreError};
+use super::StoreError;
 use postern_common::resources::{Kind, Resource, SecretInfo};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use std::collections::HashSet;
@@ -19,31 +21,43 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 const SYNCHRONOUS: &str = "FULL";
 
 /// `PRAGMA synchronous` of the writes whose loss in a power cut fails safe (see
-/// [`Store::lock_relaxed`]). Still nothing is lost when only the process dies.
+/// [`SqliteStore::lock_relaxed`]). Still nothing is lost when only the process dies.
 const SYNCHRONOUS_RELAXED: &str = "NORMAL";
 
-impl Store {
+/// The SQLite-backed store. One connection behind a mutex: writes are rare and short, and
+/// SQLite serialises writers anyway.
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SqliteStore")
+    }
+}
+
+impl SqliteStore {
     /// Opens (creating with mode 0600 if absent) the database at `path`, switches it to WAL
     /// and brings its schema up to date.
-    pub fn open(path: &Path) -> Result<Store, StoreError> {
+    pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
         create_private_file(path)?;
         let conn = Connection::open(path)?;
         // In WAL mode SQLite gives the -wal and -shm files the database file's permissions.
         let _mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
-        Store::init(conn)
+        SqliteStore::init(conn)
     }
 
     /// A private in-memory database, for tests and dry runs.
-    pub fn open_in_memory() -> Result<Store, StoreError> {
-        Store::init(Connection::open_in_memory()?)
+    pub fn open_in_memory() -> Result<SqliteStore, StoreError> {
+        SqliteStore::init(Connection::open_in_memory()?)
     }
 
-    fn init(mut conn: Connection) -> Result<Store, StoreError> {
+    fn init(mut conn: Connection) -> Result<SqliteStore, StoreError> {
         conn.busy_timeout(BUSY_TIMEOUT)?;
         conn.pragma_update(None, "foreign_keys", true)?;
         conn.pragma_update(None, "synchronous", SYNCHRONOUS)?;
         migrate(&mut conn)?;
-        Ok(Store {
+        Ok(SqliteStore {
             conn: Mutex::new(conn),
         })
     }
@@ -217,7 +231,7 @@ impl Store {
     }
 }
 
-/// The connection with `synchronous = NORMAL` until dropped (see [`Store::lock_relaxed`]).
+/// The connection with `synchronous = NORMAL` until dropped (see [`SqliteStore::lock_relaxed`]).
 pub(super) struct Relaxed<'a>(MutexGuard<'a, Connection>);
 
 impl std::ops::Deref for Relaxed<'_> {

@@ -1,7 +1,7 @@
 //! The `usage` table: one row per request whose LLM token usage was accounted, and the
 //! aggregates `GET /api/v1/usage` shows.
 
-use super::{Store, StoreError};
+use super::{SqliteStore, StoreError};
 use rusqlite::params;
 use serde::Serialize;
 
@@ -20,6 +20,8 @@ pub struct UsageRow {
     pub total: u64,
     /// The provider reported nothing and the numbers are estimates.
     pub estimated: bool,
+    /// The gateway that served the request (`--gateway-name`).
+    pub gateway: Option<String>,
 }
 
 /// What usage is grouped by.
@@ -72,7 +74,7 @@ pub struct UsageTotals {
     pub estimated: u64,
 }
 
-impl Store {
+impl SqliteStore {
     /// Inserts `rows` in one transaction.
     pub fn insert_usage(&self, rows: &[UsageRow]) -> Result<(), StoreError> {
         if rows.is_empty() {
@@ -82,8 +84,9 @@ impl Store {
         let tx = conn.transaction()?;
         {
             let mut stmt = tx.prepare_cached(
-                "INSERT INTO usage (time, user, groups, service, config, model, prompt, completion, total, estimated)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                "INSERT INTO usage (time, user, groups, service, config, model, prompt, completion, total,
+                                    estimated, gateway)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             )?;
             for r in rows {
                 let groups = serde_json::to_string(&r.groups).unwrap_or_else(|_| "[]".into());
@@ -98,6 +101,7 @@ impl Store {
                     clamp(r.completion),
                     clamp(r.total),
                     r.estimated,
+                    r.gateway,
                 ])?;
             }
         }
@@ -137,7 +141,34 @@ impl Store {
     }
 }
 
-impl Store {
+impl SqliteStore {
+    /// Every row, oldest first.
+    pub fn list_usage(&self) -> Result<Vec<UsageRow>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare(
+            "SELECT time, user, groups, service, config, model, prompt, completion, total,
+                    estimated, gateway
+             FROM usage ORDER BY time, rowid",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            let groups: String = r.get(2)?;
+            Ok(UsageRow {
+                time: r.get(0)?,
+                user: r.get(1)?,
+                groups: serde_json::from_str(&groups).unwrap_or_default(),
+                service: r.get(3)?,
+                config: r.get(4)?,
+                model: r.get(5)?,
+                prompt: r.get::<_, i64>(6)?.max(0) as u64,
+                completion: r.get::<_, i64>(7)?.max(0) as u64,
+                total: r.get::<_, i64>(8)?.max(0) as u64,
+                estimated: r.get(9)?,
+                gateway: r.get(10)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// Total tokens per (UTC day `YYYY-MM-DD`, model) over the rows at or after `since`, of
     /// one `user` or everyone: the portal's chart in one scan.
     pub fn usage_daily(
@@ -186,12 +217,13 @@ mod tests {
             completion: c,
             total: p + c,
             estimated: est,
+            gateway: Some("gw-a".into()),
         }
     }
 
     #[test]
     fn aggregates_by_each_key_and_window() {
-        let store = Store::open_in_memory().unwrap();
+        let store = SqliteStore::open_in_memory().unwrap();
         store
             .insert_usage(&[
                 row(

@@ -22,6 +22,9 @@ pub struct AccessRecord {
     pub request_id: String,
     /// Which front door: `"public"` or `"tunnel"`.
     pub via: String,
+    /// The gateway that served the request (`--gateway-name`), where several share a store.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<Arc<str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -89,6 +92,7 @@ impl AccessRecord {
             time: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             request_id: request_id.into(),
             via: "public".into(),
+            gateway: None,
             user: None,
             session: None,
             groups: Vec::new(),

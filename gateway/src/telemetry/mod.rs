@@ -32,6 +32,8 @@ pub struct Telemetry {
     pub metrics: Metrics,
     /// The last records in memory, and the live feed, for `posternctl logs`.
     pub recent: RecentLog,
+    /// This gateway's name, stamped on every record (`--gateway-name`).
+    gateway: Option<Arc<str>>,
 }
 
 impl Telemetry {
@@ -43,7 +45,14 @@ impl Telemetry {
             usage: None,
             metrics: Metrics::new(),
             recent: RecentLog::new(recent::DEFAULT_CAPACITY),
+            gateway: None,
         }
+    }
+
+    /// Stamps every record with this gateway's name.
+    pub fn with_gateway_name(mut self, name: &str) -> Self {
+        self.gateway = Some(Arc::from(name));
+        self
     }
 
     /// Also exports every record over OTLP through `exporter`.
@@ -59,7 +68,8 @@ impl Telemetry {
     }
 
     /// Reports one finished request to every sink. Never blocks.
-    pub fn record(&self, record: AccessRecord) {
+    pub fn record(&self, mut record: AccessRecord) {
+        record.gateway.clone_from(&self.gateway);
         if let Some(otlp) = &self.otlp {
             otlp.record(&record);
         }

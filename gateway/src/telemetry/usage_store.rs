@@ -99,6 +99,7 @@ pub fn row_of(record: &AccessRecord) -> Option<UsageRow> {
         completion: u.completion_tokens,
         total: u.total_tokens,
         estimated: record.usage_estimated,
+        gateway: record.gateway.as_deref().map(str::to_string),
     })
 }
 

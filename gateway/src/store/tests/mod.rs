@@ -50,7 +50,7 @@ fn remove_db(path: &std::path::Path) {
 fn file_is_private_wal_versioned_and_durable() {
     let path = temp_db();
     {
-        let store = Store::open(&path).unwrap();
+        let store = SqliteStore::open(&path).unwrap();
         store.upsert_resources(&[user("alice", None)]).unwrap();
         let conn = store.lock();
         let mode: String = conn
@@ -77,7 +77,7 @@ fn file_is_private_wal_versioned_and_durable() {
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
     }
-    let store = Store::open(&path).unwrap();
+    let store = SqliteStore::open(&path).unwrap();
     assert_eq!(store.list_resources().unwrap().len(), 1);
     drop(store);
     remove_db(&path);
@@ -86,7 +86,7 @@ fn file_is_private_wal_versioned_and_durable() {
 #[test]
 fn relaxed_writes_skip_the_commit_sync_then_restore_full() {
     let path = temp_db();
-    let store = Store::open(&path).unwrap();
+    let store = SqliteStore::open(&path).unwrap();
     let sync = |c: &rusqlite::Connection| -> i64 {
         c.query_row("PRAGMA synchronous", [], |r| r.get(0)).unwrap()
     };
@@ -102,11 +102,11 @@ fn relaxed_writes_skip_the_commit_sync_then_restore_full() {
 #[test]
 fn newer_schema_is_refused() {
     let path = temp_db();
-    drop(Store::open(&path).unwrap());
+    drop(SqliteStore::open(&path).unwrap());
     let conn = rusqlite::Connection::open(&path).unwrap();
     conn.pragma_update(None, "user_version", 99).unwrap();
     drop(conn);
-    let err = Store::open(&path).unwrap_err();
+    let err = SqliteStore::open(&path).unwrap_err();
     assert!(
         matches!(err, StoreError::SchemaTooNew { found: 99, .. }),
         "{err}"
@@ -117,7 +117,7 @@ fn newer_schema_is_refused() {
 
 #[test]
 fn upsert_sets_timestamps_and_keeps_created_at() {
-    let store = Store::open_in_memory().unwrap();
+    let store = SqliteStore::open_in_memory().unwrap();
     let first = store
         .upsert_resources(&[user("alice", None), group("dev")])
         .unwrap();
@@ -170,7 +170,7 @@ fn upsert_sets_timestamps_and_keeps_created_at() {
 
 #[test]
 fn same_name_in_different_kinds_is_fine() {
-    let store = Store::open_in_memory().unwrap();
+    let store = SqliteStore::open_in_memory().unwrap();
     let policy = Resource::Policy {
         metadata: meta("dev"),
         spec: PolicySpec::default(),
@@ -185,7 +185,7 @@ fn same_name_in_different_kinds_is_fine() {
 
 #[test]
 fn upsert_is_all_or_nothing() {
-    let store = Store::open_in_memory().unwrap();
+    let store = SqliteStore::open_in_memory().unwrap();
     let err = store
         .upsert_resources(&[user("alice", None), user("alice", None)])
         .unwrap_err();
@@ -209,7 +209,7 @@ fn upsert_is_all_or_nothing() {
 
 #[test]
 fn delete_missing_resource_is_not_found() {
-    let store = Store::open_in_memory().unwrap();
+    let store = SqliteStore::open_in_memory().unwrap();
     let err = store.delete_resource(Kind::User, "ghost").unwrap_err();
     assert!(matches!(
         err,
@@ -223,7 +223,7 @@ fn delete_missing_resource_is_not_found() {
 
 #[test]
 fn corrupt_row_is_reported() {
-    let store = Store::open_in_memory().unwrap();
+    let store = SqliteStore::open_in_memory().unwrap();
     store
         .lock()
         .execute(
@@ -239,7 +239,7 @@ fn corrupt_row_is_reported() {
 
 #[test]
 fn secrets_put_list_overwrite_delete() {
-    let store = Store::open_in_memory().unwrap();
+    let store = SqliteStore::open_in_memory().unwrap();
     store.put_secret("api-key", b"cipher-1", false).unwrap();
     let err = store.put_secret("api-key", b"cipher-2", false).unwrap_err();
     assert!(matches!(

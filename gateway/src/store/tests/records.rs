@@ -31,7 +31,7 @@ fn session(name: &str, user: &str, credential: &str, expires_at: &str) -> Sessio
 
 #[test]
 fn person_sessions_keep_their_provider_and_claims_and_go_with_it() {
-    let store = Store::open_in_memory().unwrap();
+    let store = SqliteStore::open_in_memory().unwrap();
     let mut s = session("s-browser", "alice", "", "2030-01-01T00:00:00Z");
     s.kind = SessionKind::Browser;
     s.authentication = Authentication {
@@ -64,7 +64,7 @@ fn person_sessions_keep_their_provider_and_claims_and_go_with_it() {
 
 #[test]
 fn sessions_written_before_kinds_existed_read_as_agent_or_workload() {
-    let store = Store::open_in_memory().unwrap();
+    let store = SqliteStore::open_in_memory().unwrap();
     {
         let conn = store.lock();
         conn.execute_batch(
@@ -83,7 +83,7 @@ fn sessions_written_before_kinds_existed_read_as_agent_or_workload() {
 
 #[test]
 fn credentials_insert_clash_lookup_delete() {
-    let store = Store::open_in_memory().unwrap();
+    let store = SqliteStore::open_in_memory().unwrap();
     let mut c = credential("ci", "alice", "pcid_1");
     c.info.expires_at = Some("2027-01-01T00:00:00+02:00".into());
     store.insert_credential(&c).unwrap();
@@ -147,7 +147,7 @@ fn credentials_insert_clash_lookup_delete() {
 
 #[test]
 fn sessions_insert_list_delete() {
-    let store = Store::open_in_memory().unwrap();
+    let store = SqliteStore::open_in_memory().unwrap();
     let s = session("sess-a", "alice", "ci", "2026-06-01T00:00:00Z");
     store.insert_session(&s).unwrap();
     let mut client = session("sess-b", "alice", "laptop", "2026-06-01T00:00:00Z");
@@ -181,7 +181,7 @@ fn sessions_insert_list_delete() {
 
 #[test]
 fn expired_sessions_compare_instants_not_strings() {
-    let store = Store::open_in_memory().unwrap();
+    let store = SqliteStore::open_in_memory().unwrap();
     // 10:00 at +02:00 is 08:00Z: expired at 09:00Z even though "10" > "09" as text.
     store
         .insert_session(&session("s1", "a", "c", "2026-06-01T10:00:00+02:00"))
@@ -209,7 +209,7 @@ fn expired_sessions_compare_instants_not_strings() {
 
 #[test]
 fn sessions_of_user_and_credential() {
-    let store = Store::open_in_memory().unwrap();
+    let store = SqliteStore::open_in_memory().unwrap();
     for (name, user, cred) in [
         ("s1", "alice", "ci"),
         ("s2", "alice", "laptop"),
@@ -228,7 +228,7 @@ fn sessions_of_user_and_credential() {
 
 #[test]
 fn deleting_a_user_or_credential_takes_what_it_made() {
-    let store = Store::open_in_memory().unwrap();
+    let store = SqliteStore::open_in_memory().unwrap();
     store
         .upsert_resources(&[super::user("alice", None), super::user("bob", None)])
         .unwrap();
@@ -253,7 +253,7 @@ fn deleting_a_user_or_credential_takes_what_it_made() {
 
 #[test]
 fn a_user_delete_that_fails_half_way_changes_nothing() {
-    let store = Store::open_in_memory().unwrap();
+    let store = SqliteStore::open_in_memory().unwrap();
     store
         .upsert_resources(&[super::user("alice", None)])
         .unwrap();
