@@ -9,6 +9,7 @@ mod certs;
 pub mod dump;
 pub mod feed;
 mod limits;
+mod postgres;
 mod records;
 mod schema;
 mod sqlite;
@@ -18,6 +19,7 @@ mod tests;
 pub mod usage;
 
 pub use certs::StoredCertificate;
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
 use crate::limits::counters::CounterRow;

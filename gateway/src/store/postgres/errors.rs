@@ -1,0 +1,102 @@
+//! PostgreSQL and pool errors as [`StoreError`]s: anything that means "the database cannot be
+//! reached right now" becomes `Unavailable` (the gateway answers 503 and goes on serving from
+//! memory); a unique violation becomes the variant the caller names; the rest `Postgres`.
+
+use super::super::StoreError;
+use deadpool_postgres::PoolError;
+use std::error::Error as _;
+use tokio_postgres::error::SqlState;
+
+/// `Unavailable` for the PostgreSQL backend.
+pub fn unavailable(reason: impl Into<String>) -> StoreError {
+    StoreError::Unavailable {
+        backend: "postgres",
+        reason: reason.into(),
+    }
+}
+
+/// The error with its causes, one line.
+fn describe(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let more = s.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = s.source();
+    }
+    text
+}
+
+/// Whether a server-reported error means the server is going away or cannot serve us now.
+fn is_unavailable_state(code: &SqlState) -> bool {
+    let c = code.code();
+    c.starts_with("08") // connection exception
+        || c.starts_with("57P") // admin/crash shutdown, cannot connect now
+        || c == SqlState::TOO_MANY_CONNECTIONS.code()
+        || c == SqlState::QUERY_CANCELED.code() // statement_timeout
+        || c == SqlState::LOCK_NOT_AVAILABLE.code()
+        || c.starts_with("53") // insufficient resources
+}
+
+/// Maps a driver error; see the module doc.
+pub fn map(e: tokio_postgres::Error) -> StoreError {
+    if let Some(db) = e.as_db_error() {
+        let text = format!("{}: {}", db.code().code(), db.message());
+        return if is_unavailable_state(db.code()) {
+            unavailable(text)
+        } else {
+            StoreError::Postgres(text)
+        };
+    }
+    if e.is_closed() || e.source().is_some_and(|s| s.is::<std::io::Error>()) {
+        return unavailable(describe(&e));
+    }
+    // The driver's own kinds carry no public tag; these are the ones that are our mistake
+    // (a statement or a type), not the network's.
+    let text = describe(&e);
+    let ours = [
+        "error serializing",
+        "error deserializing",
+        "invalid column",
+        "query returned",
+        "expected ",
+        "invalid connection string",
+        "invalid configuration",
+    ];
+    if ours.iter().any(|p| text.starts_with(p)) {
+        StoreError::Postgres(text)
+    } else {
+        unavailable(text)
+    }
+}
+
+/// Maps a pool error: no connection within the pool wait, or the connect failed.
+pub fn map_pool(e: PoolError) -> StoreError {
+    match e {
+        PoolError::Backend(e) => map(e),
+        PoolError::Timeout(_) => unavailable("no database connection within 5 s"),
+        PoolError::Closed => unavailable("the connection pool is closed"),
+        other => unavailable(describe(&other)),
+    }
+}
+
+/// The unique constraint a failed insert violated, if that is what happened.
+pub fn unique_violation(e: &tokio_postgres::Error) -> Option<String> {
+    let db = e.as_db_error()?;
+    (db.code() == &SqlState::UNIQUE_VIOLATION).then(|| db.constraint().unwrap_or("").to_string())
+}
+
+impl From<tokio_postgres::Error> for StoreError {
+    fn from(e: tokio_postgres::Error) -> StoreError {
+        map(e)
+    }
+}
+
+impl From<PoolError> for StoreError {
+    fn from(e: PoolError) -> StoreError {
+        map_pool(e)
+    }
+}
