@@ -2,6 +2,7 @@
 //! carried by PostgreSQL `NOTIFY` on [`CHANNEL`] in the writing transaction, so it arrives
 //! exactly when the change is visible. Encoding and decoding are here, apart from I/O.
 
+use postern_common::resources::SessionInfo;
 use serde::{Deserialize, Serialize};
 
 /// The PostgreSQL notification channel every gateway listens on.
@@ -25,7 +26,7 @@ pub enum Topic {
 }
 
 /// One committed change.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Notice {
     /// The writing gateway's store identity; a gateway skips its own notices.
     #[serde(rename = "o")]
@@ -35,10 +36,14 @@ pub struct Notice {
     /// The one object changed, when the writer knows it (a Session's name).
     #[serde(rename = "n", default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// A Session just stored, whole, so other gateways accept its tokens without a read.
+    #[serde(rename = "s", default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<Box<SessionInfo>>,
 }
 
-/// Largest payload PostgreSQL carries (8000 bytes by default); a longer name is left out,
-/// which makes the notice mean "reload the whole topic".
+/// Largest payload PostgreSQL carries (8000 bytes by default). A longer notice leaves out
+/// the Session body (the reader fetches it by name), then the name (the reader reloads the
+/// whole topic).
 const MAX_PAYLOAD: usize = 7900;
 
 impl Notice {
@@ -48,9 +53,17 @@ impl Notice {
         if text.len() <= MAX_PAYLOAD {
             return text;
         }
+        let without_body = Notice {
+            session: None,
+            ..self.clone()
+        };
+        let text = serde_json::to_string(&without_body).expect("notices always serialize");
+        if text.len() <= MAX_PAYLOAD {
+            return text;
+        }
         serde_json::to_string(&Notice {
             name: None,
-            ..self.clone()
+            ..without_body
         })
         .expect("notices always serialize")
     }
@@ -63,7 +76,7 @@ impl Notice {
 }
 
 /// What the change listener hands the gateway.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum FeedEvent {
     /// Another gateway committed a change.
     Notice(Notice),
@@ -84,6 +97,7 @@ mod tests {
             origin: "gw-a".into(),
             topic: Topic::Sessions,
             name: Some("s-1".into()),
+            session: None,
         };
         assert_eq!(n.encode(), r#"{"o":"gw-a","t":"sessions","n":"s-1"}"#);
         assert_eq!(Notice::decode(&n.encode()), Some(n));
@@ -91,6 +105,7 @@ mod tests {
             origin: "gw-a".into(),
             topic: Topic::Resources,
             name: None,
+            session: None,
         };
         assert_eq!(Notice::decode(&whole.encode()), Some(whole));
     }
@@ -101,6 +116,7 @@ mod tests {
             origin: "gw".into(),
             topic: Topic::Sessions,
             name: Some("x".repeat(10_000)),
+            session: None,
         };
         let decoded = Notice::decode(&n.encode()).unwrap();
         assert_eq!(decoded.name, None);

@@ -16,6 +16,7 @@ mod sqlite;
 mod sqlite_backend;
 #[cfg(test)]
 mod tests;
+mod tunnel;
 pub mod usage;
 
 pub use certs::StoredCertificate;
@@ -23,6 +24,7 @@ pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
 use crate::limits::counters::CounterRow;
+use crate::limits::window::Window;
 use postern_common::resources::{CredentialInfo, Kind, Resource, SecretInfo, SessionInfo};
 use std::path::PathBuf;
 
@@ -198,6 +200,46 @@ pub trait StoreBackend: Send + Sync {
     fn save_limit_counters(&self, rows: &[CounterRow], now: i64) -> Result<(), StoreError>;
     /// Limit counters whose window is still open at `now`.
     fn load_limit_counters(&self, now: i64) -> Result<Vec<CounterRow>, StoreError>;
+
+    // Limits shared by gateways (see `limits::shared`): each gateway spends a counter from
+    // grants of the window's allowance taken here, so their sum never passes the limit.
+
+    /// Takes up to `want` units of `key`'s allowance in `window` (whose limit is `limit`)
+    /// and returns how many were granted: `min(want, limit - granted so far)`. A row of an
+    /// older window starts over at 0; a request for a window older than the row's gets 0.
+    fn grant_limit(
+        &self,
+        key: &str,
+        window: Window,
+        limit: u64,
+        want: u64,
+    ) -> Result<u64, StoreError>;
+    /// Gives back `amount` unspent units granted in the window starting at `window_start`.
+    fn return_limit(&self, key: &str, window_start: i64, amount: u64) -> Result<(), StoreError>;
+    /// Adds `amount` to what `window` has granted, without a check: use beyond the grants
+    /// (tokens above a reservation; admissions while the store was unreachable).
+    fn charge_limit(&self, key: &str, window: Window, amount: u64) -> Result<(), StoreError>;
+    /// Deletes the grants of windows that ended at or before `now`.
+    fn prune_limit_grants(&self, now: i64) -> Result<usize, StoreError>;
+
+    // Tunnel client addresses, unique across the gateways sharing the store.
+
+    /// Claims client address `index` for `session` on `gateway`: `true` when the session
+    /// now holds it (or already did), `false` when another Session holds it.
+    fn claim_tunnel_address(
+        &self,
+        index: u16,
+        session: &str,
+        gateway: &str,
+    ) -> Result<bool, StoreError>;
+    /// The client address index `session` holds, if any.
+    fn tunnel_address_of(&self, session: &str) -> Result<Option<u16>, StoreError>;
+    /// Gives back the address `session` holds (none is fine).
+    fn release_tunnel_address(&self, session: &str) -> Result<(), StoreError>;
+    /// Gives back every address `gateway` holds (at its start: it holds no peers yet).
+    fn release_tunnel_addresses_of_gateway(&self, gateway: &str) -> Result<usize, StoreError>;
+    /// Every claimed index, ascending.
+    fn claimed_tunnel_addresses(&self) -> Result<Vec<u16>, StoreError>;
 
     // Certificates.
 

@@ -103,10 +103,17 @@ pub(super) const MIGRATIONS: &[&str] = &[
         directory   TEXT NOT NULL
     ) STRICT;
     ",
-    // 5 -> 6: several gateways: which gateway served each accounted request, and the tunnel
-    // client addresses claimed by Sessions (unique across gateways sharing a store).
+    // 5 -> 6: several gateways: which gateway served each accounted request, the shares of
+    // each limit's window granted to gateways, and the tunnel client addresses claimed by
+    // Sessions (unique across gateways sharing a store).
     "
     ALTER TABLE usage ADD COLUMN gateway TEXT;
+    CREATE TABLE limit_grants (
+        key          TEXT PRIMARY KEY NOT NULL,
+        window_start INTEGER NOT NULL,
+        window_end   INTEGER NOT NULL,
+        granted      INTEGER NOT NULL
+    ) STRICT;
     CREATE TABLE tunnel_addresses (
         idx        INTEGER PRIMARY KEY NOT NULL,
         session    TEXT NOT NULL UNIQUE,

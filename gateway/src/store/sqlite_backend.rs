@@ -6,6 +6,7 @@ use super::dump::Dump;
 use super::usage::{UsageKey, UsageRow, UsageTotals};
 use super::{CredentialRecord, SqliteStore, StoreBackend, StoreError, StoredCertificate};
 use crate::limits::counters::CounterRow;
+use crate::limits::window::Window;
 use postern_common::resources::{Kind, Resource, SecretInfo, SessionInfo};
 use rusqlite::{params, TransactionBehavior};
 
@@ -102,6 +103,44 @@ impl StoreBackend for SqliteStore {
     fn load_limit_counters(&self, now: i64) -> Result<Vec<CounterRow>, StoreError> {
         SqliteStore::load_limit_counters(self, now)
     }
+    fn grant_limit(
+        &self,
+        key: &str,
+        window: Window,
+        limit: u64,
+        want: u64,
+    ) -> Result<u64, StoreError> {
+        SqliteStore::grant_limit(self, key, window, limit, want)
+    }
+    fn return_limit(&self, key: &str, window_start: i64, amount: u64) -> Result<(), StoreError> {
+        SqliteStore::return_limit(self, key, window_start, amount)
+    }
+    fn charge_limit(&self, key: &str, window: Window, amount: u64) -> Result<(), StoreError> {
+        SqliteStore::charge_limit(self, key, window, amount)
+    }
+    fn prune_limit_grants(&self, now: i64) -> Result<usize, StoreError> {
+        SqliteStore::prune_limit_grants(self, now)
+    }
+    fn claim_tunnel_address(
+        &self,
+        index: u16,
+        session: &str,
+        gateway: &str,
+    ) -> Result<bool, StoreError> {
+        SqliteStore::claim_tunnel_address(self, index, session, gateway)
+    }
+    fn tunnel_address_of(&self, session: &str) -> Result<Option<u16>, StoreError> {
+        SqliteStore::tunnel_address_of(self, session)
+    }
+    fn release_tunnel_address(&self, session: &str) -> Result<(), StoreError> {
+        SqliteStore::release_tunnel_address(self, session)
+    }
+    fn release_tunnel_addresses_of_gateway(&self, gateway: &str) -> Result<usize, StoreError> {
+        SqliteStore::release_tunnel_addresses_of_gateway(self, gateway)
+    }
+    fn claimed_tunnel_addresses(&self) -> Result<Vec<u16>, StoreError> {
+        SqliteStore::claimed_tunnel_addresses(self)
+    }
     fn put_acme_account(&self, directory: &str, sealed: &[u8]) -> Result<(), StoreError> {
         SqliteStore::put_acme_account(self, directory, sealed)
     }
@@ -128,6 +167,7 @@ impl StoreBackend for SqliteStore {
 /// Every table `import` fills, in an order that deletes cleanly.
 const TABLES: &[&str] = &[
     "tunnel_addresses",
+    "limit_grants",
     "sessions",
     "credentials",
     "secrets",

@@ -1,0 +1,90 @@
+//! Tunnel client addresses claimed by Sessions, so gateways sharing a store never hand the
+//! same address to two agents.
+
+use super::{SqliteStore, StoreError};
+use rusqlite::{params, OptionalExtension};
+
+impl SqliteStore {
+    /// See [`super::StoreBackend::claim_tunnel_address`].
+    pub fn claim_tunnel_address(
+        &self,
+        index: u16,
+        session: &str,
+        gateway: &str,
+    ) -> Result<bool, StoreError> {
+        let conn = self.lock();
+        conn.execute(
+            "INSERT INTO tunnel_addresses (idx, session, gateway, claimed_at)
+             VALUES (?1, ?2, ?3, unixepoch())
+             ON CONFLICT DO NOTHING",
+            params![index, session, gateway],
+        )?;
+        let holder: Option<String> = conn
+            .query_row(
+                "SELECT session FROM tunnel_addresses WHERE idx = ?1",
+                params![index],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(holder.as_deref() == Some(session))
+    }
+
+    /// See [`super::StoreBackend::tunnel_address_of`].
+    pub fn tunnel_address_of(&self, session: &str) -> Result<Option<u16>, StoreError> {
+        Ok(self
+            .lock()
+            .query_row(
+                "SELECT idx FROM tunnel_addresses WHERE session = ?1",
+                params![session],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    /// See [`super::StoreBackend::release_tunnel_address`].
+    pub fn release_tunnel_address(&self, session: &str) -> Result<(), StoreError> {
+        self.lock().execute(
+            "DELETE FROM tunnel_addresses WHERE session = ?1",
+            params![session],
+        )?;
+        Ok(())
+    }
+
+    /// See [`super::StoreBackend::release_tunnel_addresses_of_gateway`].
+    pub fn release_tunnel_addresses_of_gateway(&self, gateway: &str) -> Result<usize, StoreError> {
+        Ok(self.lock().execute(
+            "DELETE FROM tunnel_addresses WHERE gateway = ?1",
+            params![gateway],
+        )?)
+    }
+
+    /// See [`super::StoreBackend::claimed_tunnel_addresses`].
+    pub fn claimed_tunnel_addresses(&self) -> Result<Vec<u16>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare("SELECT idx FROM tunnel_addresses ORDER BY idx")?;
+        let rows = stmt.query_map([], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_address_has_one_holder_until_released() {
+        let s = SqliteStore::open_in_memory().unwrap();
+        assert!(s.claim_tunnel_address(2, "s1", "gw-a").unwrap());
+        assert!(s.claim_tunnel_address(2, "s1", "gw-a").unwrap());
+        assert!(!s.claim_tunnel_address(2, "s2", "gw-b").unwrap());
+        assert!(s.claim_tunnel_address(3, "s2", "gw-b").unwrap());
+        // One address per Session.
+        assert!(!s.claim_tunnel_address(4, "s2", "gw-b").unwrap());
+        assert_eq!(s.tunnel_address_of("s2").unwrap(), Some(3));
+        assert_eq!(s.claimed_tunnel_addresses().unwrap(), vec![2, 3]);
+        s.release_tunnel_address("s1").unwrap();
+        assert!(s.claim_tunnel_address(2, "s3", "gw-b").unwrap());
+        assert_eq!(s.release_tunnel_addresses_of_gateway("gw-b").unwrap(), 2);
+        assert_eq!(s.claimed_tunnel_addresses().unwrap(), Vec::<u16>::new());
+    }
+}
