@@ -5,8 +5,9 @@ use super::super::dump::Dump;
 use super::super::feed::{FeedEvent, Topic};
 use super::super::usage::{UsageKey, UsageRow, UsageTotals};
 use super::super::{CredentialRecord, StoreBackend, StoreError, StoredCertificate};
-use super::{certs, import, limits, listen, records, resources, usage, PgStore};
+use super::{certs, import, limits, listen, records, resources, tunnel, usage, PgStore};
 use crate::limits::counters::CounterRow;
+use crate::limits::window::Window;
 use postern_common::resources::{Kind, Resource, SecretInfo, SessionInfo};
 
 impl StoreBackend for PgStore {
@@ -169,6 +170,65 @@ impl StoreBackend for PgStore {
     }
     fn load_limit_counters(&self, now: i64) -> Result<Vec<CounterRow>, StoreError> {
         self.run(|db| limits::load_counters(db, now))
+    }
+    fn grant_limit(
+        &self,
+        key: &str,
+        window: Window,
+        limit: u64,
+        want: u64,
+    ) -> Result<u64, StoreError> {
+        let key = key.to_string();
+        self.run(|db| limits::grant(db, key, window, limit, want))
+    }
+    fn return_limit(&self, key: &str, window_start: i64, amount: u64) -> Result<(), StoreError> {
+        let key = key.to_string();
+        self.run(|db| limits::give_back(db, key, window_start, amount))
+    }
+    fn charge_limit(&self, key: &str, window: Window, amount: u64) -> Result<(), StoreError> {
+        let key = key.to_string();
+        self.run(|db| limits::charge(db, key, window, amount))
+    }
+    fn prune_limit_grants(&self, now: i64) -> Result<usize, StoreError> {
+        self.run(|db| limits::prune_grants(db, now))
+    }
+    fn claim_tunnel_address(
+        &self,
+        index: u16,
+        session: &str,
+        gateway: &str,
+    ) -> Result<bool, StoreError> {
+        let (session, gateway) = (session.to_string(), gateway.to_string());
+        self.run(|db| tunnel::claim(db, index, session, gateway))
+    }
+    fn tunnel_address_of(&self, session: &str) -> Result<Option<u16>, StoreError> {
+        let session = session.to_string();
+        self.run(|db| tunnel::address_of(db, session))
+    }
+    fn release_tunnel_address(&self, session: &str) -> Result<(), StoreError> {
+        let session = session.to_string();
+        self.run(|db| async move {
+            tunnel::release(
+                db,
+                "DELETE FROM tunnel_addresses WHERE session = $1",
+                session,
+            )
+            .await
+            .map(drop)
+        })
+    }
+    fn release_tunnel_addresses_of_gateway(&self, gateway: &str) -> Result<usize, StoreError> {
+        let gateway = gateway.to_string();
+        self.run(|db| {
+            tunnel::release(
+                db,
+                "DELETE FROM tunnel_addresses WHERE gateway = $1",
+                gateway,
+            )
+        })
+    }
+    fn claimed_tunnel_addresses(&self) -> Result<Vec<u16>, StoreError> {
+        self.run(tunnel::claimed)
     }
     fn put_acme_account(&self, directory: &str, sealed: &[u8]) -> Result<(), StoreError> {
         let (directory, sealed) = (directory.to_string(), sealed.to_vec());

@@ -15,6 +15,7 @@ mod records;
 mod resources;
 pub(crate) mod schema;
 mod tls;
+mod tunnel;
 mod usage;
 
 use super::feed::{Notice, Topic, CHANNEL};
@@ -50,11 +51,23 @@ async fn notify(
     topic: Topic,
     name: Option<&str>,
 ) -> Result<(), StoreError> {
-    let notice = Notice {
-        origin: origin.to_string(),
-        topic,
-        name: name.map(str::to_string),
-    };
+    send_notice(
+        tx,
+        Notice {
+            origin: origin.to_string(),
+            topic,
+            name: name.map(str::to_string),
+            session: None,
+        },
+    )
+    .await
+}
+
+/// Sends a prepared notice within `tx` (a new Session travels whole in its notice).
+async fn send_notice(
+    tx: &deadpool_postgres::Transaction<'_>,
+    notice: Notice,
+) -> Result<(), StoreError> {
     tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &notice.encode()])
         .await?;
     Ok(())

@@ -3,8 +3,8 @@
 
 use super::super::{CredentialRecord, StoreError};
 use super::resources::expect_one;
-use super::{errors, notify, Db};
-use crate::store::feed::Topic;
+use super::{errors, notify, send_notice, Db};
+use crate::store::feed::{Notice, Topic};
 use postern_common::resources::{
     Authentication, CredentialInfo, CredentialType, Kind, SessionInfo, SessionType,
 };
@@ -238,7 +238,13 @@ pub(super) async fn insert_session(db: Db, s: SessionInfo) -> Result<(), StoreEr
     let mut client = db.client().await?;
     let tx = client.transaction().await?;
     insert_session_row(&*tx, &s).await?;
-    notify(&tx, &db.origin, Topic::Sessions, Some(&s.name)).await?;
+    let notice = Notice {
+        origin: db.origin.to_string(),
+        topic: Topic::Sessions,
+        name: Some(s.name.clone()),
+        session: Some(Box::new(s)),
+    };
+    send_notice(&tx, notice).await?;
     tx.commit().await?;
     Ok(())
 }
