@@ -9,7 +9,9 @@ mod certs;
 pub mod dump;
 pub mod feed;
 mod limits;
-mod postgres;
+pub mod location;
+pub mod migrate;
+pub mod postgres;
 mod records;
 mod schema;
 mod sqlite;
@@ -74,6 +76,11 @@ pub enum StoreError {
     /// PostgreSQL refused a statement.
     #[error("PostgreSQL error: {0}; check the server log and the role's privileges")]
     Postgres(String),
+    /// `--store` names no store this posternd can open.
+    #[error(
+        "{0}; use `sqlite` or postgres://USER:PASSWORD@HOST:PORT/DATABASE?sslmode=verify-full"
+    )]
+    BadLocation(String),
     /// `import` into a store that already holds data, without `replace`.
     #[error("the target store is not empty ({what}); pass --force to replace what it holds, or point at an empty database")]
     NotEmpty { what: String },
