@@ -126,7 +126,8 @@ mod tests {
         let est = serde_json::json!({"status": 401, "method": "GET", "path": "/", "usageEstimated": true,
             "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}});
         assert_eq!(format_record(&est), "- 401 - - GET / - ~1/2/3 -");
-        let served = serde_json::json!({"status": 200, "method": "GET", "path": "/", "gateway": "gw-b"});
+        let served =
+            serde_json::json!({"status": 200, "method": "GET", "path": "/", "gateway": "gw-b"});
         assert_eq!(format_record(&served), "- 200 - - GET / - - - @gw-b");
     }
 }

@@ -295,6 +295,7 @@ impl Gateway {
                     return Err(not_found());
                 }
                 self.store.delete_session(name)?;
+                self.session_deleted_here(name);
                 self.remove_sessions_where(|s| s.name == name);
             }
         }

@@ -36,6 +36,10 @@ pub(super) fn expires_unix(info: &SessionInfo) -> i64 {
 /// How long a Session the store did not have is remembered as missing.
 const MISSING_FOR: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// How long a Session deleted through this gateway is kept from coming back by a late
+/// notice of its creation.
+const DELETED_FOR: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Most Sessions remembered as missing; past it the memory is emptied.
 const MAX_MISSING: usize = 10_000;
 
@@ -117,6 +121,28 @@ impl Gateway {
                 false
             }
         }
+    }
+
+    /// Remembers that Session `sid` was deleted through this gateway, so a notice of its
+    /// creation that arrives late (another gateway stored it a moment before) cannot bring
+    /// it back into memory. Deleting a User, Credential or IdentityProvider needs no such
+    /// memory: a Session whose owner is gone is refused anyway.
+    pub(super) fn session_deleted_here(&self, sid: &str) {
+        let mut missing = self.missing_sessions.lock().expect("missing sessions lock");
+        if missing.len() >= MAX_MISSING {
+            missing.clear();
+        }
+        missing.insert(sid.to_string(), std::time::Instant::now());
+    }
+
+    /// Whether Session `sid` was deleted through this gateway (or looked for in vain)
+    /// within [`DELETED_FOR`].
+    pub(super) fn recently_deleted(&self, sid: &str) -> bool {
+        self.missing_sessions
+            .lock()
+            .expect("missing sessions lock")
+            .get(sid)
+            .is_some_and(|since| since.elapsed() < DELETED_FOR)
     }
 
     /// Clears a Session from the missing memory (it was just stored or changed).

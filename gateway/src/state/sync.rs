@@ -144,8 +144,11 @@ impl StoreHealth {
 }
 
 impl Gateway {
-    /// Does the work of `plan`. On error the caller retries with a full resync.
+    /// Does the work of `plan`. On error the caller retries with a full resync. Holds the
+    /// write lock, so a local change and a reload cannot interleave (a reload that read the
+    /// store before a local apply must not replace that apply's snapshot afterwards).
     pub fn apply_sync(&self, plan: &SyncPlan) -> Result<(), super::ChangeError> {
+        let _guard = self.write_lock.lock().expect("write lock");
         if plan.snapshot {
             self.reload()?;
         }
@@ -154,8 +157,7 @@ impl Gateway {
         }
         let now = now_unix();
         for s in &plan.sessions_stored {
-            self.forget_missing_session(&s.name);
-            if super::sessions::expires_unix(s) > now {
+            if super::sessions::expires_unix(s) > now && !self.recently_deleted(&s.name) {
                 self.insert_session_entry(s.clone());
             }
         }
