@@ -229,6 +229,20 @@ pub trait StoreBackend: Send + Sync {
     /// Deletes the grants of windows that ended at or before `now`.
     fn prune_limit_grants(&self, now: i64) -> Result<usize, StoreError>;
 
+    // Leases: one gateway at a time does a job (ordering certificates).
+
+    /// Takes (or extends) lease `name` for `holder` until `expires` (Unix seconds) when it
+    /// is free, expired at `now`, or already `holder`'s; returns whether `holder` holds it.
+    fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now: i64,
+        expires: i64,
+    ) -> Result<bool, StoreError>;
+    /// Gives lease `name` up if `holder` holds it.
+    fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError>;
+
     // Tunnel client addresses, unique across the gateways sharing the store.
 
     /// Claims client address `index` for `session` on `gateway`: `true` when the session
