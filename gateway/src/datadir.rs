@@ -60,6 +60,8 @@ pub enum DataDirError {
     BadDomain(String),
     #[error("certificate generation failed: {0}")]
     Certificate(String),
+    #[error("cannot make the WireGuard key: {0}")]
+    WireGuardKey(String),
     #[error("both --tls-cert and --tls-key are needed, or neither")]
     TlsPair,
     #[error("{0} already holds a Postern install; nothing was changed. To add a gateway to it, copy the first gateway's data directory and run `posternd serve --store URL` (docs/operations.md, \"High availability\"); to start over, use an empty database")]
@@ -211,6 +213,10 @@ fn build(
     let final_abs = absolute(final_dir)?;
     SecretBox::create(&dd.secret_key())?;
     TokenSigner::create(&dd.signing_key())?;
+    // Made now rather than by the first `serve --wg-listen`, so every copy of the directory
+    // (the other gateways sharing a store) has the one key agents know.
+    crate::tunnel::keyfile::load_or_create(&staging.join(crate::tunnel::keyfile::FILE_NAME))
+        .map_err(|e| DataDirError::WireGuardKey(e.to_string()))?;
 
     let (tls_cert, tls_key, ca_cert) = match (&opts.tls_cert, &opts.tls_key) {
         (Some(c), Some(k)) => (absolute(c)?, absolute(k)?, None),
