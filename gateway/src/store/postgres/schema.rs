@@ -100,6 +100,11 @@ pub const MIGRATIONS: &[&str] = &[
         not_after   bigint NOT NULL,
         directory   text NOT NULL
     );
+    CREATE TABLE settings (
+        name    text PRIMARY KEY,
+        value   bytea NOT NULL,
+        updated bigint NOT NULL
+    );
     CREATE TABLE leases (
         name    text PRIMARY KEY,
         holder  text NOT NULL,
