@@ -77,7 +77,7 @@ pub enum DataDirError {
     JoinNeedsSharedStore,
     #[error("both --tls-cert and --tls-key are needed, or neither")]
     TlsPair,
-    #[error("{0} already holds a Postern install; nothing was changed. To add a gateway to it, copy the first gateway's data directory and run `posternd serve --store URL` (docs/operations.md, \"High availability\"); to start over, use an empty database")]
+    #[error("{0} already holds a Postern install; nothing was changed. To add a gateway to it, run `posternd join-token` on one of its gateways and `posternd init --join` here, or copy a gateway's data directory (docs/operations.md, \"High availability\"); to start over, use an empty database")]
     StoreInUse(String),
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
