@@ -200,6 +200,28 @@ fn the_feed_says_lost_then_resyncs_after_the_server_restarts() {
 }
 
 #[test]
+fn a_feed_started_while_the_server_is_down_says_so_then_resyncs() {
+    let Some(cluster) = Cluster::start() else {
+        return;
+    };
+    let url = cluster.create_database("postern");
+    let store = PgStore::connect(&url, "gw-a").unwrap();
+    cluster.stop();
+    let mut rx = store.subscribe().unwrap();
+    assert!(matches!(
+        next(&mut rx, Duration::from_secs(10)),
+        Some(FeedEvent::Lost(_))
+    ));
+    // Once per outage, however many reconnects fail.
+    assert_eq!(next(&mut rx, Duration::from_millis(1500)), None);
+    cluster.start_again();
+    assert_eq!(
+        next(&mut rx, Duration::from_secs(10)),
+        Some(FeedEvent::Resync)
+    );
+}
+
+#[test]
 fn a_stopped_server_gives_unavailable_quickly_and_the_store_comes_back() {
     let Some(cluster) = Cluster::start() else {
         return;

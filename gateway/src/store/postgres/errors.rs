@@ -100,3 +100,43 @@ impl From<PoolError> for StoreError {
         map_pool(e)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_states_that_mean_come_back_later_are_unavailable() {
+        for code in [
+            SqlState::ADMIN_SHUTDOWN,
+            SqlState::CRASH_SHUTDOWN,
+            SqlState::CANNOT_CONNECT_NOW,
+            SqlState::CONNECTION_FAILURE,
+            SqlState::TOO_MANY_CONNECTIONS,
+            SqlState::QUERY_CANCELED,
+            SqlState::DISK_FULL,
+        ] {
+            assert!(is_unavailable_state(&code), "{code:?}");
+        }
+        for code in [
+            SqlState::UNIQUE_VIOLATION,
+            SqlState::UNDEFINED_TABLE,
+            SqlState::INVALID_PASSWORD,
+            SqlState::INSUFFICIENT_PRIVILEGE,
+            SqlState::RAISE_EXCEPTION,
+        ] {
+            assert!(!is_unavailable_state(&code), "{code:?}");
+        }
+    }
+
+    #[test]
+    fn causes_are_joined_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        assert_eq!(describe(&io), "refused");
+        let e = unavailable("x");
+        assert!(e.is_unavailable());
+        assert!(e
+            .to_string()
+            .contains("the store (postgres) is unreachable: x"));
+    }
+}

@@ -8,7 +8,7 @@ use super::super::StoreError;
 use deadpool_postgres::Client;
 
 /// The advisory lock key migrations take ("postern" in ASCII).
-const MIGRATION_LOCK: i64 = 0x706f_7374_6572_6e;
+const MIGRATION_LOCK: i64 = 0x0070_6f73_7465_726e;
 
 /// Migration `i` takes the schema from version `i` to `i + 1`. Append only; never edit one
 /// that has shipped.
