@@ -361,6 +361,12 @@ fn sessions_insert_list_delete_expire_and_bulk_deletes() {
     };
     store.insert_session(&person).unwrap();
     assert_eq!(store.get_session("s-browser").unwrap(), Some(person));
+    // Claims are the IdP's (a person may shape their name): kept exactly, NUL included.
+    let mut odd = session("s-odd", "carol", "", "2030-01-01T00:00:00Z");
+    odd.authentication.claims = serde_json::json!({"name": "c\u{0}rol"});
+    store.insert_session(&odd).unwrap();
+    assert_eq!(store.get_session("s-odd").unwrap(), Some(odd));
+    store.delete_session("s-odd").unwrap();
     assert_eq!(
         store.delete_sessions_of_identity_provider("other").unwrap(),
         0

@@ -287,3 +287,28 @@ fn import_copies_everything_and_refuses_a_non_empty_database() {
     pg.import(&dump, true).unwrap();
     assert_eq!(pg.export().unwrap(), dump);
 }
+
+#[test]
+fn a_nul_from_an_upstream_does_not_lose_the_usage_batch() {
+    let Some((_cluster, store)) = setup() else {
+        return;
+    };
+    let mut hostile = usage_row(
+        "2026-01-01T00:00:00.000Z",
+        "alice",
+        &["d\0v"],
+        "m\01",
+        1,
+        2,
+        false,
+    );
+    hostile.service = Some("a\0i".into());
+    let fine = usage_row("2026-01-01T00:00:01.000Z", "bob", &[], "m2", 1, 1, false);
+    store.insert_usage(&[hostile, fine]).unwrap();
+    let rows = store.list_usage().unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0].model.as_deref(), Some("m\u{FFFD}1"));
+    assert_eq!(rows[0].service.as_deref(), Some("a\u{FFFD}i"));
+    assert_eq!(rows[0].groups, ["d\u{FFFD}v"]);
+    assert_eq!(rows[1].model.as_deref(), Some("m2"));
+}

@@ -14,7 +14,7 @@ const CREDENTIAL_COLUMNS: &str =
     "name, user_name, type, client_id, lookup_id, secret_hash, created_at, expires_at";
 
 const SESSION_COLUMNS: &str =
-    "name, user_name, type, credential, created_at, expires_at, kind, authentication::text";
+    "name, user_name, type, credential, created_at, expires_at, kind, authentication";
 
 /// Parses an RFC 3339 timestamp into Unix seconds, naming the offending field on error.
 pub(super) fn parse_rfc3339(field: &'static str, value: &str) -> Result<i64, StoreError> {
@@ -75,7 +75,7 @@ pub(super) async fn insert_session_row(
     c.execute(
         "INSERT INTO sessions (name, user_name, type, credential, created_at, expires_at,
                                expires_unix, kind, identity_provider, authentication)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::text::jsonb)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         &[
             &s.name,
             &s.user,

@@ -10,6 +10,20 @@ const INSERT: &str = "INSERT INTO usage (time, user_name, groups, service, confi
                                         completion, total, estimated, gateway)
      VALUES ($1, $2, $3::text::jsonb, $4, $5, $6, $7, $8, $9, $10, $11)";
 
+/// PostgreSQL text cannot hold NUL, which SQLite keeps; a model name or group from an
+/// upstream or an IdP may carry one, and must not make the whole batch fail.
+fn text(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.contains('\0') {
+        s.replace('\0', "\u{FFFD}").into()
+    } else {
+        s.into()
+    }
+}
+
+fn opt_text(s: &Option<String>) -> Option<std::borrow::Cow<'_, str>> {
+    s.as_deref().map(text)
+}
+
 pub(super) fn clamp(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
@@ -21,21 +35,22 @@ pub(super) async fn insert_rows(
 ) -> Result<(), StoreError> {
     let stmt = c.prepare(INSERT).await?;
     for r in rows {
-        let groups = serde_json::to_string(&r.groups).unwrap_or_else(|_| "[]".into());
+        let groups: Vec<_> = r.groups.iter().map(|g| text(g)).collect();
+        let groups = serde_json::to_string(&groups).unwrap_or_else(|_| "[]".into());
         c.execute(
             &stmt,
             &[
-                &r.time,
-                &r.user,
+                &text(&r.time),
+                &opt_text(&r.user),
                 &groups,
-                &r.service,
-                &r.config,
-                &r.model,
+                &opt_text(&r.service),
+                &opt_text(&r.config),
+                &opt_text(&r.model),
                 &clamp(r.prompt),
                 &clamp(r.completion),
                 &clamp(r.total),
                 &r.estimated,
-                &r.gateway,
+                &opt_text(&r.gateway),
             ],
         )
         .await?;
