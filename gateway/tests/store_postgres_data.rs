@@ -297,7 +297,7 @@ fn a_nul_from_an_upstream_does_not_lose_the_usage_batch() {
         "2026-01-01T00:00:00.000Z",
         "alice",
         &["d\0v"],
-        "m\01",
+        "m\0x",
         1,
         2,
         false,
@@ -307,7 +307,7 @@ fn a_nul_from_an_upstream_does_not_lose_the_usage_batch() {
     store.insert_usage(&[hostile, fine]).unwrap();
     let rows = store.list_usage().unwrap();
     assert_eq!(rows.len(), 2);
-    assert_eq!(rows[0].model.as_deref(), Some("m\u{FFFD}1"));
+    assert_eq!(rows[0].model.as_deref(), Some("m\u{FFFD}x"));
     assert_eq!(rows[0].service.as_deref(), Some("a\u{FFFD}i"));
     assert_eq!(rows[0].groups, ["d\u{FFFD}v"]);
     assert_eq!(rows[1].model.as_deref(), Some("m2"));
