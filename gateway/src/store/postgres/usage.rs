@@ -4,7 +4,7 @@
 use super::super::usage::{UsageKey, UsageRow, UsageTotals};
 use super::super::StoreError;
 use super::Db;
-use tokio_postgres::GenericClient;
+use deadpool_postgres::Transaction;
 
 const INSERT: &str = "INSERT INTO usage (time, user_name, groups, service, config, model, prompt,
                                         completion, total, estimated, gateway)
@@ -30,10 +30,10 @@ pub(super) fn clamp(n: u64) -> i64 {
 
 /// Inserts rows with one prepared statement.
 pub(super) async fn insert_rows(
-    c: &impl GenericClient,
+    c: &Transaction<'_>,
     rows: &[UsageRow],
 ) -> Result<(), StoreError> {
-    let stmt = c.prepare(INSERT).await?;
+    let stmt = c.prepare_cached(INSERT).await?;
     for r in rows {
         let groups: Vec<_> = r.groups.iter().map(|g| text(g)).collect();
         let groups = serde_json::to_string(&groups).unwrap_or_else(|_| "[]".into());
@@ -64,7 +64,7 @@ pub(super) async fn insert(db: Db, rows: Vec<UsageRow>) -> Result<(), StoreError
     }
     let mut client = db.client().await?;
     let tx = client.transaction().await?;
-    insert_rows(&*tx, &rows).await?;
+    insert_rows(&tx, &rows).await?;
     tx.commit().await?;
     Ok(())
 }
