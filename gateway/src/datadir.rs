@@ -12,7 +12,8 @@
 //! a failed or repeated init changes nothing.
 
 use crate::identity::{secrets, SecretBox, TokenSigner};
-use crate::store::{CredentialRecord, Store};
+use crate::store::location::StoreLocation;
+use crate::store::CredentialRecord;
 use postern_common::resources::{
     CredentialInfo, CredentialType, GroupSpec, Metadata, Resource, UserSpec, UserType,
 };
@@ -33,6 +34,10 @@ pub struct GatewayConfig {
     pub tls_key: PathBuf,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_cert: Option<PathBuf>,
+    /// The PostgreSQL URL `init --store` was given, so a copy of this directory joins the
+    /// same database; absent for the directory's own SQLite file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<String>,
 }
 
 /// Errors of `init` and of reading a data directory.
@@ -57,6 +62,8 @@ pub enum DataDirError {
     Certificate(String),
     #[error("both --tls-cert and --tls-key are needed, or neither")]
     TlsPair,
+    #[error("{0} already holds a Postern install; nothing was changed. To add a gateway to it, copy the first gateway's data directory and run `posternd serve --store URL` (docs/operations.md, \"High availability\"); to start over, use an empty database")]
+    StoreInUse(String),
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
     #[error(transparent)]
@@ -118,6 +125,8 @@ pub struct InitOptions {
     pub domain: String,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    /// `--store`: `None` or `sqlite` for the directory's own file, else a PostgreSQL URL.
+    pub store: Option<String>,
 }
 
 /// What `init` reports once: the admin token is never shown again.
@@ -223,16 +232,21 @@ fn build(
             )
         }
     };
+    let location = StoreLocation::resolve(opts.store.as_deref(), None, &dd.database())?;
     let config = GatewayConfig {
         domain: opts.domain.clone(),
         tls_cert,
         tls_key,
         ca_cert: ca_cert.clone(),
+        store: location.to_record(),
     };
     let json = serde_json::to_string_pretty(&config).expect("config serializes");
     write_file(&dd.config(), json.as_bytes(), 0o600)?;
 
-    let store = Store::open(&dd.database())?;
+    let store = location.open("init")?;
+    if !store.list_resources()?.is_empty() {
+        return Err(DataDirError::StoreInUse(location.describe()));
+    }
     let meta = |name: &str| Metadata {
         name: name.to_string(),
         ..Default::default()
@@ -366,6 +380,7 @@ mod tests {
             domain: "postern.test".into(),
             tls_cert: None,
             tls_key: None,
+            store: None,
         };
         let out = init(&tmp, &opts).unwrap();
         assert!(out.admin_token.starts_with("pat_"));

@@ -9,7 +9,7 @@ use postern_gateway::identity::{SecretBox, TokenSigner};
 use postern_gateway::proxy::buffer::BodyTimeouts;
 use postern_gateway::proxy::upstream::{UpstreamClient, UpstreamOptions};
 use postern_gateway::state::{Gateway, GatewayParts, Settings};
-use postern_gateway::store::Store;
+use postern_gateway::store::location::{StoreArgs, StoreLocation};
 use postern_gateway::telemetry::access_log::AccessLog;
 use postern_gateway::telemetry::otlp::{self, OtlpExporter, OtlpOptions};
 use postern_gateway::telemetry::usage_store::UsageRecorder;
@@ -43,6 +43,22 @@ enum Command {
     Init(InitArgs),
     /// Run the gateway.
     Serve(Box<ServeArgs>),
+    /// Copy an install's store into another (SQLite to PostgreSQL), verifying row counts.
+    Migrate(MigrateArgs),
+}
+
+#[derive(Args)]
+struct MigrateArgs {
+    /// The data directory whose store is copied (its gateway.json names the store).
+    #[arg(long, value_name = "DATA_DIR")]
+    from: PathBuf,
+    /// The store to copy into: a postgres:// URL (or `sqlite` for the data directory's
+    /// file, to move back).
+    #[arg(long, value_name = "URL")]
+    to: String,
+    /// Replace what the target already holds (otherwise a non-empty target is refused).
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(Args)]
@@ -62,6 +78,8 @@ struct InitArgs {
     /// Output format.
     #[arg(short = 'o', long, value_parser = ["text", "json"], default_value = "text")]
     output: String,
+    #[command(flatten)]
+    store: StoreArgs,
 }
 
 #[derive(Args)]
@@ -69,6 +87,12 @@ struct ServeArgs {
     /// The data directory made by `posternd init`.
     #[arg(long, env = "POSTERN_DATA_DIR")]
     data_dir: PathBuf,
+    #[command(flatten)]
+    store: StoreArgs,
+    /// This gateway's name among several sharing a store: in access records, usage and
+    /// /healthz (default: the host name).
+    #[arg(long, env = "POSTERN_GATEWAY_NAME", value_parser = postern_gateway::state::check_gateway_name)]
+    gateway_name: Option<String>,
     /// Address of the TLS listener for the control plane and public Services.
     #[arg(long, default_value = "0.0.0.0:443", env = "POSTERN_HTTPS_LISTEN")]
     https_listen: SocketAddr,
@@ -253,6 +277,7 @@ fn run() -> Result<()> {
         .init();
     match Cli::parse().command {
         Command::Init(a) => init(a),
+        Command::Migrate(a) => migrate(a),
         Command::Serve(a) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?
@@ -267,6 +292,7 @@ fn init(a: InitArgs) -> Result<()> {
             domain: a.domain,
             tls_cert: a.tls_cert,
             tls_key: a.tls_key,
+            store: a.store.store.clone(),
         },
     )?;
     if a.output == "json" {
@@ -297,6 +323,20 @@ fn init(a: InitArgs) -> Result<()> {
     Ok(())
 }
 
+fn migrate(a: MigrateArgs) -> Result<()> {
+    let dd = DataDir::new(&a.from);
+    let config = dd.load_config()?;
+    let source = StoreLocation::resolve(None, config.store.as_deref(), &dd.database())?;
+    let target = StoreLocation::parse(&a.to, &dd.database())?;
+    let counts = postern_gateway::store::migrate::between(&source, &target, a.force)?;
+    println!("migrated: {counts}; counts verified");
+    println!(
+        "Next: posternd serve --data-dir {} --store '<the --to URL>' (or set POSTERN_STORE)",
+        a.from.display()
+    );
+    Ok(())
+}
+
 async fn serve(a: ServeArgs) -> Result<()> {
     // Flag mistakes are reported before anything is opened or bound.
     a.acme.clone().into_options()?;
@@ -308,7 +348,18 @@ async fn serve(a: ServeArgs) -> Result<()> {
         .context("loading the TLS certificates")?;
     let secretbox = SecretBox::load(&dd.secret_key())?;
     let signer = TokenSigner::load(&dd.signing_key())?;
-    let store = Store::open(&dd.database())?;
+    let location = StoreLocation::resolve(
+        a.store.store.as_deref(),
+        config.store.as_deref(),
+        &dd.database(),
+    )?;
+    let gateway_name = a
+        .gateway_name
+        .clone()
+        .unwrap_or_else(postern_gateway::state::default_gateway_name);
+    // Unique per process, so a restarted gateway of the same name still hears its old self.
+    let origin = format!("{gateway_name}-{:08x}", rand::random::<u32>());
+    let store = location.open_waiting(&origin).await?;
     let mut extra_ca = Vec::new();
     for p in &a.upstream_ca {
         extra_ca.push(
@@ -341,9 +392,11 @@ async fn serve(a: ServeArgs) -> Result<()> {
         path => AccessLog::file(path).with_context(|| format!("opening --access-log {path}"))?,
     };
     // Usage rows get their own connection so batches never hold up the gateway's store.
-    let usage = UsageRecorder::start(Arc::new(Store::open(&dd.database())?))
+    let usage = UsageRecorder::start(Arc::new(location.open_waiting(&origin).await?))
         .context("starting the usage recorder")?;
-    let mut telemetry = Telemetry::new(access_log).with_usage(usage);
+    let mut telemetry = Telemetry::new(access_log)
+        .with_usage(usage)
+        .with_gateway_name(&gateway_name);
     let exporter = match &a.otlp_endpoint {
         Some(endpoint) => {
             let exporter = OtlpExporter::start(OtlpOptions {
@@ -369,6 +422,7 @@ async fn serve(a: ServeArgs) -> Result<()> {
             client_limits: a.limits.limits(),
             idp_extra_ca_pem: (!idp_ca.is_empty()).then_some(idp_ca),
             hsts: a.tls.hsts.clone(),
+            gateway_name: gateway_name.clone(),
         },
         store,
         secretbox,
@@ -404,6 +458,11 @@ async fn serve(a: ServeArgs) -> Result<()> {
             );
         }
     }
+    tracing::info!(
+        "gateway {gateway_name} on the store {}",
+        location.describe()
+    );
+    postern_gateway::state::sync::start(&gw);
     let _ = gw.certs.set(certs.clone());
     let tls = certs.server_config()?;
     tokio::spawn(postern_gateway::certs::watch::reload_files(certs.clone()));

@@ -67,8 +67,9 @@ pub fn run(ctx: &Context, args: &LogsArgs, out: &mut dyn Write) -> Result<()> {
     Ok(())
 }
 
-/// `time status user service method path model tokens decision`, `-` for what is absent;
-/// tokens are `prompt/completion/total`, with `~` when estimated.
+/// `time status user service method path model tokens decision @gateway`, `-` for what is
+/// absent (the gateway part only when the record names one); tokens are
+/// `prompt/completion/total`, with `~` when estimated.
 pub fn format_record(v: &Value) -> String {
     let s = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or("-").to_string();
     let tokens = match v.get("usage") {
@@ -92,7 +93,7 @@ pub fn format_record(v: &Value) -> String {
         .get("status")
         .and_then(Value::as_u64)
         .map_or("-".into(), |n| n.to_string());
-    format!(
+    let line = format!(
         "{} {status} {} {} {} {} {} {tokens} {}",
         s("time"),
         s("user"),
@@ -101,7 +102,11 @@ pub fn format_record(v: &Value) -> String {
         s("path"),
         s("model"),
         s("decision"),
-    )
+    );
+    match v.get("gateway").and_then(Value::as_str) {
+        Some(gateway) => format!("{line} @{gateway}"),
+        None => line,
+    }
 }
 
 #[cfg(test)]
@@ -121,5 +126,8 @@ mod tests {
         let est = serde_json::json!({"status": 401, "method": "GET", "path": "/", "usageEstimated": true,
             "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}});
         assert_eq!(format_record(&est), "- 401 - - GET / - ~1/2/3 -");
+        let served =
+            serde_json::json!({"status": 200, "method": "GET", "path": "/", "gateway": "gw-b"});
+        assert_eq!(format_record(&served), "- 200 - - GET / - - - @gw-b");
     }
 }

@@ -110,6 +110,7 @@ mod tests {
             tls_cert: "/d/tls.pem".into(),
             tls_key: "/d/tls.key".into(),
             ca_cert: made_by_init.then(|| "/d/ca.pem".into()),
+            store: None,
         }
     }
 

@@ -32,12 +32,15 @@ fn bearer(req: &ClientRequest) -> Option<&str> {
 
 fn change_error(e: ChangeError) -> Response<BoxBody> {
     let status = match &e {
+        e if e.is_store_unavailable() => StatusCode::SERVICE_UNAVAILABLE,
         ChangeError::Invalid(_) => StatusCode::BAD_REQUEST,
         ChangeError::NotFound { .. } => StatusCode::NOT_FOUND,
         ChangeError::AlreadyExists { .. } | ChangeError::InUse(_) => StatusCode::CONFLICT,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
-    if status.is_server_error() {
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        tracing::warn!(error = %e, "control API change refused");
+    } else if status.is_server_error() {
         tracing::error!(error = %e, "control API change failed");
     }
     error(status, e.to_string(), None)

@@ -50,6 +50,12 @@ fn respond<B>(gw: &Gateway, req: &Request<B>) -> Response<Full<Bytes>> {
                 tunnel_peers: gw.tunnel.get().map_or(0, |t| t.peer_count() as u64),
                 access_log_dropped: gw.telemetry.access_log.dropped(),
                 usage_dropped: gw.telemetry.usage.as_ref().map_or(0, |u| u.dropped()),
+                usage_buffered: gw
+                    .telemetry
+                    .usage
+                    .as_ref()
+                    .map_or(0, |u| u.buffered() as u64),
+                store_reachable: u64::from(gw.store_health.reachable()),
                 requests_in_flight: gw.shedder.in_flight() as u64,
                 requests_shed: gw.shedder.shed_total(),
                 connections_refused: gw.shedder.refused_connections(),

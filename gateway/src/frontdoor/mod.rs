@@ -197,6 +197,23 @@ async fn route(gw: Arc<Gateway>, req: ClientRequest, peer: SocketAddr) -> Respon
     }
 }
 
+/// `/healthz`: always 200 while the process serves (an outage of the store must not take
+/// every gateway out of a load balancer), saying whether the store answers and whether
+/// other gateways' changes are heard. From memory only: a ping runs in the background.
+fn health(gw: &Gateway) -> serde_json::Value {
+    let store = &gw.store_health;
+    serde_json::json!({
+        "status": "ok",
+        "gateway": gw.name(),
+        "sessions": gw.session_count(),
+        "store": {
+            "backend": gw.store().backend_name(),
+            "reachable": store.reachable(),
+            "feed": store.feed().as_str(),
+        },
+    })
+}
+
 async fn control_plane(gw: &Arc<Gateway>, req: ClientRequest) -> Response<BoxBody> {
     let path = req.uri().path().to_string();
     match (req.method().clone(), path.as_str()) {
@@ -218,10 +235,10 @@ async fn control_plane(gw: &Arc<Gateway>, req: ClientRequest) -> Response<BoxBod
                 None,
             ),
         },
-        (Method::GET, "/healthz") => respond::json(
-            StatusCode::OK,
-            &serde_json::json!({"status": "ok", "sessions": gw.session_count()}),
-        ),
+        (Method::GET, "/healthz") => respond::json(StatusCode::OK, &health(gw)),
+        (Method::GET, "/readyz") => {
+            respond::json(StatusCode::OK, &serde_json::json!({"ready": true}))
+        }
         (Method::GET, "/.well-known/oauth-authorization-server") => {
             oauth2::metadata(&signin::public_origin(&gw.domain, req.headers(), req.uri()).0)
         }

@@ -3,6 +3,7 @@
 
 use super::respond::json;
 use crate::proxy::BoxBody;
+use crate::state::ChangeError;
 use crate::state::Gateway;
 use base64::Engine;
 use http::{header, HeaderMap, Response, StatusCode};
@@ -206,8 +207,17 @@ pub fn token(gw: &Gateway, headers: &HeaderMap, body: &[u8]) -> Response<BoxBody
     }
 }
 
-/// The 500 of a token grant whose Session could not be stored.
-pub fn server_error(e: impl std::fmt::Display) -> Response<BoxBody> {
+/// The answer to a token grant whose Session could not be stored: 503 (RFC 6749
+/// `temporarily_unavailable`) when the store is unreachable, so clients retry, else 500.
+pub fn server_error(e: ChangeError) -> Response<BoxBody> {
+    if e.is_store_unavailable() {
+        tracing::warn!(error = %e, "token grant refused");
+        return oauth_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "temporarily_unavailable",
+            "the gateway's store is unreachable, so no session can be stored; retry shortly",
+        );
+    }
     tracing::error!(error = %e, "token grant failed");
     oauth_error(
         StatusCode::INTERNAL_SERVER_ERROR,

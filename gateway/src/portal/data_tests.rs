@@ -125,6 +125,7 @@ fn gateway(with_usage: bool) -> (Arc<Gateway>, std::path::PathBuf) {
             domain: DOMAIN.into(),
             tls_cert: None,
             tls_key: None,
+            store: None,
         },
     )
     .unwrap();

@@ -40,6 +40,14 @@ pub enum ChangeError {
     Crypto(String),
 }
 
+impl ChangeError {
+    /// The store could not be reached, so nothing changed: answer 503 and let the caller
+    /// retry.
+    pub fn is_store_unavailable(&self) -> bool {
+        matches!(self, ChangeError::Store(e) if e.is_unavailable())
+    }
+}
+
 /// What [`Gateway::start_session`] records.
 pub(super) struct NewSession {
     pub user: String,
@@ -287,6 +295,7 @@ impl Gateway {
                     return Err(not_found());
                 }
                 self.store.delete_session(name)?;
+                self.session_deleted_here(name);
                 self.remove_sessions_where(|s| s.name == name);
             }
         }

@@ -7,6 +7,7 @@ mod changes;
 pub mod people;
 mod sessions;
 pub mod snapshot;
+pub mod sync;
 
 pub use certs::{IssuedCertificate, SealedError, StoredCertificates};
 pub use changes::{ChangeError, LoginOutcome};
@@ -44,6 +45,9 @@ pub struct Settings {
     /// the operator sets it, since a browser then refuses the domain's plain-HTTP names for
     /// as long as it says.
     pub hsts: Option<http::HeaderValue>,
+    /// This gateway's name among those sharing a store (`--gateway-name`): in access
+    /// records, usage rows, tunnel address claims and `/healthz`.
+    pub gateway_name: String,
 }
 
 impl Default for Settings {
@@ -56,6 +60,7 @@ impl Default for Settings {
             client_limits: crate::frontdoor::limits::Limits::default(),
             idp_extra_ca_pem: None,
             hsts: None,
+            gateway_name: "gateway".into(),
         }
     }
 }
@@ -90,6 +95,11 @@ pub struct Gateway {
     pub certs: OnceLock<Arc<crate::certs::Certificates>>,
     /// Bumped after each snapshot rebuild, so background tasks (ACME) see applied changes.
     changes: tokio::sync::watch::Sender<u64>,
+    /// Whether the store answers and whether other gateways' changes are being heard.
+    pub store_health: sync::StoreHealth,
+    /// Sessions looked up in the store and not found there, briefly, so a revoked token
+    /// presented again and again costs one store read per second at most.
+    missing_sessions: Mutex<HashMap<String, std::time::Instant>>,
 }
 
 /// Everything [`Gateway::open`] needs.
@@ -124,6 +134,8 @@ impl Gateway {
             tunnel: OnceLock::new(),
             certs: OnceLock::new(),
             changes: tokio::sync::watch::channel(0).0,
+            store_health: Default::default(),
+            missing_sessions: Mutex::new(HashMap::new()),
             upstream_states: Default::default(),
             shedder: crate::frontdoor::shed::Shedder::new(
                 parts.settings.client_limits.max_inflight,
@@ -136,6 +148,16 @@ impl Gateway {
         Ok(Arc::new(gw))
     }
 
+    /// This gateway's name (`--gateway-name`).
+    pub fn name(&self) -> &str {
+        &self.settings.gateway_name
+    }
+
+    /// The store, for background tasks that write it (tunnel address claims, limits).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
     /// The current compiled view; hold it for the whole request.
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.snapshot.load_full()
@@ -146,6 +168,30 @@ impl Gateway {
     pub fn flush_limits(&self) -> Result<usize, crate::store::StoreError> {
         self.limits.flush(&self.store, now_unix())
     }
+}
+
+/// Checks a `--gateway-name`: 1 to 63 of `A-Z a-z 0-9 . _ -`, so it is safe in logs, metric
+/// labels and store rows.
+pub fn check_gateway_name(name: &str) -> Result<String, String> {
+    let ok = (1..=63).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(name.to_string())
+    } else {
+        Err(format!(
+            "{name:?} is not a gateway name: use 1 to 63 letters, digits, '.', '_' or '-'"
+        ))
+    }
+}
+
+/// The default `--gateway-name`: the host name when it is a valid name, else `gateway`.
+pub fn default_gateway_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .and_then(|h| check_gateway_name(h.trim()).ok())
+        .unwrap_or_else(|| "gateway".into())
 }
 
 /// Now, as stored in records.

@@ -107,6 +107,7 @@ impl Gateway {
             .read()
             .expect("sessions lock")
             .contains_key(name);
+        self.session_deleted_here(name);
         self.remove_sessions_where(|s| s.name == name);
         Ok(found)
     }

@@ -16,9 +16,7 @@ pub struct SessionEntry {
 
 impl SessionEntry {
     pub fn new(info: SessionInfo) -> Self {
-        let expires_unix = chrono::DateTime::parse_from_rfc3339(&info.expires_at)
-            .map(|t| t.timestamp())
-            .unwrap_or(0);
+        let expires_unix = expires_unix(&info);
         let value = postern_policy::values::session_value(&info);
         SessionEntry {
             info,
@@ -27,6 +25,23 @@ impl SessionEntry {
         }
     }
 }
+
+/// When `info` expires, Unix seconds; an unreadable time counts as long past.
+pub(super) fn expires_unix(info: &SessionInfo) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(&info.expires_at)
+        .map(|t| t.timestamp())
+        .unwrap_or(0)
+}
+
+/// How long a Session the store did not have is remembered as missing.
+const MISSING_FOR: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How long a Session deleted through this gateway is kept from coming back by a late
+/// notice of its creation.
+const DELETED_FOR: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Most Sessions remembered as missing; past it the memory is emptied.
+const MAX_MISSING: usize = 10_000;
 
 /// Who is calling: a live Session and its User.
 #[derive(Clone)]
@@ -63,7 +78,79 @@ impl Gateway {
             .verified
             .verify(&self.signer, token, now)
             .map_err(|e| AuthError::BadToken(e.to_string()))?;
-        self.session_principal(&claims.sid)
+        match self.session_principal(&claims.sid) {
+            Err(AuthError::SessionGone(sid)) if self.fetch_session(&sid) => {
+                self.session_principal(&claims.sid)
+            }
+            other => other,
+        }
+    }
+
+    /// On a shared store, a validly signed token may name a Session another gateway stored
+    /// a moment ago, before its notice arrived: read it once. Sessions the store does not
+    /// have are remembered for [`MISSING_FOR`], so a revoked token costs at most one read a
+    /// second. Returns whether the Session is now in memory.
+    fn fetch_session(&self, sid: &str) -> bool {
+        // An unreachable store would hold the request up for nothing.
+        if !self.store.is_shared() || !self.store_health.reachable() {
+            return false;
+        }
+        let now = std::time::Instant::now();
+        {
+            let mut missing = self.missing_sessions.lock().expect("missing sessions lock");
+            if missing
+                .get(sid)
+                .is_some_and(|since| now.duration_since(*since) < MISSING_FOR)
+            {
+                return false;
+            }
+            if missing.len() >= MAX_MISSING {
+                missing.clear();
+            }
+            missing.insert(sid.to_string(), now);
+        }
+        match self.store.get_session(sid) {
+            Ok(Some(info)) if expires_unix(&info) > now_unix() => {
+                self.forget_missing_session(sid);
+                self.insert_session_entry(info);
+                true
+            }
+            Ok(_) => false,
+            Err(e) => {
+                tracing::warn!("reading session {sid} from the store failed: {e}");
+                false
+            }
+        }
+    }
+
+    /// Remembers that Session `sid` was deleted through this gateway, so a notice of its
+    /// creation that arrives late (another gateway stored it a moment before) cannot bring
+    /// it back into memory. Deleting a User, Credential or IdentityProvider needs no such
+    /// memory: a Session whose owner is gone is refused anyway.
+    pub(super) fn session_deleted_here(&self, sid: &str) {
+        let mut missing = self.missing_sessions.lock().expect("missing sessions lock");
+        if missing.len() >= MAX_MISSING {
+            missing.clear();
+        }
+        missing.insert(sid.to_string(), std::time::Instant::now());
+    }
+
+    /// Whether Session `sid` was deleted through this gateway (or looked for in vain)
+    /// within [`DELETED_FOR`].
+    pub(super) fn recently_deleted(&self, sid: &str) -> bool {
+        self.missing_sessions
+            .lock()
+            .expect("missing sessions lock")
+            .get(sid)
+            .is_some_and(|since| since.elapsed() < DELETED_FOR)
+    }
+
+    /// Clears a Session from the missing memory (it was just stored or changed).
+    pub(super) fn forget_missing_session(&self, sid: &str) {
+        self.missing_sessions
+            .lock()
+            .expect("missing sessions lock")
+            .remove(sid);
     }
 
     /// The live Session `sid` and its User, checked as [`Gateway::authenticate`] checks a

@@ -9,7 +9,9 @@ mod certs;
 pub mod dump;
 pub mod feed;
 mod limits;
-mod postgres;
+pub mod location;
+pub mod migrate;
+pub mod postgres;
 mod records;
 mod schema;
 mod sqlite;
@@ -74,6 +76,11 @@ pub enum StoreError {
     /// PostgreSQL refused a statement.
     #[error("PostgreSQL error: {0}; check the server log and the role's privileges")]
     Postgres(String),
+    /// `--store` names no store this posternd can open.
+    #[error(
+        "{0}; use `sqlite` or postgres://USER:PASSWORD@HOST:PORT/DATABASE?sslmode=verify-full"
+    )]
+    BadLocation(String),
     /// `import` into a store that already holds data, without `replace`.
     #[error("the target store is not empty ({what}); pass --force to replace what it holds, or point at an empty database")]
     NotEmpty { what: String },
@@ -221,6 +228,20 @@ pub trait StoreBackend: Send + Sync {
     fn charge_limit(&self, key: &str, window: Window, amount: u64) -> Result<(), StoreError>;
     /// Deletes the grants of windows that ended at or before `now`.
     fn prune_limit_grants(&self, now: i64) -> Result<usize, StoreError>;
+
+    // Leases: one gateway at a time does a job (ordering certificates).
+
+    /// Takes (or extends) lease `name` for `holder` until `expires` (Unix seconds) when it
+    /// is free, expired at `now`, or already `holder`'s; returns whether `holder` holds it.
+    fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now: i64,
+        expires: i64,
+    ) -> Result<bool, StoreError>;
+    /// Gives lease `name` up if `holder` holds it.
+    fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError>;
 
     // Tunnel client addresses, unique across the gateways sharing the store.
 

@@ -104,8 +104,9 @@ pub(super) const MIGRATIONS: &[&str] = &[
     ) STRICT;
     ",
     // 5 -> 6: several gateways: which gateway served each accounted request, the shares of
-    // each limit's window granted to gateways, and the tunnel client addresses claimed by
-    // Sessions (unique across gateways sharing a store).
+    // each limit's window granted to gateways, leases (one gateway at a time does a job,
+    // such as ordering certificates) and the tunnel client addresses claimed by Sessions
+    // (unique across gateways sharing a store).
     "
     ALTER TABLE usage ADD COLUMN gateway TEXT;
     CREATE TABLE limit_grants (
@@ -113,6 +114,11 @@ pub(super) const MIGRATIONS: &[&str] = &[
         window_start INTEGER NOT NULL,
         window_end   INTEGER NOT NULL,
         granted      INTEGER NOT NULL
+    ) STRICT;
+    CREATE TABLE leases (
+        name    TEXT PRIMARY KEY NOT NULL,
+        holder  TEXT NOT NULL,
+        expires INTEGER NOT NULL
     ) STRICT;
     CREATE TABLE tunnel_addresses (
         idx        INTEGER PRIMARY KEY NOT NULL,

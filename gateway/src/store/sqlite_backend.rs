@@ -121,6 +121,18 @@ impl StoreBackend for SqliteStore {
     fn prune_limit_grants(&self, now: i64) -> Result<usize, StoreError> {
         SqliteStore::prune_limit_grants(self, now)
     }
+    fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now: i64,
+        expires: i64,
+    ) -> Result<bool, StoreError> {
+        SqliteStore::acquire_lease(self, name, holder, now, expires)
+    }
+    fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+        SqliteStore::release_lease(self, name, holder)
+    }
     fn claim_tunnel_address(
         &self,
         index: u16,
@@ -168,6 +180,7 @@ impl StoreBackend for SqliteStore {
 const TABLES: &[&str] = &[
     "tunnel_addresses",
     "limit_grants",
+    "leases",
     "sessions",
     "credentials",
     "secrets",

@@ -1,5 +1,5 @@
-//! Tunnel client addresses claimed by Sessions, so gateways sharing a store never hand the
-//! same address to two agents.
+//! What gateways sharing a store must agree on: tunnel client addresses claimed by Sessions
+//! (never the same address for two agents) and leases (one gateway at a time does a job).
 
 use super::{SqliteStore, StoreError};
 use rusqlite::{params, OptionalExtension};
@@ -67,6 +67,42 @@ impl SqliteStore {
     }
 }
 
+impl SqliteStore {
+    /// See [`super::StoreBackend::acquire_lease`].
+    pub fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now: i64,
+        expires: i64,
+    ) -> Result<bool, StoreError> {
+        let conn = self.lock();
+        conn.execute(
+            "INSERT INTO leases (name, holder, expires) VALUES (?1, ?2, ?4)
+             ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires = excluded.expires
+             WHERE leases.expires <= ?3 OR leases.holder = excluded.holder",
+            params![name, holder, now, expires],
+        )?;
+        let current: Option<String> = conn
+            .query_row(
+                "SELECT holder FROM leases WHERE name = ?1",
+                params![name],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(current.as_deref() == Some(holder))
+    }
+
+    /// See [`super::StoreBackend::release_lease`].
+    pub fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+        self.lock().execute(
+            "DELETE FROM leases WHERE name = ?1 AND holder = ?2",
+            params![name, holder],
+        )?;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -86,5 +122,19 @@ mod tests {
         assert!(s.claim_tunnel_address(2, "s3", "gw-b").unwrap());
         assert_eq!(s.release_tunnel_addresses_of_gateway("gw-b").unwrap(), 2);
         assert_eq!(s.claimed_tunnel_addresses().unwrap(), Vec::<u16>::new());
+    }
+
+    #[test]
+    fn a_lease_has_one_holder_until_it_expires_or_is_released() {
+        let s = SqliteStore::open_in_memory().unwrap();
+        assert!(s.acquire_lease("acme", "a", 100, 700).unwrap());
+        assert!(!s.acquire_lease("acme", "b", 200, 800).unwrap());
+        assert!(s.acquire_lease("acme", "a", 300, 900).unwrap());
+        assert!(!s.acquire_lease("acme", "b", 899, 1500).unwrap());
+        assert!(s.acquire_lease("acme", "b", 900, 1500).unwrap());
+        s.release_lease("acme", "a").unwrap();
+        assert!(!s.acquire_lease("acme", "a", 901, 1600).unwrap());
+        s.release_lease("acme", "b").unwrap();
+        assert!(s.acquire_lease("acme", "a", 902, 1600).unwrap());
     }
 }

@@ -36,10 +36,31 @@ impl<T: Send + 'static> Drain<T> {
         tick: Duration,
         sink: impl FnMut(&mut Vec<T>) + Send + 'static,
     ) -> std::io::Result<Self> {
+        Self::spawn(name, capacity, tick, false, sink)
+    }
+
+    /// Like [`Drain::start`], but `sink` is called every `tick` even with nothing new, so a
+    /// sink holding items it could not write yet retries them on its own.
+    pub fn start_ticking(
+        name: &str,
+        capacity: usize,
+        tick: Duration,
+        sink: impl FnMut(&mut Vec<T>) + Send + 'static,
+    ) -> std::io::Result<Self> {
+        Self::spawn(name, capacity, tick, true, sink)
+    }
+
+    fn spawn(
+        name: &str,
+        capacity: usize,
+        tick: Duration,
+        every_tick: bool,
+        sink: impl FnMut(&mut Vec<T>) + Send + 'static,
+    ) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::sync_channel(capacity);
         let handle = std::thread::Builder::new()
             .name(name.into())
-            .spawn(move || write_loop(rx, tick, capacity, sink))?;
+            .spawn(move || write_loop(rx, tick, capacity, every_tick, sink))?;
         Ok(Drain {
             tx,
             writer: handle.thread().clone(),
@@ -81,6 +102,7 @@ fn write_loop<T>(
     rx: Receiver<Msg<T>>,
     tick: Duration,
     capacity: usize,
+    every_tick: bool,
     mut sink: impl FnMut(&mut Vec<T>),
 ) {
     let mut batch = Vec::with_capacity(capacity.min(1024));
@@ -101,7 +123,7 @@ fn write_loop<T>(
                 Err(TryRecvError::Disconnected) => break true,
             }
         };
-        if !batch.is_empty() {
+        if every_tick || !batch.is_empty() {
             sink(&mut batch);
             batch.clear();
         }

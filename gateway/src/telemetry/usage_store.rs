@@ -5,11 +5,16 @@ use super::access_log::AccessRecord;
 use super::drain::Drain;
 use crate::store::usage::{UsageKey, UsageRow, UsageTotals};
 use crate::store::{Store, StoreError};
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// Rows queued before new ones are dropped (and counted).
 const QUEUE: usize = 16_384;
+/// Rows kept while the store is unreachable; past it the oldest are dropped (and counted).
+pub const BACKLOG: usize = 100_000;
+/// Longest wait between tries to write the backlog while the store is unreachable.
+const MAX_RETRY_WAIT: Duration = Duration::from_secs(10);
 /// Longest a row waits before its batch is written.
 const BATCH_WAIT: Duration = Duration::from_millis(200);
 
@@ -23,29 +28,129 @@ const BATCH_WAIT: Duration = Duration::from_millis(200);
 pub struct UsageRecorder {
     store: Arc<Store>,
     drain: Arc<Drain<Arc<AccessRecord>>>,
+    backlog: Arc<Mutex<Backlog>>,
+}
+
+/// Usage rows the store could not take yet (it was unreachable), oldest first, bounded:
+/// when full the oldest rows go, and are counted.
+#[derive(Debug)]
+pub struct Backlog {
+    rows: VecDeque<UsageRow>,
+    capacity: usize,
+    dropped: u64,
+}
+
+impl Backlog {
+    /// An empty backlog of at most `capacity` rows.
+    pub fn new(capacity: usize) -> Self {
+        Backlog {
+            rows: VecDeque::new(),
+            capacity,
+            dropped: 0,
+        }
+    }
+
+    /// Keeps `rows` (after those already kept), dropping the oldest past the capacity.
+    pub fn keep(&mut self, rows: impl IntoIterator<Item = UsageRow>) {
+        self.rows.extend(rows);
+        while self.rows.len() > self.capacity {
+            self.rows.pop_front();
+            self.dropped += 1;
+        }
+    }
+
+    /// Everything kept, oldest first, leaving the backlog empty.
+    pub fn take(&mut self) -> Vec<UsageRow> {
+        self.rows.drain(..).collect()
+    }
+
+    /// Rows waiting.
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// Nothing waiting.
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// Rows dropped because the backlog was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+}
+
+/// The writer thread's side: new rows after the backlog, one insert per batch, and backoff
+/// while the store is unreachable.
+struct Writer {
+    store: Arc<Store>,
+    backlog: Arc<Mutex<Backlog>>,
+    next_try: Option<Instant>,
+    wait: Duration,
+}
+
+impl Writer {
+    fn write(&mut self, new_rows: impl Iterator<Item = UsageRow>) {
+        let mut backlog = self.backlog.lock().unwrap_or_else(|e| e.into_inner());
+        let mut rows = backlog.take();
+        rows.extend(new_rows);
+        if rows.is_empty() {
+            return;
+        }
+        if self.next_try.is_some_and(|t| Instant::now() < t) {
+            backlog.keep(rows);
+            return;
+        }
+        match self.store.insert_usage(&rows) {
+            Ok(()) => {
+                if self.next_try.take().is_some() {
+                    tracing::info!("store back: wrote {} buffered usage rows", rows.len());
+                }
+                self.wait = BATCH_WAIT;
+            }
+            Err(e) if e.is_unavailable() => {
+                if self.next_try.is_none() {
+                    tracing::warn!(
+                        "store unreachable: keeping {} usage rows to write later (at most {BACKLOG}): {e}",
+                        rows.len()
+                    );
+                }
+                backlog.keep(rows);
+                self.next_try = Some(Instant::now() + self.wait);
+                self.wait = (self.wait * 2).min(MAX_RETRY_WAIT);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, rows = rows.len(), "writing token usage failed");
+            }
+        }
+    }
 }
 
 impl UsageRecorder {
     /// Starts the writer thread for `store` (its own connection is best, so reads by the
     /// rest of the gateway never wait on a batch).
     pub fn start(store: Arc<Store>) -> std::io::Result<Self> {
-        let writer = store.clone();
-        let mut rows = Vec::new();
-        let sink = move |batch: &mut Vec<Arc<AccessRecord>>| {
-            rows.clear();
-            rows.extend(batch.iter().filter_map(|r| row_of(r)));
-            if rows.is_empty() {
-                return;
-            }
-            if let Err(e) = writer.insert_usage(&rows) {
-                tracing::warn!(error = %e, rows = rows.len(), "writing token usage failed");
-            }
+        let backlog = Arc::new(Mutex::new(Backlog::new(BACKLOG)));
+        let mut writer = Writer {
+            store: store.clone(),
+            backlog: backlog.clone(),
+            next_try: None,
+            wait: BATCH_WAIT,
         };
-        let drain = Drain::start("postern-usage", QUEUE, BATCH_WAIT, sink)?;
+        let sink = move |batch: &mut Vec<Arc<AccessRecord>>| {
+            writer.write(batch.iter().filter_map(|r| row_of(r)));
+        };
+        let drain = Drain::start_ticking("postern-usage", QUEUE, BATCH_WAIT, sink)?;
         Ok(Self {
             store,
             drain: Arc::new(drain),
+            backlog,
         })
+    }
+
+    /// Rows waiting for the store to be reachable again.
+    pub fn buffered(&self) -> usize {
+        self.backlog.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
     /// Queues the usage of `record`, if it has any. Never blocks.
@@ -55,9 +160,11 @@ impl UsageRecorder {
         }
     }
 
-    /// Rows lost because the writer could not keep up.
+    /// Rows lost because the writer could not keep up, or the store stayed unreachable
+    /// past the backlog's capacity.
     pub fn dropped(&self) -> u64 {
-        self.drain.dropped()
+        let backlog = self.backlog.lock().unwrap_or_else(|e| e.into_inner());
+        self.drain.dropped() + backlog.dropped()
     }
 
     /// Waits (blocking, up to `timeout`) until every row queued so far is written.
@@ -106,6 +213,34 @@ pub fn row_of(record: &AccessRecord) -> Option<UsageRow> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn usage_row(n: u64) -> UsageRow {
+        UsageRow {
+            time: format!("2026-01-01T00:00:{n:02}.000Z"),
+            user: None,
+            groups: Vec::new(),
+            service: None,
+            config: None,
+            model: None,
+            prompt: n,
+            completion: 0,
+            total: n,
+            estimated: false,
+            gateway: None,
+        }
+    }
+
+    #[test]
+    fn a_full_backlog_drops_the_oldest_rows_and_counts_them() {
+        let mut b = Backlog::new(3);
+        b.keep((1..=2).map(usage_row));
+        b.keep((3..=5).map(usage_row));
+        assert_eq!(b.len(), 3);
+        assert_eq!(b.dropped(), 2);
+        let kept: Vec<u64> = b.take().iter().map(|r| r.prompt).collect();
+        assert_eq!(kept, vec![3, 4, 5]);
+        assert!(b.is_empty());
+    }
     use crate::telemetry::usage::Usage;
 
     fn record(user: &str, usage: Option<Usage>, estimated: bool) -> AccessRecord {

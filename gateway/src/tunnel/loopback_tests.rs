@@ -33,6 +33,7 @@ pub(super) async fn gateway_with(dir: &std::path::Path, settings: Settings) -> A
             domain: "postern.test".into(),
             tls_cert: None,
             tls_key: None,
+            store: None,
         },
     )
     .unwrap();

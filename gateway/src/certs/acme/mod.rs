@@ -47,6 +47,15 @@ use zeroize::Zeroize;
 /// Longest sleep between two plans, so a changed system clock is noticed within the hour.
 const MAX_SLEEP: i64 = 3600;
 
+/// The lease gateways sharing a store take before ordering, so one orders and the others
+/// install what it stores (a Certificates notice wakes them).
+const ORDER_LEASE: &str = "acme-orders";
+/// How long the lease holds without being renewed (each order renews it); a gateway that
+/// died holding it blocks the others this long at most.
+const ORDER_LEASE_SECS: i64 = 600;
+/// How soon a gateway that found the lease taken looks again (a notice may wake it sooner).
+const LEASE_RECHECK_SECS: u64 = 60;
+
 /// Why `serve` cannot start the ACME parts.
 #[derive(Debug, thiserror::Error)]
 pub enum LaunchError {
@@ -84,6 +93,16 @@ pub async fn launch(
         let max = gw.settings.client_limits.max_connections;
         tokio::spawn(http01::serve(certs.clone(), listener, redirect, max));
     }
+    if let Some(opts) = &opts {
+        if gw.store().is_shared() && !opts.wildcard() {
+            tracing::warn!(
+                "ACME {} on a store several gateways share: the CA may check the challenge \
+                 on another gateway than the one ordering and fail; use DNS-01 \
+                 (--acme-dns-rfc2136) or certificate files (docs/tls.md)",
+                opts.challenge
+            );
+        }
+    }
     Ok(opts.map(|opts| start(gw, certs, opts)))
 }
 
@@ -101,6 +120,7 @@ pub fn start(gw: Arc<Gateway>, certs: Arc<Certificates>, opts: AcmeOptions) -> J
         new_account: false,
         retry_after: RetryAfter::default(),
         unreadable_warned: Default::default(),
+        lease_waiting: false,
     };
     manager.sync_from_store();
     tokio::spawn(manager.run())
@@ -124,6 +144,8 @@ struct Manager {
     retry_after: RetryAfter,
     /// Stored rows this gateway cannot open, already logged (once each).
     unreadable_warned: std::collections::BTreeSet<String>,
+    /// Another gateway holds the order lease, already logged.
+    lease_waiting: bool,
 }
 
 impl Manager {
@@ -162,9 +184,20 @@ impl Manager {
             self.backoff
                 .retain(|n, _| wanted.iter().any(|w| &w.name == n));
             if !p.due.is_empty() {
+                if !self.take_lease().await {
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(LEASE_RECHECK_SECS)) => {}
+                        _ = changes.changed() => {}
+                    }
+                    continue;
+                }
                 for due in p.due {
+                    if !self.take_lease().await {
+                        break;
+                    }
                     self.order(&due.wanted).await;
                 }
+                self.give_lease_back().await;
                 continue;
             }
             let wait = p
@@ -179,6 +212,55 @@ impl Manager {
                     }
                 }
             }
+        }
+    }
+
+    /// Takes (or renews) the order lease; `false` when another gateway holds it, or the
+    /// store cannot say (ordering then would only repeat the other's work).
+    async fn take_lease(&mut self) -> bool {
+        let gw = self.gw.clone();
+        let now = now_unix();
+        let outcome = tokio::task::spawn_blocking(move || {
+            let holder = gw.name().to_string();
+            gw.store()
+                .acquire_lease(ORDER_LEASE, &holder, now, now + ORDER_LEASE_SECS)
+        })
+        .await;
+        match outcome {
+            Ok(Ok(true)) => {
+                self.lease_waiting = false;
+                true
+            }
+            Ok(Ok(false)) => {
+                if !self.lease_waiting {
+                    tracing::info!("ACME: another gateway on this store is ordering; waiting for the certificates it stores");
+                    self.lease_waiting = true;
+                }
+                false
+            }
+            Ok(Err(e)) => {
+                tracing::warn!("ACME: cannot take the order lease ({e}); trying again later");
+                false
+            }
+            Err(e) => {
+                tracing::warn!("ACME: cannot take the order lease ({e}); trying again later");
+                false
+            }
+        }
+    }
+
+    /// Gives the order lease back after a round of orders, so another gateway may renew.
+    async fn give_lease_back(&self) {
+        let gw = self.gw.clone();
+        let done = tokio::task::spawn_blocking(move || {
+            let holder = gw.name().to_string();
+            gw.store().release_lease(ORDER_LEASE, &holder)
+        })
+        .await;
+        if let Ok(Err(e)) = done {
+            tracing::warn!(
+                "ACME: giving the order lease back failed ({e}); it expires in {ORDER_LEASE_SECS}s"
+            );
         }
     }
 

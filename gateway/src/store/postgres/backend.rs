@@ -5,7 +5,7 @@ use super::super::dump::Dump;
 use super::super::feed::{FeedEvent, Topic};
 use super::super::usage::{UsageKey, UsageRow, UsageTotals};
 use super::super::{CredentialRecord, StoreBackend, StoreError, StoredCertificate};
-use super::{certs, import, limits, listen, records, resources, tunnel, usage, PgStore};
+use super::{certs, import, leases, limits, listen, records, resources, tunnel, usage, PgStore};
 use crate::limits::counters::CounterRow;
 use crate::limits::window::Window;
 use postern_common::resources::{Kind, Resource, SecretInfo, SessionInfo};
@@ -191,6 +191,20 @@ impl StoreBackend for PgStore {
     }
     fn prune_limit_grants(&self, now: i64) -> Result<usize, StoreError> {
         self.run(|db| limits::prune_grants(db, now))
+    }
+    fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now: i64,
+        expires: i64,
+    ) -> Result<bool, StoreError> {
+        let (name, holder) = (name.to_string(), holder.to_string());
+        self.run(|db| leases::acquire(db, name, holder, now, expires))
+    }
+    fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+        let (name, holder) = (name.to_string(), holder.to_string());
+        self.run(|db| leases::release(db, name, holder))
     }
     fn claim_tunnel_address(
         &self,

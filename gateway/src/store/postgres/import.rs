@@ -18,6 +18,7 @@ const TABLES: &[&str] = &[
     "usage",
     "limit_counters",
     "limit_grants",
+    "leases",
     "acme_accounts",
     "certificates",
 ];

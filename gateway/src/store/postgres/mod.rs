@@ -9,6 +9,7 @@ mod certs;
 pub mod config;
 mod errors;
 mod import;
+mod leases;
 mod limits;
 mod listen;
 mod records;

@@ -296,12 +296,11 @@ pub(super) async fn delete_expired_sessions(db: Db, now: String) -> Result<usize
     let now = parse_rfc3339("now", &now)?;
     let mut client = db.client().await?;
     let tx = client.transaction().await?;
+    // No notice: every gateway drops expired Sessions from its memory by the clock, so a
+    // sweep (which every gateway runs) must not make the others reload every Session.
     let n = tx
         .execute("DELETE FROM sessions WHERE expires_unix <= $1", &[&now])
         .await?;
-    if n > 0 {
-        notify(&tx, &db.origin, Topic::Sessions, None).await?;
-    }
     tx.commit().await?;
     Ok(n as usize)
 }

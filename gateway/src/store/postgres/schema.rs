@@ -101,6 +101,11 @@ pub const MIGRATIONS: &[&str] = &[
         not_after   bigint NOT NULL,
         directory   text NOT NULL
     );
+    CREATE TABLE leases (
+        name    text PRIMARY KEY,
+        holder  text NOT NULL,
+        expires bigint NOT NULL
+    );
     CREATE TABLE tunnel_addresses (
         idx        integer PRIMARY KEY,
         session    text NOT NULL,

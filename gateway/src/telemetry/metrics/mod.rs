@@ -16,8 +16,13 @@ pub struct Gauges {
     pub tunnel_peers: u64,
     /// Access log lines dropped because the writer could not keep up.
     pub access_log_dropped: u64,
-    /// Usage rows dropped because the store writer could not keep up.
+    /// Usage rows dropped because the store writer could not keep up, or the store stayed
+    /// unreachable past the backlog.
     pub usage_dropped: u64,
+    /// Usage rows waiting for the store to be reachable again.
+    pub usage_buffered: u64,
+    /// 1 when the store answered its last ping, else 0.
+    pub store_reachable: u64,
     /// Requests whose response has not ended (the in-flight cap's count).
     pub requests_in_flight: u64,
     /// Requests answered 503 because the in-flight cap was reached.
@@ -135,9 +140,23 @@ impl Metrics {
         single(
             &mut out,
             "postern_usage_dropped_total",
-            "Token usage rows dropped because the store writer could not keep up.",
+            "Token usage rows dropped: the store writer could not keep up, or the store stayed unreachable past the backlog.",
             "counter",
             gauges.usage_dropped,
+        );
+        single(
+            &mut out,
+            "postern_usage_buffered",
+            "Token usage rows waiting for the store to be reachable again.",
+            "gauge",
+            gauges.usage_buffered,
+        );
+        single(
+            &mut out,
+            "postern_store_reachable",
+            "1 when the store answered its last ping (every second), else 0.",
+            "gauge",
+            gauges.store_reachable,
         );
         single(
             &mut out,
@@ -231,6 +250,8 @@ mod tests {
             tunnel_peers: 0,
             access_log_dropped: 1,
             usage_dropped: 0,
+            usage_buffered: 0,
+            store_reachable: 1,
             requests_in_flight: 5,
             requests_shed: 6,
             connections_refused: 7,

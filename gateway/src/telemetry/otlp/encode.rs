@@ -202,6 +202,9 @@ fn attributes(ctx: &EncodeContext, r: &AccessRecord) -> Vec<KeyValue> {
     if let (Some(svc), Some(domain)) = (&r.service, &ctx.domain) {
         a.push(kv_str("server.address", &format!("{svc}.{domain}")));
     }
+    if let Some(gateway) = &r.gateway {
+        a.push(kv_str("postern.gateway", gateway));
+    }
     opt(&mut a, "postern.user", &r.user);
     opt(&mut a, "postern.session", &r.session);
     opt(&mut a, "postern.service", &r.service);

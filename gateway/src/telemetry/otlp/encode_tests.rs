@@ -13,6 +13,7 @@ fn completion() -> AccessRecord {
     let mut r = AccessRecord::new("req-1", "POST", "/v1/chat/completions");
     r.time = "2026-01-02T03:04:05.678Z".into();
     r.user = Some("alice".into());
+    r.gateway = Some("gw-a".into());
     r.session = Some("sess-1".into());
     r.service = Some("total-ai".into());
     r.config = Some("openai".into());
@@ -88,6 +89,7 @@ fn logs_round_trip_through_protobuf() {
     assert_eq!(s(a, "url.path"), "/v1/chat/completions");
     assert_eq!(s(a, "server.address"), "total-ai.example.test");
     assert_eq!(s(a, "postern.user"), "alice");
+    assert_eq!(s(a, "postern.gateway"), "gw-a");
     assert_eq!(s(a, "postern.session"), "sess-1");
     assert_eq!(s(a, "postern.service"), "total-ai");
     assert_eq!(s(a, "postern.config"), "openai");

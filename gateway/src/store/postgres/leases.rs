@@ -1,0 +1,38 @@
+//! Leases on PostgreSQL: one gateway at a time does a job (ordering certificates). The
+//! upsert takes the row lock, so two gateways asking at once get one holder.
+
+use super::super::StoreError;
+use super::Db;
+
+pub(super) async fn acquire(
+    db: Db,
+    name: String,
+    holder: String,
+    now: i64,
+    expires: i64,
+) -> Result<bool, StoreError> {
+    let row = db
+        .client()
+        .await?
+        .query_opt(
+            "INSERT INTO leases (name, holder, expires) VALUES ($1, $2, $4)
+             ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires = excluded.expires
+             WHERE leases.expires <= $3 OR leases.holder = excluded.holder
+             RETURNING holder",
+            &[&name, &holder, &now, &expires],
+        )
+        .await?;
+    // No row: the WHERE refused the update, as another holder's lease has not expired.
+    Ok(row.is_some_and(|r| r.get::<_, &str>(0) == holder))
+}
+
+pub(super) async fn release(db: Db, name: String, holder: String) -> Result<(), StoreError> {
+    db.client()
+        .await?
+        .execute(
+            "DELETE FROM leases WHERE name = $1 AND holder = $2",
+            &[&name, &holder],
+        )
+        .await?;
+    Ok(())
+}
