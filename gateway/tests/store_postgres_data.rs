@@ -312,3 +312,37 @@ fn a_nul_from_an_upstream_does_not_lose_the_usage_batch() {
     assert_eq!(rows[0].groups, ["d\u{FFFD}v"]);
     assert_eq!(rows[1].model.as_deref(), Some("m2"));
 }
+
+#[test]
+fn a_lease_has_one_holder_until_it_expires_or_is_given_up() {
+    let Some((cluster, store)) = setup() else {
+        return;
+    };
+    assert!(store.acquire_lease("acme", "gw-a", 100, 160).unwrap());
+    assert!(!store.acquire_lease("acme", "gw-b", 120, 180).unwrap());
+    // The holder extends it; another takes it only once it has expired.
+    assert!(store.acquire_lease("acme", "gw-a", 150, 210).unwrap());
+    assert!(!store.acquire_lease("acme", "gw-b", 200, 260).unwrap());
+    assert!(store.acquire_lease("acme", "gw-b", 210, 270).unwrap());
+    store.release_lease("acme", "gw-a").unwrap(); // not its holder: nothing
+    assert!(!store.acquire_lease("acme", "gw-a", 220, 280).unwrap());
+    store.release_lease("acme", "gw-b").unwrap();
+    assert!(store.acquire_lease("acme", "gw-a", 220, 280).unwrap());
+
+    // Gateways asking at once: exactly one wins.
+    let url = cluster.url("postern");
+    let winners: usize = (0..8)
+        .map(|i| {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                let s = PgStore::connect(&url, &format!("gw-{i}")).unwrap();
+                s.acquire_lease("race", &format!("gw-{i}"), 1000, 1060)
+                    .unwrap()
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|h| usize::from(h.join().unwrap()))
+        .sum();
+    assert_eq!(winners, 1);
+}

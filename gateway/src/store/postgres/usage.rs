@@ -29,10 +29,7 @@ pub(super) fn clamp(n: u64) -> i64 {
 }
 
 /// Inserts rows with one prepared statement.
-pub(super) async fn insert_rows(
-    c: &Transaction<'_>,
-    rows: &[UsageRow],
-) -> Result<(), StoreError> {
+pub(super) async fn insert_rows(c: &Transaction<'_>, rows: &[UsageRow]) -> Result<(), StoreError> {
     let stmt = c.prepare_cached(INSERT).await?;
     for r in rows {
         let groups: Vec<_> = r.groups.iter().map(|g| text(g)).collect();
