@@ -26,7 +26,6 @@ fn bin_dir() -> Option<PathBuf> {
 }
 
 fn is_root() -> bool {
-    // SAFETY-free: `id -u` rather than libc.
     Command::new("id")
         .arg("-u")
         .output()
@@ -82,7 +81,7 @@ impl Cluster {
         std::fs::create_dir_all(&dir).unwrap();
         let data = dir.join("data");
         let mut options = format!(
-            "-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off",
+            "-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off",
             port = 0,
             sock = dir.display()
         );
@@ -197,6 +196,39 @@ impl Cluster {
         );
     }
 
+    /// The server and its backends, by process id (from `postmaster.pid`).
+    fn pids(&self) -> Vec<String> {
+        let pidfile = std::fs::read_to_string(self.data.join("postmaster.pid")).unwrap();
+        let main = pidfile.lines().next().unwrap().trim().to_string();
+        let children = Command::new("pgrep").args(["-P", &main]).output().unwrap();
+        let mut pids = vec![main];
+        pids.extend(
+            String::from_utf8_lossy(&children.stdout)
+                .split_whitespace()
+                .map(str::to_string),
+        );
+        pids
+    }
+
+    /// Freezes the server and its backends (SIGSTOP): connections stay open, nothing answers.
+    pub fn freeze(&self) {
+        let ok = Command::new("kill")
+            .arg("-STOP")
+            .args(self.pids())
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+
+    /// Undoes [`Cluster::freeze`].
+    pub fn thaw(&self) {
+        let _ = Command::new("kill")
+            .arg("-CONT")
+            .args(self.pids())
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+
     /// A URL to database `db` over TCP without TLS.
     pub fn url(&self, db: &str) -> String {
         format!(
@@ -248,6 +280,9 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        if self.data.join("postmaster.pid").exists() {
+            self.thaw();
+        }
         self.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
     }

@@ -73,12 +73,12 @@ pub(super) async fn import(db: Db, dump: Dump, replace: bool) -> Result<(), Stor
         .await?;
     }
     for c in &dump.credentials {
-        insert_credential_row(&*tx, c).await?;
+        insert_credential_row(&tx, c).await?;
     }
     for s in &dump.sessions {
-        insert_session_row(&*tx, s).await?;
+        insert_session_row(&tx, s).await?;
     }
-    insert_rows(&*tx, &dump.usage).await?;
+    insert_rows(&tx, &dump.usage).await?;
     for c in &dump.limit_counters {
         tx.execute(
             "INSERT INTO limit_counters (key, window_start, window_end, used)

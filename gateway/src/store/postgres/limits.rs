@@ -66,20 +66,21 @@ async fn lock_grant(
     key: &str,
     window: Window,
 ) -> Result<Option<u64>, StoreError> {
-    tx.execute(
-        "INSERT INTO limit_grants (key, window_start, window_end, granted) VALUES ($1, $2, $3, 0)
-         ON CONFLICT (key) DO UPDATE SET window_start = excluded.window_start,
-             window_end = excluded.window_end, granted = 0
-         WHERE limit_grants.window_start < excluded.window_start",
-        &[&key, &window.start, &window.end],
-    )
-    .await?;
-    let row = tx
-        .query_one(
-            "SELECT window_start, granted FROM limit_grants WHERE key = $1 FOR UPDATE",
-            &[&key],
+    let ensure = tx
+        .prepare_cached(
+            "INSERT INTO limit_grants (key, window_start, window_end, granted)
+             VALUES ($1, $2, $3, 0)
+             ON CONFLICT (key) DO UPDATE SET window_start = excluded.window_start,
+                 window_end = excluded.window_end, granted = 0
+             WHERE limit_grants.window_start < excluded.window_start",
         )
         .await?;
+    tx.execute(&ensure, &[&key, &window.start, &window.end])
+        .await?;
+    let select = tx
+        .prepare_cached("SELECT window_start, granted FROM limit_grants WHERE key = $1 FOR UPDATE")
+        .await?;
+    let row = tx.query_one(&select, &[&key]).await?;
     let start: i64 = row.get(0);
     let granted: i64 = row.get(1);
     Ok((start == window.start).then_some(granted.max(0) as u64))
@@ -90,11 +91,10 @@ async fn set_grant(
     key: &str,
     granted: u64,
 ) -> Result<(), StoreError> {
-    tx.execute(
-        "UPDATE limit_grants SET granted = $2 WHERE key = $1",
-        &[&key, &clamp(granted)],
-    )
-    .await?;
+    let update = tx
+        .prepare_cached("UPDATE limit_grants SET granted = $2 WHERE key = $1")
+        .await?;
+    tx.execute(&update, &[&key, &clamp(granted)]).await?;
     Ok(())
 }
 

@@ -1,8 +1,10 @@
 //! The change feed: a dedicated connection that `LISTEN`s on [`CHANNEL`] and hands other
-//! gateways' notices to the gateway, skipping its own. When the connection is lost it says
-//! so (`Lost`), reconnects with backoff (100 ms doubling to 5 s) and asks for a full reload
-//! (`Resync`), since notices sent meanwhile are gone. It never blocks on a slow consumer: a
-//! notice that does not fit the channel is dropped and a `Resync` sent once there is room.
+//! gateways' notices to the gateway, skipping its own. When the connection is lost, or
+//! cannot be made at start, it says so (`Lost`, once per outage), reconnects with backoff
+//! (100 ms doubling to 5 s) and asks for a full reload (`Resync`), since notices sent
+//! meanwhile are gone; it also sends `Resync` once first connected, for changes made between
+//! the gateway's load and `LISTEN`. It never blocks on a slow consumer: a notice that does
+//! not fit the channel is dropped and a `Resync` sent once there is room.
 
 use super::config::Settings;
 use crate::store::feed::{FeedEvent, Notice, CHANNEL};
@@ -90,22 +92,25 @@ pub fn spawn(
 
 async fn run(settings: Arc<Settings>, tls: MakeRustlsConnect, origin: Arc<str>, mut out: Sender) {
     let mut backoff = BACKOFF_FIRST;
-    let mut lost_before = false;
+    // Whether the gateway has been told (`Lost`) that changes are not being heard.
+    let mut down = false;
     loop {
-        match listen_once(&settings, &tls, &origin, &mut out, lost_before).await {
-            Err(Gone) => return,
-            Ok((reason, was_live)) => {
-                if was_live {
-                    tracing::warn!("store: change feed lost: {reason}; reconnecting");
-                    if out.send(FeedEvent::Lost(reason)).is_err() {
-                        return;
-                    }
-                    backoff = BACKOFF_FIRST;
-                    lost_before = true;
-                } else {
-                    tracing::debug!("store: change feed still down: {reason}");
-                }
+        let Ok((reason, was_live)) =
+            listen_once(&settings, &tls, &origin, &mut out, &mut down).await
+        else {
+            return;
+        };
+        if was_live {
+            tracing::warn!("store: change feed lost: {reason}; reconnecting");
+            backoff = BACKOFF_FIRST;
+        } else if !down {
+            tracing::warn!("store: change feed cannot connect: {reason}; retrying");
+        }
+        if !down {
+            if out.send(FeedEvent::Lost(reason)).is_err() {
+                return;
             }
+            down = true;
         }
         tokio::time::sleep(backoff).await;
         backoff = next_backoff(backoff);
@@ -119,7 +124,7 @@ async fn listen_once(
     tls: &MakeRustlsConnect,
     origin: &str,
     out: &mut Sender,
-    lost_before: bool,
+    down: &mut bool,
 ) -> Result<(String, bool), Gone> {
     let (client, mut connection) = match settings.driver_config().connect(tls.clone()).await {
         Ok(c) => c,
@@ -140,8 +145,9 @@ async fn listen_once(
     if let Err(e) = client.batch_execute(&format!("LISTEN {CHANNEL}")).await {
         return Ok((super::errors::map(e).to_string(), false));
     }
-    if lost_before {
+    if *down {
         tracing::info!("store: change feed back; resyncing");
+        *down = false;
     }
     // Notices sent before LISTEN took effect are not heard: the gateway reloads.
     out.send(FeedEvent::Resync)?;

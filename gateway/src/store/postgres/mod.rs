@@ -69,8 +69,8 @@ async fn send_notice(
     tx: &deadpool_postgres::Transaction<'_>,
     notice: Notice,
 ) -> Result<(), StoreError> {
-    tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &notice.encode()])
-        .await?;
+    let stmt = tx.prepare_cached("SELECT pg_notify($1, $2)").await?;
+    tx.execute(&stmt, &[&CHANNEL, &notice.encode()]).await?;
     Ok(())
 }
 

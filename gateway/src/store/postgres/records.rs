@@ -5,16 +5,17 @@ use super::super::{CredentialRecord, StoreError};
 use super::resources::expect_one;
 use super::{errors, notify, send_notice, Db};
 use crate::store::feed::{Notice, Topic};
+use deadpool_postgres::Transaction;
 use postern_common::resources::{
     Authentication, CredentialInfo, CredentialType, Kind, SessionInfo, SessionType,
 };
-use tokio_postgres::{GenericClient, Row};
+use tokio_postgres::Row;
 
 const CREDENTIAL_COLUMNS: &str =
     "name, user_name, type, client_id, lookup_id, secret_hash, created_at, expires_at";
 
 const SESSION_COLUMNS: &str =
-    "name, user_name, type, credential, created_at, expires_at, kind, authentication::text";
+    "name, user_name, type, credential, created_at, expires_at, kind, authentication";
 
 /// Parses an RFC 3339 timestamp into Unix seconds, naming the offending field on error.
 pub(super) fn parse_rfc3339(field: &'static str, value: &str) -> Result<i64, StoreError> {
@@ -28,17 +29,20 @@ pub(super) fn parse_rfc3339(field: &'static str, value: &str) -> Result<i64, Sto
 
 /// Inserts one credentials row.
 pub(super) async fn insert_credential_row(
-    c: &impl GenericClient,
+    c: &Transaction<'_>,
     r: &CredentialRecord,
 ) -> Result<(), StoreError> {
     parse_rfc3339("createdAt", &r.info.created_at)?;
     if let Some(expires_at) = &r.info.expires_at {
         parse_rfc3339("expiresAt", expires_at)?;
     }
-    c.execute(
-        &format!(
+    let stmt = c
+        .prepare_cached(&format!(
             "INSERT INTO credentials ({CREDENTIAL_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
-        ),
+        ))
+        .await?;
+    c.execute(
+        &stmt,
         &[
             &r.info.name,
             &r.info.user,
@@ -66,16 +70,21 @@ pub(super) async fn insert_credential_row(
 
 /// Inserts one sessions row.
 pub(super) async fn insert_session_row(
-    c: &impl GenericClient,
+    c: &Transaction<'_>,
     s: &SessionInfo,
 ) -> Result<(), StoreError> {
     parse_rfc3339("createdAt", &s.created_at)?;
     let expires_unix = parse_rfc3339("expiresAt", &s.expires_at)?;
     let authentication = serde_json::to_string(&s.authentication).expect("serializes");
+    let stmt = c
+        .prepare_cached(
+            "INSERT INTO sessions (name, user_name, type, credential, created_at, expires_at,
+                                   expires_unix, kind, identity_provider, authentication)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .await?;
     c.execute(
-        "INSERT INTO sessions (name, user_name, type, credential, created_at, expires_at,
-                               expires_unix, kind, identity_provider, authentication)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::text::jsonb)",
+        &stmt,
         &[
             &s.name,
             &s.user,
@@ -166,7 +175,7 @@ fn session_type_str(t: SessionType) -> &'static str {
 pub(super) async fn insert_credential(db: Db, c: CredentialRecord) -> Result<(), StoreError> {
     let mut client = db.client().await?;
     let tx = client.transaction().await?;
-    insert_credential_row(&*tx, &c).await?;
+    insert_credential_row(&tx, &c).await?;
     notify(&tx, &db.origin, Topic::Credentials, Some(&c.info.name)).await?;
     tx.commit().await?;
     Ok(())
@@ -188,14 +197,13 @@ pub(super) async fn credential_by_lookup_id(
     db: Db,
     lookup_id: String,
 ) -> Result<Option<CredentialRecord>, StoreError> {
-    let row = db
-        .client()
-        .await?
-        .query_opt(
-            &format!("SELECT {CREDENTIAL_COLUMNS} FROM credentials WHERE lookup_id = $1"),
-            &[&lookup_id],
-        )
+    let client = db.client().await?;
+    let stmt = client
+        .prepare_cached(&format!(
+            "SELECT {CREDENTIAL_COLUMNS} FROM credentials WHERE lookup_id = $1"
+        ))
         .await?;
+    let row = client.query_opt(&stmt, &[&lookup_id]).await?;
     row.as_ref().map(read_credential).transpose()
 }
 
@@ -237,7 +245,7 @@ pub(super) async fn delete_where(
 pub(super) async fn insert_session(db: Db, s: SessionInfo) -> Result<(), StoreError> {
     let mut client = db.client().await?;
     let tx = client.transaction().await?;
-    insert_session_row(&*tx, &s).await?;
+    insert_session_row(&tx, &s).await?;
     let notice = Notice {
         origin: db.origin.to_string(),
         topic: Topic::Sessions,
@@ -262,14 +270,13 @@ pub(super) async fn list_sessions(db: Db) -> Result<Vec<SessionInfo>, StoreError
 }
 
 pub(super) async fn get_session(db: Db, name: String) -> Result<Option<SessionInfo>, StoreError> {
-    let row = db
-        .client()
-        .await?
-        .query_opt(
-            &format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE name = $1"),
-            &[&name],
-        )
+    let client = db.client().await?;
+    let stmt = client
+        .prepare_cached(&format!(
+            "SELECT {SESSION_COLUMNS} FROM sessions WHERE name = $1"
+        ))
         .await?;
+    let row = client.query_opt(&stmt, &[&name]).await?;
     row.as_ref().map(read_session).transpose()
 }
 

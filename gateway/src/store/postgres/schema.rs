@@ -2,7 +2,8 @@
 //! at connect under a transaction-scoped advisory lock so gateways starting together apply
 //! each migration once. Same tables as SQLite schema 6. Text compared or
 //! ordered by the store is `COLLATE "C"` so ordering is bytewise, as in SQLite, whatever the
-//! database's locale.
+//! database's locale. A Session's authentication record (ID-token claims, which people can
+//! shape) is JSON kept as `text`: `jsonb` refuses a `\u0000` escape that SQLite keeps.
 
 use super::super::StoreError;
 use deadpool_postgres::Client;
@@ -51,7 +52,7 @@ pub const MIGRATIONS: &[&str] = &[
         expires_unix      bigint NOT NULL,
         kind              text NOT NULL,
         identity_provider text,
-        authentication    jsonb NOT NULL
+        authentication    text NOT NULL
     );
     CREATE INDEX sessions_user ON sessions (user_name);
     CREATE INDEX sessions_credential ON sessions (credential);

@@ -172,3 +172,56 @@ impl ServerCertVerifier for EncryptOnly {
         self.0.signature_verification_algorithms.supported_schemes()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(query: &str) -> Settings {
+        Settings::parse(&format!("postgres://db/postern?{query}"), "u").unwrap()
+    }
+
+    fn temp(name: &str, body: &str) -> std::path::PathBuf {
+        let p = std::env::temp_dir().join(format!("postern-tls-{}-{name}", std::process::id()));
+        std::fs::write(&p, body).unwrap();
+        p
+    }
+
+    #[test]
+    fn every_mode_builds_with_the_built_in_roots() {
+        for mode in ["disable", "prefer", "require", "verify-ca", "verify-full"] {
+            connector(&settings(&format!("sslmode={mode}"))).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_root_file_must_exist_and_hold_a_certificate() {
+        let err = connector(&settings(
+            "sslmode=verify-full&sslrootcert=/nonexistent/ca.pem",
+        ))
+        .err()
+        .unwrap();
+        assert!(matches!(err, TlsError::RootCert { .. }), "{err}");
+        let empty = temp("empty.pem", "not a certificate\n");
+        let err = connector(&settings(&format!(
+            "sslmode=verify-full&sslrootcert={}",
+            empty.display()
+        )))
+        .err()
+        .unwrap();
+        assert!(err.to_string().contains("no usable certificate"), "{err}");
+        let key = rcgen::KeyPair::generate().unwrap();
+        let ca = rcgen::CertificateParams::new(vec!["ca".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let good = temp("ca.pem", &ca.pem());
+        connector(&settings(&format!(
+            "sslmode=verify-ca&sslrootcert={}",
+            good.display()
+        )))
+        .unwrap();
+        let _ = std::fs::remove_file(empty);
+        let _ = std::fs::remove_file(good);
+    }
+}

@@ -4,38 +4,50 @@
 use super::super::usage::{UsageKey, UsageRow, UsageTotals};
 use super::super::StoreError;
 use super::Db;
-use tokio_postgres::GenericClient;
+use deadpool_postgres::Transaction;
 
 const INSERT: &str = "INSERT INTO usage (time, user_name, groups, service, config, model, prompt,
                                         completion, total, estimated, gateway)
      VALUES ($1, $2, $3::text::jsonb, $4, $5, $6, $7, $8, $9, $10, $11)";
+
+/// PostgreSQL text cannot hold NUL, which SQLite keeps; a model name or group from an
+/// upstream or an IdP may carry one, and must not make the whole batch fail.
+fn text(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.contains('\0') {
+        s.replace('\0', "\u{FFFD}").into()
+    } else {
+        s.into()
+    }
+}
+
+fn opt_text(s: &Option<String>) -> Option<std::borrow::Cow<'_, str>> {
+    s.as_deref().map(text)
+}
 
 pub(super) fn clamp(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 /// Inserts rows with one prepared statement.
-pub(super) async fn insert_rows(
-    c: &impl GenericClient,
-    rows: &[UsageRow],
-) -> Result<(), StoreError> {
-    let stmt = c.prepare(INSERT).await?;
+pub(super) async fn insert_rows(c: &Transaction<'_>, rows: &[UsageRow]) -> Result<(), StoreError> {
+    let stmt = c.prepare_cached(INSERT).await?;
     for r in rows {
-        let groups = serde_json::to_string(&r.groups).unwrap_or_else(|_| "[]".into());
+        let groups: Vec<_> = r.groups.iter().map(|g| text(g)).collect();
+        let groups = serde_json::to_string(&groups).unwrap_or_else(|_| "[]".into());
         c.execute(
             &stmt,
             &[
-                &r.time,
-                &r.user,
+                &text(&r.time),
+                &opt_text(&r.user),
                 &groups,
-                &r.service,
-                &r.config,
-                &r.model,
+                &opt_text(&r.service),
+                &opt_text(&r.config),
+                &opt_text(&r.model),
                 &clamp(r.prompt),
                 &clamp(r.completion),
                 &clamp(r.total),
                 &r.estimated,
-                &r.gateway,
+                &opt_text(&r.gateway),
             ],
         )
         .await?;
@@ -49,7 +61,7 @@ pub(super) async fn insert(db: Db, rows: Vec<UsageRow>) -> Result<(), StoreError
     }
     let mut client = db.client().await?;
     let tx = client.transaction().await?;
-    insert_rows(&*tx, &rows).await?;
+    insert_rows(&tx, &rows).await?;
     tx.commit().await?;
     Ok(())
 }
