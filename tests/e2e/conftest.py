@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import ssl
@@ -145,8 +146,14 @@ def name_of(item: dict) -> str:
 
 class Gateway:
     def __init__(self, bin_dir: Path, root: Path, extra_args: list[str], max_body: int | None,
-                 upstream_ca: str | None, port: int | None = None, trust: list[str] | None = None):
+                 upstream_ca: str | None, port: int | None = None, trust: list[str] | None = None,
+                 store: str | None = None, gateway_name: str | None = None,
+                 copy_of: "Gateway | None" = None, store_flag: bool = True):
         self.bin_dir = bin_dir
+        self.store = store
+        self.gateway_name = gateway_name
+        self.copy_of = copy_of
+        self.store_flag = store_flag
         self.root = root
         self.data_dir = root / "data"
         self.home = root / "home"
@@ -179,8 +186,10 @@ class Gateway:
         return env
 
     def init(self) -> subprocess.CompletedProcess:
+        store = ["--store", self.store] if self.store else []
         return subprocess.run(
-            [self.bin("posternd"), "init", "--data-dir", str(self.data_dir), "--domain", DOMAIN, "-o", "json"],
+            [self.bin("posternd"), "init", "--data-dir", str(self.data_dir), "--domain", DOMAIN, "-o", "json",
+             *store],
             capture_output=True, text=True, timeout=WAIT, env=self.env,
         )
 
@@ -191,12 +200,22 @@ class Gateway:
             args += ["--max-body-bytes", str(self.max_body)]
         if self.upstream_ca:
             args += ["--upstream-ca", self.upstream_ca]
+        if self.store and self.store_flag:
+            args += ["--store", self.store]
+        if self.gateway_name:
+            args += ["--gateway-name", self.gateway_name]
         return args + self.extra_args
 
     def start(self) -> "Gateway":
-        r = self.init()
-        assert r.returncode == 0, f"posternd init failed ({r.returncode}):\n{r.stdout}\n{r.stderr}"
-        self.init_output = parse_json(r.stdout, "posternd init -o json")
+        if self.copy_of is not None:
+            # Another gateway of the same store: a copy of the first one's data directory
+            # (its keys, CA and certificate), as docs/operations.md tells operators to do.
+            shutil.copytree(self.copy_of.data_dir, self.data_dir)
+            self.init_output = dict(self.copy_of.init_output)
+        else:
+            r = self.init()
+            assert r.returncode == 0, f"posternd init failed ({r.returncode}):\n{r.stdout}\n{r.stderr}"
+            self.init_output = parse_json(r.stdout, "posternd init -o json")
         self.internal_ca = str(self.init_output["caCert"])
         self.ca = self.internal_ca
         if self.trust:
@@ -375,17 +394,23 @@ class Gateway:
 @pytest.fixture
 def start_gateway(bin_dir, tmp_path, request):
     """Factory: ``start_gateway(extra_args=[...], max_body=N, upstream_ca=..., port=N,
-    trust=[CA files])``. ``port`` fixes the HTTPS port (an ACME CA must know it before the
-    gateway starts); ``trust`` adds CAs the test's clients and the CLI trust besides the
-    internal one (``gw.ca`` is then a bundle; ``gw.internal_ca`` stays the internal CA)."""
+    trust=[CA files], store=URL, gateway_name=NAME, copy_of=GW, store_flag=True)``. ``port``
+    fixes the HTTPS port (an ACME CA must know it before the gateway starts); ``trust`` adds
+    CAs the test's clients and the CLI trust besides the internal one (``gw.ca`` is then a
+    bundle; ``gw.internal_ca`` stays the internal CA). ``store`` is passed to ``init`` and
+    (unless ``store_flag=False``) ``serve`` as ``--store``; ``copy_of`` starts another gateway
+    of the same store on a copy of that gateway's data directory instead of running init."""
     started: list[Gateway] = []
 
     def start(extra_args: list[str] | None = None, max_body: int | None = None,
               upstream_ca: str | None = None, port: int | None = None,
-              trust: list[str] | None = None) -> Gateway:
+              trust: list[str] | None = None, store: str | None = None,
+              gateway_name: str | None = None, copy_of: Gateway | None = None,
+              store_flag: bool = True) -> Gateway:
         root = tmp_path / f"gw{len(started)}"
         root.mkdir()
-        gw = Gateway(bin_dir, root, list(extra_args or []), max_body, upstream_ca, port, trust)
+        gw = Gateway(bin_dir, root, list(extra_args or []), max_body, upstream_ca, port, trust,
+                     store, gateway_name, copy_of, store_flag)
         started.append(gw)
         return gw.start()
 

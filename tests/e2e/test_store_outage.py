@@ -1,0 +1,144 @@
+"""PostgreSQL stops under two gateways serving traffic (docs/operations.md, "High
+availability"): requests go on from memory, changes are refused with a 503 naming the
+unreachable store, ``/healthz`` says so, usage made meanwhile is written once PostgreSQL is
+back, and the gateways resync. The cluster is the test's own (``start_pg``): stopping the
+session's cluster would hit other tests."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import httpx
+import pytest
+
+from postgres import CHAT, service_yaml, user_yaml, wait_for
+from standin import StandIn
+from tls_helpers import LoadLoop
+
+pytest_plugins = ["postgres"]
+
+
+def healthz(gw) -> dict:
+    with gw.http() as h:
+        r = h.get(gw.url(None, "/healthz"))
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def app_usage(gw) -> int | None:
+    out = gw.ctl("usage", "--by", "user", "-o", "json").stdout
+    return {i["key"]: i for i in json.loads(out)["items"]}.get("app", {}).get("requests")
+
+
+@pytest.fixture
+def outage(start_gateway, start_pg):
+    pg = start_pg()
+    url = pg.createdb("postern")
+    with StandIn("llm", api_key=None, prefix="") as up:
+        a = start_gateway(store=url, gateway_name="gw-a")
+        b = start_gateway(store=url, gateway_name="gw-b", copy_of=a)
+        a.apply_text(service_yaml(up.url))
+        a.apply_text(user_yaml("app"))
+        cid, secret = a.create_oauth2("app", "app-oauth2")
+        yield pg, a, b, up, (cid, secret)
+        if not pg.running:
+            pg.start()
+
+
+def test_store_outage_keeps_traffic_refuses_changes_and_catches_up(outage):
+    pg, a, b, up, (cid, secret) = outage
+    token = a.token(cid, secret)
+    auth = {"Authorization": f"Bearer {token}"}
+    chat_url = {gw.gateway_name: gw.url("llm", "/v1/chat/completions") for gw in (a, b)}
+
+    def chats(n: int) -> None:
+        for gw in (a, b):
+            with gw.http() as h:
+                for _ in range(n):
+                    r = h.post(chat_url[gw.gateway_name], json=CHAT, headers=auth)
+                    assert r.status_code == 200, (gw.gateway_name, r.status_code, r.text)
+
+    wait_for("B serves the Service", lambda: b.curl(b.url("llm", "/v1/models"), "-H",
+                                                    f"Authorization: Bearer {token}").status == 200, 1.0)
+    chats(2)
+    wait_for("usage before the outage is stored", lambda: app_usage(a) == 4, 5.0, interval=0.2)
+
+    with LoadLoop(a.url("llm", "/v1/models"), a.port, a.ca, auth) as on_a, \
+            LoadLoop(b.url("llm", "/v1/models"), b.port, b.ca, auth) as on_b:
+        pg.stop()
+        stopped = time.monotonic()
+        # requests keep flowing from memory on both gateways, with the token minted before
+        on_a.wait_progress(5)
+        on_b.wait_progress(5)
+        chats(3)
+
+        for gw in (a, b):
+            t = wait_for(f"{gw.gateway_name} /healthz says the store is unreachable",
+                         lambda: healthz(gw)["store"]["reachable"] is False, 5.0, interval=0.1)
+            print(f"\n{gw.gateway_name}: store unreachable in /healthz {t:.2f} s after the check began")
+            h = healthz(gw)
+            assert h["status"] == "ok" and h["store"]["backend"] == "postgres", h
+            assert h["store"]["feed"] == "lost", h
+            with gw.http() as c:
+                ready = c.get(gw.url(None, "/readyz"))
+            assert ready.status_code == 200, ready.text
+
+        # changes are refused with a 503 that names the store, and nothing changes in memory
+        r = a.apply_text(service_yaml(up.url, effect="DENY"), check=False)
+        said = r.stdout + r.stderr
+        assert r.returncode != 0, said
+        assert "503" in said or "unavailable" in said.lower(), said
+        assert "unreachable" in said and "postgres" in said, said
+        # no new tokens while the store is down: 503 temporarily_unavailable
+        with a.http() as c:
+            grant = c.post(a.token_endpoint, data={"grant_type": "client_credentials",
+                                                   "client_id": cid, "client_secret": secret})
+        assert grant.status_code == 503, grant.text
+        assert grant.json()["error"] == "temporarily_unavailable", grant.text
+        on_a.wait_progress(3)
+        on_b.wait_progress(3)
+        outage_s = time.monotonic() - stopped
+    assert on_a.failures() == [], on_a.failures()
+    assert on_b.failures() == [], on_b.failures()
+    print(f"served during the {outage_s:.1f} s outage: gw-a {on_a.counts()}, gw-b {on_b.counts()}")
+    assert len([q for q in up.requests if q.path.endswith("/chat/completions")]) == 10
+
+    # the policy did not change: the refused apply left ALLOW in place
+    with a.http() as c:
+        assert c.post(chat_url["gw-a"], json=CHAT, headers=auth).status_code == 200
+
+    pg.start()
+    back = time.monotonic()
+    for gw in (a, b):
+        wait_for(f"{gw.gateway_name} /healthz says the store is back",
+                 lambda: healthz(gw)["store"] == {"backend": "postgres", "reachable": True, "feed": "live"},
+                 15.0, interval=0.1)
+    # usage made during the outage (6 chats + 1 just above) is written after PostgreSQL returns
+    t = wait_for("usage from the outage written", lambda: app_usage(b) == 11, 15.0, interval=0.2)
+    print(f"usage written {time.monotonic() - back:.2f} s after PostgreSQL came back (waited {t:.2f} s)")
+
+    # changes work again and reach the other gateway within a second
+    a.apply_text(service_yaml(up.url, effect="DENY"))
+    with b.http() as c:
+        wait_for("a change after the outage reaches B",
+                 lambda: c.post(chat_url["gw-b"], json=CHAT, headers=auth).status_code == 403, 1.0)
+    assert a.token(cid, secret)
+
+
+def test_a_change_made_on_one_gateway_while_the_other_lost_its_feed_is_resynced(outage):
+    """The feed connection of B is cut (PostgreSQL restarts) and A writes right after it is
+    back: B must not miss that change (full resync after a lost feed)."""
+    pg, a, b, up, (cid, secret) = outage
+    token = a.token(cid, secret)
+    auth = {"Authorization": f"Bearer {token}"}
+    pg.stop()
+    wait_for("B sees the feed lost", lambda: healthz(b)["store"]["feed"] == "lost", 5.0, interval=0.1)
+    pg.start()
+    wait_for("A reaches the store again", lambda: healthz(a)["store"]["reachable"] is True, 15.0, interval=0.1)
+    a.apply_text(service_yaml(up.url, name="later"))
+    with b.http() as c:
+        t = wait_for("B serves a Service applied on A as the feed came back",
+                     lambda: c.get(b.url("later", "/v1/models"), headers=auth).status_code == 200, 15.0)
+    print(f"\nB served the change {t:.2f} s after A applied it")
+    assert healthz(b)["store"]["feed"] == "live"
