@@ -13,12 +13,13 @@ import os
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass
 
 import httpx
 import pytest
 
-from conftest import Gateway
+from conftest import SEED_RESOURCES, Gateway, chat_body, setup_ai
 from postgres import CHAT, service_yaml, user_yaml, wait_for
 from standin import StandIn
 from tls_helpers import LoadLoop, curl
@@ -318,3 +319,24 @@ def test_a_gateway_joins_with_a_join_token(ha, start_gateway, tmp_path):
         assert health(j).json()["gateway"] == "gw-j"
     finally:
         j.stop()
+
+
+def test_the_seed_files_apply_unchanged_on_postgres(start_gateway, pg_db):
+    """The same resource files work on both backends: the shared examples, applied unchanged
+    through one gateway, serve through another."""
+    a = start_gateway(store=pg_db, gateway_name="gw-a")
+    b = start_gateway(store=pg_db, gateway_name="gw-b", copy_of=a)
+    with ExitStack() as stack:
+        ai = setup_ai(a, stack)
+        assert ai.seed_apply.returncode == 0
+        applied = {line.split()[0] for line in ai.seed_apply.stdout.splitlines() if line.strip()}
+        assert applied == set(SEED_RESOURCES), ai.seed_apply.stdout
+        token = ai.token()
+        wait_for("B serves the seeds", lambda: b.curl(b.url("gemini", "/models"), "-H",
+                                                      f"Authorization: Bearer {token}").status == 200, WITHIN)
+        reply = b.openai("gemini", token).chat.completions.create(**chat_body())
+        assert reply.usage.total_tokens == 18
+        # the Secret sealed through A opens on B: the stand-in only answers with the real key
+        assert ai.up["gemini"].requests[-1].header("authorization") == "Bearer gm-key-3f9a1c"
+        routed = b.openai("total-ai", token).chat.completions.create(**chat_body("deepseek-chat"))
+        assert routed.usage.total_tokens == 18 and len(ai.up["deepseek"].requests) == 1

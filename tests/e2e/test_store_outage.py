@@ -12,6 +12,7 @@ import time
 import httpx
 import pytest
 
+from conftest import free_port
 from postgres import CHAT, service_yaml, user_yaml, wait_for
 from standin import StandIn
 from tls_helpers import LoadLoop
@@ -26,6 +27,12 @@ def healthz(gw) -> dict:
     return r.json()
 
 
+def metrics(gw) -> dict[str, float]:
+    addr = gw.extra_args[gw.extra_args.index("--metrics-listen") + 1]
+    text = httpx.get(f"http://{addr}/metrics", timeout=5).text
+    return {k: float(v) for k, v in (l.rsplit(" ", 1) for l in text.splitlines() if l and not l.startswith("#"))}
+
+
 def app_usage(gw) -> int | None:
     out = gw.ctl("usage", "--by", "user", "-o", "json").stdout
     return {i["key"]: i for i in json.loads(out)["items"]}.get("app", {}).get("requests")
@@ -36,7 +43,7 @@ def outage(start_gateway, start_pg):
     pg = start_pg()
     url = pg.createdb("postern")
     with StandIn("llm", api_key=None, prefix="") as up:
-        a = start_gateway(store=url, gateway_name="gw-a")
+        a = start_gateway(store=url, gateway_name="gw-a", extra_args=["--metrics-listen", f"127.0.0.1:{free_port()}"])
         b = start_gateway(store=url, gateway_name="gw-b", copy_of=a)
         a.apply_text(service_yaml(up.url))
         a.apply_text(user_yaml("app"))
@@ -84,12 +91,25 @@ def test_store_outage_keeps_traffic_refuses_changes_and_catches_up(outage):
                 ready = c.get(gw.url(None, "/readyz"))
             assert ready.status_code == 200, ready.text
 
+        # A's usage rows of the outage wait in its backlog; nothing is dropped
+        wait_for("A's usage backlog", lambda: metrics(a).get("postern_usage_buffered") == 3, 5.0, interval=0.1)
+        m = metrics(a)
+        assert m["postern_store_reachable"] == 0 and m["postern_usage_dropped_total"] == 0, m
+
         # changes are refused with a 503 that names the store, and nothing changes in memory
         r = a.apply_text(service_yaml(up.url, effect="DENY"), check=False)
         said = r.stdout + r.stderr
         assert r.returncode != 0, said
-        assert "503" in said or "unavailable" in said.lower(), said
-        assert "unreachable" in said and "postgres" in said, said
+        assert "the store (postgres) is unreachable" in said, said
+        # the API answer under the CLI: 503, code "unavailable", the message saying what to do
+        admin = json.loads((a.home / "session.json").read_text())["accessToken"]
+        with a.http() as c:
+            raw = c.post(a.url(None, "/api/v1/apply"), headers={"Authorization": f"Bearer {admin}"},
+                         json={"files": [{"file": "x.yaml", "content": service_yaml(up.url, name="x")}]})
+        assert raw.status_code == 503, raw.text
+        err = raw.json()["error"]
+        assert err["code"] == "unavailable" and "unreachable" in err["message"], err
+        assert "postgres" in err["message"], err
         # no new tokens while the store is down: 503 temporarily_unavailable
         with a.http() as c:
             grant = c.post(a.token_endpoint, data={"grant_type": "client_credentials",
@@ -114,6 +134,8 @@ def test_store_outage_keeps_traffic_refuses_changes_and_catches_up(outage):
         wait_for(f"{gw.gateway_name} /healthz says the store is back",
                  lambda: healthz(gw)["store"] == {"backend": "postgres", "reachable": True, "feed": "live"},
                  15.0, interval=0.1)
+    wait_for("A's backlog written", lambda: metrics(a).get("postern_usage_buffered") == 0, 15.0, interval=0.1)
+    assert metrics(a)["postern_store_reachable"] == 1
     # usage made during the outage (6 chats + 1 just above) is written after PostgreSQL returns
     t = wait_for("usage from the outage written", lambda: app_usage(b) == 11, 15.0, interval=0.2)
     print(f"usage written {time.monotonic() - back:.2f} s after PostgreSQL came back (waited {t:.2f} s)")
