@@ -171,7 +171,7 @@ fn grants_across_many_threads_never_exceed_the_limit() {
     let Some((cluster, store)) = setup() else {
         return;
     };
-    let other = PgStore::connect(&cluster.url("postern"), "gw-other").unwrap();
+    let other = PgStore::connect(&cluster.url("postern"), "gw-other", sealer()).unwrap();
     let stores = [std::sync::Arc::new(store), std::sync::Arc::new(other)];
     let w = Window { start: 0, end: 60 };
     let handles: Vec<_> = (0..16)
@@ -335,7 +335,7 @@ fn a_lease_has_one_holder_until_it_expires_or_is_given_up() {
         .map(|i| {
             let url = url.clone();
             std::thread::spawn(move || {
-                let s = PgStore::connect(&url, &format!("gw-{i}")).unwrap();
+                let s = PgStore::connect(&url, &format!("gw-{i}"), sealer()).unwrap();
                 s.acquire_lease("race", &format!("gw-{i}"), 1000, 1060)
                     .unwrap()
             })

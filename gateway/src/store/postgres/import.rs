@@ -118,7 +118,7 @@ pub(super) async fn import(db: Db, dump: Dump, replace: bool) -> Result<(), Stor
         Topic::Certificates,
         Topic::TunnelAddresses,
     ] {
-        notify(&tx, &db.origin, topic, None).await?;
+        notify(&tx, &db, topic, None).await?;
     }
     tx.commit().await?;
     Ok(())

@@ -106,7 +106,7 @@ pub(super) async fn upsert(db: Db, resources: Vec<Resource>) -> Result<Vec<Resou
         .await?;
         stored.push(r);
     }
-    notify(&tx, &db.origin, Topic::Resources, None).await?;
+    notify(&tx, &db, Topic::Resources, None).await?;
     tx.commit().await?;
     Ok(stored)
 }
@@ -121,14 +121,14 @@ pub(super) async fn delete(db: Db, kind: Kind, name: String) -> Result<(), Store
         )
         .await?;
     expect_one(n, kind, &name)?;
-    notify(&tx, &db.origin, Topic::Resources, None).await?;
+    notify(&tx, &db, Topic::Resources, None).await?;
     if kind == Kind::User {
         tx.execute("DELETE FROM sessions WHERE user_name = $1", &[&name])
             .await?;
         tx.execute("DELETE FROM credentials WHERE user_name = $1", &[&name])
             .await?;
-        notify(&tx, &db.origin, Topic::Sessions, None).await?;
-        notify(&tx, &db.origin, Topic::Credentials, None).await?;
+        notify(&tx, &db, Topic::Sessions, None).await?;
+        notify(&tx, &db, Topic::Credentials, None).await?;
     }
     tx.commit().await?;
     Ok(())
@@ -159,7 +159,7 @@ pub(super) async fn put_secret(
             None => e.into(),
         },
     )?;
-    notify(&tx, &db.origin, Topic::Secrets, Some(&name)).await?;
+    notify(&tx, &db, Topic::Secrets, Some(&name)).await?;
     tx.commit().await?;
     Ok(())
 }
@@ -195,7 +195,7 @@ pub(super) async fn delete_secret(db: Db, name: String) -> Result<(), StoreError
         .execute("DELETE FROM secrets WHERE name = $1", &[&name])
         .await?;
     expect_one(n, Kind::Secret, &name)?;
-    notify(&tx, &db.origin, Topic::Secrets, Some(&name)).await?;
+    notify(&tx, &db, Topic::Secrets, Some(&name)).await?;
     tx.commit().await?;
     Ok(())
 }
