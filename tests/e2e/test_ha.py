@@ -24,6 +24,8 @@ from postgres import CHAT, service_yaml, user_yaml, wait_for
 from standin import StandIn
 from tls_helpers import LoadLoop, curl
 
+import test_otlp as otlp  # its Collector (a module import: pytest collects no test twice)
+
 pytest_plugins = ["postgres"]
 
 WITHIN = 1.0  # the promise: a change on one gateway holds on every gateway within a second
@@ -124,7 +126,8 @@ def test_token_minted_on_one_gateway_works_on_the_other_at_once(ha):
     # a credential made through B gives tokens on B that A accepts
     cid_b, secret_b = b.create_oauth2("app", "app-oauth2-b")
     from_b = b.token(cid_b, secret_b)
-    assert ha.chat(a, from_b).status_code == 200
+    first = ha.chat(a, from_b)
+    assert first.status_code == 200, (first.text, [e for e in a.access_entries() if e.get("status") == 401])
     # a forged token is refused by both
     for gw in (a, b):
         assert ha.chat(gw, fresh[:-4] + "AAAA").status_code == 401
@@ -340,3 +343,28 @@ def test_the_seed_files_apply_unchanged_on_postgres(start_gateway, pg_db):
         assert ai.up["gemini"].requests[-1].header("authorization") == "Bearer gm-key-3f9a1c"
         routed = b.openai("total-ai", token).chat.completions.create(**chat_body("deepseek-chat"))
         assert routed.usage.total_tokens == 18 and len(ai.up["deepseek"].requests) == 1
+
+
+def test_otlp_records_name_the_gateway_that_served(start_gateway, pg_db):
+    with otlp.Collector() as col, StandIn("llm", api_key=None, prefix="") as up:
+        flags = ["--otlp-endpoint", col.url]
+        a = start_gateway(store=pg_db, gateway_name="gw-a", extra_args=flags)
+        b = start_gateway(store=pg_db, gateway_name="gw-b", copy_of=a, extra_args=flags)
+        a.apply_text(service_yaml(up.url))
+        a.apply_text(user_yaml("app"))
+        token = a.token(*a.create_oauth2("app", "app-oauth2"))
+        pair = HA(a, b, up, pg_db)
+        wait_for("B serves the Service", lambda: pair.chat(b, token).status_code == 200, WITHIN)
+        assert pair.chat(a, token).status_code == 200
+
+        def served(gateway: str):
+            return lambda x: (otlp.attrs(x[1].attributes).get("postern.service") == "llm"
+                              and otlp.attrs(x[1].attributes).get("postern.gateway") == gateway)
+
+        for name in ("gw-a", "gw-b"):
+            found = col.wait_for(served(name), f"records of {name}")
+            kinds = {type(x[1]).__name__ for x in found}
+            assert kinds == {"LogRecord", "Span"}, kinds
+        with col.lock:
+            named = {otlp.attrs(x[1].attributes).get("postern.gateway") for x in col.logs + col.spans}
+        assert named == {"gw-a", "gw-b"}, named
