@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from conftest import SEED_RESOURCES, Gateway, chat_body, setup_ai
-from postgres import CHAT, service_yaml, user_yaml, wait_for
+from postgres import CHAT, db_name, service_yaml, user_yaml, wait_for
 from standin import StandIn
 from tls_helpers import LoadLoop, curl
 
@@ -83,6 +83,12 @@ def test_both_gateways_report_the_shared_store(ha):
         assert ready.status_code == 200 and ready.json() == {"ready": True}, ready.text
     # B really is on the database A made: A's admin Session lets the CLI in on B
     assert ha.b.names("users") == ha.a.names("users")
+    # a second init against a database that holds an install is refused, naming it
+    again = Gateway(ha.a.bin_dir, ha.a.root.parent / "again", [], None, None, store=ha.url)
+    r = again.init()
+    assert r.returncode != 0, r.stdout
+    assert db_name(ha.url) in r.stdout + r.stderr and "adminToken" not in r.stdout, r.stdout + r.stderr
+    assert not (again.data_dir / "secret.key").exists()
 
 
 def test_apply_on_one_gateway_holds_on_the_other_within_a_second(ha):

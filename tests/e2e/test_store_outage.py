@@ -7,6 +7,7 @@ session's cluster would hit other tests."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 
 import httpx
@@ -164,3 +165,23 @@ def test_a_change_made_on_one_gateway_while_the_other_lost_its_feed_is_resynced(
                      lambda: c.get(b.url("later", "/v1/models"), headers=auth).status_code == 200, 15.0)
     print(f"\nB served the change {t:.2f} s after A applied it")
     assert healthz(b)["store"]["feed"] == "live"
+
+
+def test_a_gateway_started_while_postgres_is_down_waits_for_it(outage, start_gateway):
+    pg, a, b, up, (cid, secret) = outage
+    token = a.token(cid, secret)
+    pg.stop()
+    back = threading.Timer(2.0, pg.start)
+    back.start()
+    started = time.monotonic()
+    try:
+        c = start_gateway(store=b.store, gateway_name="gw-c", copy_of=a)
+    finally:
+        back.join()
+    waited = time.monotonic() - started
+    print(f"\ngw-c listened {waited:.2f} s after it was started, PostgreSQL returning at 2 s")
+    assert waited >= 2.0, "gw-c listened before its store was reachable"
+    assert "waiting for the store" in c.stderr()
+    with c.http() as h:
+        r = h.post(c.url("llm", "/v1/chat/completions"), json=CHAT, headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 200, r.text
