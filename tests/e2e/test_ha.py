@@ -202,7 +202,7 @@ def test_request_limit_holds_across_two_gateways(ha):
 
 
 def test_token_budget_holds_across_two_gateways(ha):
-    # each request reserves 20 tokens (max_tokens 10 + 10 for the prompt) and settles at 18,
+    # each request reserves 20 tokens (max_tokens 10 + 3 for the prompt + 7 chat framing), settles at 18,
     # less than it reserved: the documented bound allows no overshoot here
     budget = 400
     ha.a.apply_text(service_yaml(ha.up.url, limits=f"- {{name: tph, tokens: {budget}, per: 1h}}"))
