@@ -139,6 +139,30 @@ def test_token_minted_on_one_gateway_works_on_the_other_at_once(ha):
         assert ha.chat(gw, fresh[:-4] + "AAAA").status_code == 401
 
 
+def test_a_credential_made_on_one_gateway_gives_tokens_the_other_accepts_at_once(ha):
+    """The Credential and the Session are both a moment old when the token reaches the other
+    gateway: neither notice may have arrived yet."""
+    a, b = ha.a, ha.b
+    # enough resources that a reload takes a while: the window a notice could leave open
+    a.apply_text("---\n".join([service_yaml(ha.up.url)]
+                              + [service_yaml(ha.up.url, name=f"filler-{n}") for n in range(300)]))
+    ha.app()
+    token = a.token(*a.create_oauth2("app", "probe"))
+    wait_for("B serves the Service", lambda: ha.chat(b, token).status_code == 200, WITHIN)
+    refused = []
+    with a.http() as h:
+        for i in range(10):
+            cid, secret = b.create_oauth2("app", f"fresh-{i}")
+            fresh = b.token(cid, secret)
+            r = ha.chat(a, fresh, h)
+            if r.status_code != 200:
+                refused.append((i, r.status_code))
+    if refused:
+        time.sleep(1)  # the access log is written behind the response
+        reasons = [e.get("reason") for e in a.access_entries() if e.get("status") == 401]
+        raise AssertionError(f"tokens refused by A: {refused}; reasons: {reasons}")
+
+
 def _session_of(gw: Gateway, credential: str) -> list[str]:
     return [s["name"] for s in gw.get("sessions") if s.get("credential") == credential]
 
