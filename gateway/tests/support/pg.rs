@@ -126,6 +126,10 @@ impl Cluster {
                 "--no-sync",
                 "-E",
                 "UTF8",
+                // A natural-language default collation (where "alice" sorts before "Zed"),
+                // as on most real servers, so the store's bytewise ordering is tested.
+                "--locale-provider=icu",
+                "--icu-locale=en-US",
             ],
         );
         assert!(out.status.success(), "initdb failed: {}", text(&out));
