@@ -4,9 +4,8 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use postern_gateway::certs::Certificates;
 use postern_gateway::datadir::{self, DataDir, InitOptions};
-use postern_gateway::frontdoor::limits::Limits;
+use postern_gateway::frontdoor::limit_args::{parse_duration, LimitArgs};
 use postern_gateway::identity::{SecretBox, TokenSigner};
-use postern_gateway::proxy::buffer::BodyTimeouts;
 use postern_gateway::proxy::upstream::{UpstreamClient, UpstreamOptions};
 use postern_gateway::state::{Gateway, GatewayParts, Settings};
 use postern_gateway::store::location::{StoreArgs, StoreLocation};
@@ -45,6 +44,18 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Copy an install's store into another (SQLite to PostgreSQL), verifying row counts.
     Migrate(MigrateArgs),
+    /// Seal this gateway's keys into its shared store for `posternd init --join`, under a
+    /// new token printed once (earlier tokens stop working).
+    JoinToken(JoinTokenArgs),
+}
+
+#[derive(Args)]
+struct JoinTokenArgs {
+    /// The data directory of a gateway of the shared store.
+    #[arg(long, env = "POSTERN_DATA_DIR")]
+    data_dir: PathBuf,
+    #[command(flatten)]
+    store: StoreArgs,
 }
 
 #[derive(Args)]
@@ -67,8 +78,16 @@ struct InitArgs {
     #[arg(long, env = "POSTERN_DATA_DIR")]
     data_dir: PathBuf,
     /// The domain: the control plane is https://DOMAIN, Services are https://SVC.DOMAIN.
-    #[arg(long)]
-    domain: String,
+    #[arg(long, required_unless_present = "join", conflicts_with = "join")]
+    domain: Option<String>,
+    /// Join the gateways of --store instead: take their keys from the bundle `posternd
+    /// join-token` sealed into the store, with the token it printed (POSTERN_JOIN_TOKEN, or
+    /// --join-token-file).
+    #[arg(long, requires = "store", conflicts_with_all = ["tls_cert", "tls_key"])]
+    join: bool,
+    /// A file holding the join token (instead of POSTERN_JOIN_TOKEN).
+    #[arg(long, value_name = "FILE", requires = "join")]
+    join_token_file: Option<PathBuf>,
     /// Use this certificate chain (PEM) for DOMAIN and *.DOMAIN instead of making a CA.
     #[arg(long, requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -157,68 +176,6 @@ struct ServeArgs {
     acme: postern_gateway::certs::acme::AcmeArgs,
 }
 
-/// Bounds on what clients may hold or send (see docs/operations.md, "Limits and overload").
-#[derive(Args)]
-#[command(next_help_heading = "Limits and overload")]
-struct LimitArgs {
-    /// Open connections per listener; past it new connections are closed at once.
-    #[arg(long, default_value_t = 10_000, value_parser = parse_count::<usize>)]
-    max_connections: usize,
-    /// Requests in flight in the gateway; past it requests get 503 with Retry-After at once.
-    #[arg(long, default_value_t = 4096, value_parser = parse_count::<usize>)]
-    max_inflight_requests: usize,
-    /// The Retry-After of a shed request.
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
-    retry_after: Duration,
-    /// Concurrent streams per HTTP/2 connection.
-    #[arg(long, default_value_t = 256, value_parser = parse_count::<u32>)]
-    max_concurrent_streams: u32,
-    /// Largest request head / HTTP/2 header list in bytes (431 past it; HTTP/1.1 at least 8192).
-    #[arg(long, default_value_t = 64 * 1024)]
-    max_header_bytes: usize,
-    /// Most header fields in one request (431 past it).
-    #[arg(long, default_value_t = 100, value_parser = parse_count::<usize>)]
-    max_headers: usize,
-    /// Time to finish the TLS handshake.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    tls_handshake_timeout: Duration,
-    /// Time to send a request head: from connecting to the first request, and (HTTP/1.1)
-    /// from the end of a response to the end of the next request head.
-    #[arg(long, default_value = "15s", value_parser = parse_duration)]
-    header_timeout: Duration,
-    /// Close a connection with no request in flight for this long (HTTP/2: GOAWAY).
-    #[arg(long, default_value = "2m", value_parser = parse_duration)]
-    idle_timeout: Duration,
-    /// Time a client may keep the gateway waiting for a request body, before any byte.
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
-    body_timeout: Duration,
-    /// Bytes per second of request body that earn one more second of --body-timeout
-    /// (0: --body-timeout is the total).
-    #[arg(long, default_value_t = 1024)]
-    body_min_rate: u64,
-}
-
-impl LimitArgs {
-    fn limits(&self) -> Limits {
-        Limits {
-            tls_handshake: self.tls_handshake_timeout,
-            header_read: self.header_timeout,
-            idle: self.idle_timeout,
-            max_header_bytes: self.max_header_bytes,
-            max_headers: self.max_headers,
-            max_h2_streams: self.max_concurrent_streams,
-            max_connections: self.max_connections,
-            max_inflight: self.max_inflight_requests,
-            retry_after: self.retry_after,
-            body: BodyTimeouts {
-                timeout: self.body_timeout,
-                min_rate: self.body_min_rate,
-            },
-            ..Limits::default()
-        }
-    }
-}
-
 /// The soft "Max open files" limit from the text of `/proc/self/limits`.
 fn open_files_limit(limits: &str) -> Option<u64> {
     limits
@@ -228,34 +185,6 @@ fn open_files_limit(limits: &str) -> Option<u64> {
         .next()?
         .parse()
         .ok()
-}
-
-/// A count that must be at least 1.
-fn parse_count<T: std::str::FromStr + PartialOrd + From<u8>>(s: &str) -> Result<T, String> {
-    match s.trim().parse::<T>() {
-        Ok(n) if n >= T::from(1) => Ok(n),
-        _ => Err(format!("{s:?}: give a whole number of at least 1")),
-    }
-}
-
-/// `30s`, `15m`, `1h`, `7d`, or plain seconds.
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration; use e.g. 30s, 15m, 1h, 7d"))?;
-    let secs = match unit {
-        "" | "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86400,
-        _ => return Err(format!("{s:?}: unknown unit {unit:?}; use s, m, h or d")),
-    };
-    if secs == 0 {
-        return Err("a duration must be positive".into());
-    }
-    Ok(Duration::from_secs(secs))
 }
 
 fn main() -> std::process::ExitCode {
@@ -278,6 +207,7 @@ fn run() -> Result<()> {
     match Cli::parse().command {
         Command::Init(a) => init(a),
         Command::Migrate(a) => migrate(a),
+        Command::JoinToken(a) => join_token(a),
         Command::Serve(a) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?
@@ -286,10 +216,13 @@ fn run() -> Result<()> {
 }
 
 fn init(a: InitArgs) -> Result<()> {
+    if a.join {
+        return join(a);
+    }
     let out = datadir::init(
         &a.data_dir,
         &InitOptions {
-            domain: a.domain,
+            domain: a.domain.unwrap_or_default(),
             tls_cert: a.tls_cert,
             tls_key: a.tls_key,
             store: a.store.store.clone(),
@@ -320,6 +253,61 @@ fn init(a: InitArgs) -> Result<()> {
                 .unwrap_or_default()
         );
     }
+    Ok(())
+}
+
+fn join(a: InitArgs) -> Result<()> {
+    let token = match &a.join_token_file {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("reading --join-token-file {}", path.display()))?,
+        None => std::env::var("POSTERN_JOIN_TOKEN").map_err(|_| {
+            anyhow::anyhow!(
+                "--join needs the token `posternd join-token` printed: set POSTERN_JOIN_TOKEN or pass --join-token-file"
+            )
+        })?,
+    };
+    let url = a.store.store.clone().unwrap_or_default();
+    let out = datadir::join::join(&a.data_dir, &url, &token)?;
+    if a.output == "json" {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        println!(
+            "Joined: {} for https://{} ({})",
+            a.data_dir.display(),
+            out.domain,
+            out.files.join(", ")
+        );
+        println!(
+            "Next: posternd serve --data-dir {} --gateway-name NAME",
+            a.data_dir.display()
+        );
+    }
+    Ok(())
+}
+
+fn join_token(a: JoinTokenArgs) -> Result<()> {
+    let dd = DataDir::new(&a.data_dir);
+    let config = dd.load_config()?;
+    let location = StoreLocation::resolve(
+        a.store.store.as_deref(),
+        config.store.as_deref(),
+        &dd.database(),
+    )?;
+    if !matches!(location, StoreLocation::Postgres(_)) {
+        anyhow::bail!(
+            "{} keeps its store in {}: only gateways sharing a PostgreSQL store can be joined (see `posternd migrate`)",
+            a.data_dir.display(),
+            location.describe()
+        );
+    }
+    let store = location.open("join-token")?;
+    let token = datadir::join::make_token(&dd, &store)?;
+    println!(
+        "Join token (shown once; it opens this gateway's keys, keep it like them):\n  {token}"
+    );
+    println!(
+        "On the new machine: POSTERN_JOIN_TOKEN=<token> posternd init --join --data-dir DIR --store '<the same URL>'"
+    );
     Ok(())
 }
 
@@ -445,7 +433,7 @@ async fn serve(a: ServeArgs) -> Result<()> {
             .await
             .context("starting the WireGuard tunnel (--wg-listen)")?;
     }
-    let max_connections = a.limits.max_connections as u64;
+    let max_connections = a.limits.limits().max_connections as u64;
     if let Some(files) = std::fs::read_to_string("/proc/self/limits")
         .ok()
         .and_then(|l| open_files_limit(&l))
@@ -568,12 +556,5 @@ mod tests {
             super::open_files_limit("Max open files unlimited unlimited files"),
             None
         );
-    }
-
-    #[test]
-    fn counts_are_at_least_one() {
-        assert_eq!(super::parse_count::<usize>("7"), Ok(7));
-        assert!(super::parse_count::<u32>("0").is_err());
-        assert!(super::parse_count::<usize>("-1").is_err());
     }
 }

@@ -6,6 +6,7 @@ pub mod conn;
 pub mod control;
 pub mod cookies;
 pub mod host;
+pub mod limit_args;
 pub mod limits;
 pub mod metrics;
 pub mod oauth2;

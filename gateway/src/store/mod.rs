@@ -229,6 +229,13 @@ pub trait StoreBackend: Send + Sync {
     /// Deletes the grants of windows that ended at or before `now`.
     fn prune_limit_grants(&self, now: i64) -> Result<usize, StoreError>;
 
+    // Named values the gateways share (the sealed join bundle of `posternd join-token`).
+
+    /// Stores (or replaces) setting `name`.
+    fn put_setting(&self, name: &str, value: &[u8]) -> Result<(), StoreError>;
+    /// Setting `name`, if stored.
+    fn get_setting(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError>;
+
     // Leases: one gateway at a time does a job (ordering certificates).
 
     /// Takes (or extends) lease `name` for `holder` until `expires` (Unix seconds) when it

@@ -105,7 +105,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
     ",
     // 5 -> 6: several gateways: which gateway served each accounted request, the shares of
     // each limit's window granted to gateways, leases (one gateway at a time does a job,
-    // such as ordering certificates) and the tunnel client addresses claimed by Sessions
+    // such as ordering certificates), settings (the sealed join bundle) and the tunnel client addresses claimed by Sessions
     // (unique across gateways sharing a store).
     "
     ALTER TABLE usage ADD COLUMN gateway TEXT;
@@ -114,6 +114,11 @@ pub(super) const MIGRATIONS: &[&str] = &[
         window_start INTEGER NOT NULL,
         window_end   INTEGER NOT NULL,
         granted      INTEGER NOT NULL
+    ) STRICT;
+    CREATE TABLE settings (
+        name    TEXT PRIMARY KEY NOT NULL,
+        value   BLOB NOT NULL,
+        updated INTEGER NOT NULL
     ) STRICT;
     CREATE TABLE leases (
         name    TEXT PRIMARY KEY NOT NULL,

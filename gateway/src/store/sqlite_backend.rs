@@ -121,6 +121,12 @@ impl StoreBackend for SqliteStore {
     fn prune_limit_grants(&self, now: i64) -> Result<usize, StoreError> {
         SqliteStore::prune_limit_grants(self, now)
     }
+    fn put_setting(&self, name: &str, value: &[u8]) -> Result<(), StoreError> {
+        SqliteStore::put_setting(self, name, value)
+    }
+    fn get_setting(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        SqliteStore::get_setting(self, name)
+    }
     fn acquire_lease(
         &self,
         name: &str,

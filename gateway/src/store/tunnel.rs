@@ -1,5 +1,6 @@
 //! What gateways sharing a store must agree on: tunnel client addresses claimed by Sessions
-//! (never the same address for two agents) and leases (one gateway at a time does a job).
+//! (never the same address for two agents), leases (one gateway at a time does a job) and
+//! shared settings.
 
 use super::{SqliteStore, StoreError};
 use rusqlite::{params, OptionalExtension};
@@ -68,6 +69,28 @@ impl SqliteStore {
 }
 
 impl SqliteStore {
+    /// See [`super::StoreBackend::put_setting`].
+    pub fn put_setting(&self, name: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.lock().execute(
+            "INSERT INTO settings (name, value, updated) VALUES (?1, ?2, unixepoch())
+             ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated = excluded.updated",
+            params![name, value],
+        )?;
+        Ok(())
+    }
+
+    /// See [`super::StoreBackend::get_setting`].
+    pub fn get_setting(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .lock()
+            .query_row(
+                "SELECT value FROM settings WHERE name = ?1",
+                params![name],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
     /// See [`super::StoreBackend::acquire_lease`].
     pub fn acquire_lease(
         &self,

@@ -192,6 +192,14 @@ impl StoreBackend for PgStore {
     fn prune_limit_grants(&self, now: i64) -> Result<usize, StoreError> {
         self.run(|db| limits::prune_grants(db, now))
     }
+    fn put_setting(&self, name: &str, value: &[u8]) -> Result<(), StoreError> {
+        let (name, value) = (name.to_string(), value.to_vec());
+        self.run(|db| leases::put_setting(db, name, value))
+    }
+    fn get_setting(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let name = name.to_string();
+        self.run(|db| leases::get_setting(db, name))
+    }
     fn acquire_lease(
         &self,
         name: &str,

@@ -1,5 +1,6 @@
-//! Leases on PostgreSQL: one gateway at a time does a job (ordering certificates). The
-//! upsert takes the row lock, so two gateways asking at once get one holder.
+//! Leases on PostgreSQL (one gateway at a time does a job, such as ordering certificates; the
+//! upsert takes the row lock, so two gateways asking at once get one holder) and shared
+//! settings.
 
 use super::super::StoreError;
 use super::Db;
@@ -35,4 +36,26 @@ pub(super) async fn release(db: Db, name: String, holder: String) -> Result<(), 
         )
         .await?;
     Ok(())
+}
+
+pub(super) async fn put_setting(db: Db, name: String, value: Vec<u8>) -> Result<(), StoreError> {
+    db.client()
+        .await?
+        .execute(
+            "INSERT INTO settings (name, value, updated)
+             VALUES ($1, $2, extract(epoch FROM now())::bigint)
+             ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated = excluded.updated",
+            &[&name, &value],
+        )
+        .await?;
+    Ok(())
+}
+
+pub(super) async fn get_setting(db: Db, name: String) -> Result<Option<Vec<u8>>, StoreError> {
+    let row = db
+        .client()
+        .await?
+        .query_opt("SELECT value FROM settings WHERE name = $1", &[&name])
+        .await?;
+    Ok(row.map(|r| r.get(0)))
 }

@@ -1,6 +1,6 @@
 //! The PostgreSQL schema as an ordered list of migrations, recorded in `postern_schema`, run
 //! at connect under a transaction-scoped advisory lock so gateways starting together apply
-//! each migration once. Same tables as SQLite schema 6, plus `limit_grants`. Text compared or
+//! each migration once. Same tables as SQLite schema 6. Text compared or
 //! ordered by the store is `COLLATE "C"` so ordering is bytewise, as in SQLite, whatever the
 //! database's locale. A Session's authentication record (ID-token claims, which people can
 //! shape) is JSON kept as `text`: `jsonb` refuses a `\u0000` escape that SQLite keeps.
@@ -14,7 +14,7 @@ const MIGRATION_LOCK: i64 = 0x0070_6f73_7465_726e;
 /// Migration `i` takes the schema from version `i` to `i + 1`. Append only; never edit one
 /// that has shipped.
 pub const MIGRATIONS: &[&str] = &[
-    // 0 -> 1: everything SQLite has at its version 6, and the shared limit grants.
+    // 0 -> 1: everything SQLite has at its version 6.
     r#"
     CREATE TABLE resources (
         kind       text COLLATE "C" NOT NULL,
@@ -101,6 +101,11 @@ pub const MIGRATIONS: &[&str] = &[
         not_after   bigint NOT NULL,
         directory   text NOT NULL
     );
+    CREATE TABLE settings (
+        name    text PRIMARY KEY,
+        value   bytea NOT NULL,
+        updated bigint NOT NULL
+    );
     CREATE TABLE leases (
         name    text PRIMARY KEY,
         holder  text NOT NULL,
@@ -122,8 +127,12 @@ pub async fn migrate(client: &mut Client) -> Result<(), StoreError> {
     let tx = client.transaction().await?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
         .await?;
-    tx.batch_execute("CREATE TABLE IF NOT EXISTS postern_schema (version integer NOT NULL)")
-        .await?;
+    // Quietly: "already exists, skipping" at every start is noise in the gateway's log.
+    tx.batch_execute(
+        "SET LOCAL client_min_messages = warning;
+         CREATE TABLE IF NOT EXISTS postern_schema (version integer NOT NULL)",
+    )
+    .await?;
     let found: i64 = match tx
         .query_opt("SELECT max(version)::bigint FROM postern_schema", &[])
         .await?

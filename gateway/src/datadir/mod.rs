@@ -7,9 +7,14 @@
 //! D/signing.key    signs access tokens
 //! D/ca.pem, ca.key the gateway's own CA (unless --tls-cert/--tls-key were given)
 //! D/tls.pem, tls.key  certificate for the domain and *.domain, signed by that CA
+//! D/wg.key         the WireGuard key of the tunnel
 //! ```
+//! With `--store postgres://…` there is no `postern.db`; [`join`] makes the directory of a
+//! further gateway of that store.
 //! `init` builds everything in a temporary sibling directory and renames it into place, so
 //! a failed or repeated init changes nothing.
+
+pub mod join;
 
 use crate::identity::{secrets, SecretBox, TokenSigner};
 use crate::store::location::StoreLocation;
@@ -60,9 +65,19 @@ pub enum DataDirError {
     BadDomain(String),
     #[error("certificate generation failed: {0}")]
     Certificate(String),
+    #[error("cannot make the WireGuard key: {0}")]
+    WireGuardKey(String),
+    #[error("that is not a join token (they start with pjt_); run `posternd join-token` on a gateway of the store and pass what it printed")]
+    BadJoinToken,
+    #[error("the join token does not open the store's join bundle (a newer `posternd join-token` replaced it, or it belongs to another store); make a new one with `posternd join-token`")]
+    WrongJoinToken,
+    #[error("{0} holds no join bundle; run `posternd join-token --data-dir DIR` on a gateway of this store first")]
+    NoJoinBundle(String),
+    #[error("--join needs --store with the PostgreSQL URL the other gateways use")]
+    JoinNeedsSharedStore,
     #[error("both --tls-cert and --tls-key are needed, or neither")]
     TlsPair,
-    #[error("{0} already holds a Postern install; nothing was changed. To add a gateway to it, copy the first gateway's data directory and run `posternd serve --store URL` (docs/operations.md, \"High availability\"); to start over, use an empty database")]
+    #[error("{0} already holds a Postern install; nothing was changed. To add a gateway to it, run `posternd join-token` on one of its gateways and `posternd init --join` here, or copy a gateway's data directory (docs/operations.md, \"High availability\"); to start over, use an empty database")]
     StoreInUse(String),
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
@@ -162,6 +177,16 @@ pub fn init(dir: &Path, opts: &InitOptions) -> Result<InitOutcome, DataDirError>
     if opts.tls_cert.is_some() != opts.tls_key.is_some() {
         return Err(DataDirError::TlsPair);
     }
+    make_dir(dir, |staging| build(staging, dir, opts))
+}
+
+/// Makes data directory `dir` all or nothing: `fill` writes a staging directory beside it,
+/// which is renamed into place only when `fill` succeeded. Refuses (changing nothing) when
+/// `dir` is already a data directory or a non-empty directory.
+fn make_dir<T>(
+    dir: &Path,
+    fill: impl FnOnce(&Path) -> Result<T, DataDirError>,
+) -> Result<T, DataDirError> {
     if dir.join("gateway.json").exists() || dir.join("postern.db").exists() {
         return Err(DataDirError::AlreadyInitialised(dir.to_path_buf()));
     }
@@ -183,7 +208,7 @@ pub fn init(dir: &Path, opts: &InitOptions) -> Result<InitOutcome, DataDirError>
             .unwrap_or("postern"),
         std::process::id()
     ));
-    let result = build(&staging, dir, opts);
+    let result = fill(&staging);
     match result {
         Ok(outcome) => {
             if dir.exists() {
@@ -211,6 +236,10 @@ fn build(
     let final_abs = absolute(final_dir)?;
     SecretBox::create(&dd.secret_key())?;
     TokenSigner::create(&dd.signing_key())?;
+    // Made now rather than by the first `serve --wg-listen`, so every copy of the directory
+    // (the other gateways sharing a store) has the one key agents know.
+    crate::tunnel::keyfile::load_or_create(&staging.join(crate::tunnel::keyfile::FILE_NAME))
+        .map_err(|e| DataDirError::WireGuardKey(e.to_string()))?;
 
     let (tls_cert, tls_key, ca_cert) = match (&opts.tls_cert, &opts.tls_key) {
         (Some(c), Some(k)) => (absolute(c)?, absolute(k)?, None),
