@@ -505,13 +505,23 @@ async fn serve(a: ServeArgs) -> Result<()> {
     let limits_gw = gw.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
+        // Said once per outage of the store, not every second.
+        let mut failing = false;
         loop {
             tick.tick().await;
             let g = limits_gw.clone();
             match tokio::task::spawn_blocking(move || g.flush_limits()).await {
-                Ok(Err(e)) => tracing::warn!(error = %e, "saving limit counters failed"),
+                Ok(Err(e)) if !failing => {
+                    tracing::warn!(error = %e, "saving limit counters failed; retrying every second");
+                    failing = true;
+                }
+                Ok(Err(_)) => {}
                 Err(e) => tracing::warn!(error = %e, "saving limit counters panicked"),
-                Ok(Ok(_)) => {}
+                Ok(Ok(_)) => {
+                    if std::mem::take(&mut failing) {
+                        tracing::info!("limit counters saved again");
+                    }
+                }
             }
         }
     });

@@ -314,7 +314,7 @@ fn a_nul_from_an_upstream_does_not_lose_the_usage_batch() {
 }
 
 #[test]
-fn a_lease_has_one_holder_until_it_expires_or_is_given_up() {
+fn leases_have_one_holder_until_they_expire_and_settings_are_kept() {
     let Some((cluster, store)) = setup() else {
         return;
     };
@@ -328,6 +328,15 @@ fn a_lease_has_one_holder_until_it_expires_or_is_given_up() {
     assert!(!store.acquire_lease("acme", "gw-a", 220, 280).unwrap());
     store.release_lease("acme", "gw-b").unwrap();
     assert!(store.acquire_lease("acme", "gw-a", 220, 280).unwrap());
+
+    // Settings: bytes by name, replaced in place.
+    assert_eq!(store.get_setting("join-bundle").unwrap(), None);
+    store.put_setting("join-bundle", b"one").unwrap();
+    store.put_setting("join-bundle", &[0, 255]).unwrap();
+    assert_eq!(
+        store.get_setting("join-bundle").unwrap(),
+        Some(vec![0, 255])
+    );
 
     // Gateways asking at once: exactly one wins.
     let url = cluster.url("postern");

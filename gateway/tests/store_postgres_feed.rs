@@ -93,6 +93,8 @@ fn every_write_reaches_the_other_gateway_and_its_own_are_skipped() {
 
     a.upsert_resources(&[user("alice")]).unwrap();
     expect_notice(&mut rx, "gw-a", Topic::Resources);
+    // Applying the same again changes nothing and tells no one.
+    a.upsert_resources(&[user("alice")]).unwrap();
     a.put_secret("k", b"sealed", false).unwrap();
     assert_eq!(
         expect_notice(&mut rx, "gw-a", Topic::Secrets)

@@ -19,6 +19,7 @@ const TABLES: &[&str] = &[
     "limit_counters",
     "limit_grants",
     "leases",
+    "settings",
     "acme_accounts",
     "certificates",
 ];

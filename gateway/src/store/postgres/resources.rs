@@ -80,18 +80,23 @@ pub(super) async fn upsert(db: Db, resources: Vec<Resource>) -> Result<Vec<Resou
         )
         .await?;
     let mut stored = Vec::with_capacity(resources.len());
+    let mut changed = false;
     for r in &resources {
         let kind = r.kind().as_str();
         let existing = tx.query_opt(&select, &[&kind, &r.name()]).await?;
         let mut r = r.without_server_fields();
         let (created_at, updated_at) = match existing {
-            None => (now.clone(), now.clone()),
+            None => {
+                changed = true;
+                (now.clone(), now.clone())
+            }
             Some(row) => {
                 let body: &str = row.get(0);
                 let unchanged = serde_json::from_str::<Resource>(body)
                     .is_ok_and(|old| old.without_server_fields() == r);
                 let created: String = row.get(1);
                 let updated: String = row.get(2);
+                changed |= !unchanged;
                 (created, if unchanged { updated } else { now.clone() })
             }
         };
@@ -106,7 +111,10 @@ pub(super) async fn upsert(db: Db, resources: Vec<Resource>) -> Result<Vec<Resou
         .await?;
         stored.push(r);
     }
-    notify(&tx, &db, Topic::Resources, None).await?;
+    // An apply that changes nothing (a GitOps loop re-applying) makes no gateway reload.
+    if changed {
+        notify(&tx, &db, Topic::Resources, None).await?;
+    }
     tx.commit().await?;
     Ok(stored)
 }
