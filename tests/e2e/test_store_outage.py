@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -185,3 +186,64 @@ def test_a_gateway_started_while_postgres_is_down_waits_for_it(outage, start_gat
     with c.http() as h:
         r = h.post(c.url("llm", "/v1/chat/completions"), json=CHAT, headers={"Authorization": f"Bearer {token}"})
     assert r.status_code == 200, r.text
+
+
+def _burst(gateways, url_of, token: str, n: int) -> list[int]:
+    clients = {gw.gateway_name: gw.http(limits=httpx.Limits(max_connections=n)) for gw in gateways}
+
+    def one(gw) -> int:
+        return clients[gw.gateway_name].post(url_of(gw), json=CHAT,
+                                             headers={"Authorization": f"Bearer {token}"}).status_code
+
+    try:
+        with ThreadPoolExecutor(max_workers=n * len(gateways)) as pool:
+            return list(pool.map(one, list(gateways) * n))
+    finally:
+        for c in clients.values():
+            c.close()
+
+
+def test_shared_limit_while_postgres_is_down_stays_within_the_offline_bound(outage):
+    """docs/operations.md "Limits across gateways": cut off from the store, each gateway admits
+    up to limit/N (N = --limit-gateways, 2) on its own; what it admitted is charged on
+    reconnect, so the rest of the window is shared correctly."""
+    pg, a, b, up, (cid, secret) = outage
+    limit = 20
+    a.apply_text(service_yaml(up.url, name="capped", limits=f"- {{name: rph, requests: {limit}, per: 1h}}"))
+    token = a.token(cid, secret)
+    url_of = lambda gw: gw.url("capped", "/v1/chat/completions")  # noqa: E731
+    left = 3600 - time.time() % 3600
+    if left < 60:
+        time.sleep(left + 0.2)
+    with b.http() as h:
+        wait_for("B serves the capped Service", lambda: h.get(b.url("capped", "/v1/models"),
+                 headers={"Authorization": f"Bearer {token}"}).status_code == 200, 1.0)
+    before = len([q for q in up.requests if q.path.endswith("/models")])  # admitted by the wait
+    pg.stop()
+    for gw in (a, b):
+        wait_for(f"{gw.gateway_name} sees the store down", lambda: healthz(gw)["store"]["reachable"] is False,
+                 5.0, interval=0.1)
+    # a few requests on each gateway, within what each may admit on its own (limit/N = 10)
+    during = _burst((a, b), url_of, token, 5)
+    assert during.count(200) == 10, during
+
+    pg.start()
+    for gw in (a, b):
+        wait_for(f"{gw.gateway_name} reaches the store", lambda: healthz(gw)["store"]["reachable"] is True,
+                 15.0, interval=0.1)
+    time.sleep(2.5)  # the next flush (every second) charges what each admitted offline
+    after = _burst((a, b), url_of, token, 25)
+    print(f"\nlimit {limit}/h: {before} before, 10 while PostgreSQL was down, {after.count(200)} after it returned")
+    assert set(after) <= {200, 429}, after
+    # charged on reconnect: the window holds exactly the limit across both gateways
+    assert after.count(200) == limit - before - 10, (before, after.count(200))
+
+    # a flood while cut off again: each gateway admits at most limit/N on its own
+    pg.stop()
+    for gw in (a, b):
+        wait_for(f"{gw.gateway_name} sees the store down", lambda: healthz(gw)["store"]["reachable"] is False,
+                 5.0, interval=0.1)
+    flood = _burst((a, b), url_of, token, 50)
+    print(f"flood while cut off again: {flood.count(200)} admitted")
+    assert set(flood) <= {200, 429}, flood
+    assert flood.count(200) <= 2 * (limit // 2), flood.count(200)
