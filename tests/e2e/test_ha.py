@@ -8,9 +8,9 @@ latencies the 1 s promises are checked against are printed (``pytest -s`` shows 
 from __future__ import annotations
 
 import json
-import subprocess
 import os
 import signal
+import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
@@ -22,9 +22,8 @@ import pytest
 from conftest import SEED_RESOURCES, Gateway, chat_body, setup_ai
 from postgres import CHAT, db_name, service_yaml, user_yaml, wait_for
 from standin import StandIn
+import test_otlp as otlp  # its Collector; a module import, so pytest collects no test twice
 from tls_helpers import LoadLoop, curl
-
-import test_otlp as otlp  # its Collector (a module import: pytest collects no test twice)
 
 pytest_plugins = ["postgres"]
 

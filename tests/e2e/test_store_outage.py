@@ -211,7 +211,10 @@ def test_shared_limit_while_postgres_is_down_stays_within_the_offline_bound(outa
     limit = 20
     a.apply_text(service_yaml(up.url, name="capped", limits=f"- {{name: rph, requests: {limit}, per: 1h}}"))
     token = a.token(cid, secret)
-    url_of = lambda gw: gw.url("capped", "/v1/chat/completions")  # noqa: E731
+
+    def url_of(gw) -> str:
+        return gw.url("capped", "/v1/chat/completions")
+
     left = 3600 - time.time() % 3600
     if left < 60:
         time.sleep(left + 0.2)
