@@ -142,6 +142,10 @@ def test_store_outage_keeps_traffic_refuses_changes_and_catches_up(outage):
     t = wait_for("usage from the outage written", lambda: app_usage(b) == 11, 15.0, interval=0.2)
     print(f"usage written {time.monotonic() - back:.2f} s after PostgreSQL came back (waited {t:.2f} s)")
 
+    log = a.stderr()
+    assert log.count("store unreachable: keeping") == 1, "the backlog is announced once per outage"
+    assert "store: change feed lost" in log and "store: change feed back; resyncing" in log
+
     # changes work again and reach the other gateway within a second
     a.apply_text(service_yaml(up.url, effect="DENY"))
     with b.http() as c:
