@@ -226,6 +226,8 @@ impl Counters {
 pub struct Grant {
     pub amount: u64,
     pub asked: u64,
+    /// The store did not answer (nothing was granted, and nothing is known of what is left).
+    pub failed: bool,
 }
 
 /// The outcome of a take from a shared counter.
@@ -233,8 +235,11 @@ pub struct Grant {
 pub enum SharedTake {
     /// Taken: the reservation to settle (token limits) or `None` (request limits).
     Taken(Option<Held>),
-    /// The grants held do not cover it: ask the store for `want` units first.
+    /// The grants held do not cover it: ask the store for `want` units (now counted as
+    /// asked for), then take again with the answer.
     Ask { want: u64 },
+    /// Grants other requests asked for would cover it: take again once one is answered.
+    Wait,
     /// The limit refuses it; nothing was taken.
     Exceeded,
 }
@@ -279,14 +284,19 @@ impl Counters {
         let same_window = slot.window == t.window;
         let share = slot.share.get_or_insert_with(Share::default);
         if let (Some(g), true) = (grant, same_window) {
+            share.asking = share.asking.saturating_sub(g.asked);
             share.granted = share.granted.saturating_add(g.amount);
-            if g.amount < g.asked {
+            if g.amount < g.asked && !g.failed {
                 share.exhausted_until = now + shared::EXHAUSTED_SECS;
             }
         }
         match shared::decide(share, spent, t.amount, t.limit, now, sharing) {
             Decision::Refuse => SharedTake::Exceeded,
-            Decision::Ask { want } => SharedTake::Ask { want },
+            Decision::Wait => SharedTake::Wait,
+            Decision::Ask { want } => {
+                share.asking = share.asking.saturating_add(want);
+                SharedTake::Ask { want }
+            }
             Decision::Spend { charge } => {
                 share.granted += charge;
                 share.pending += charge;
@@ -304,6 +314,18 @@ impl Counters {
                     SharedTake::Taken(None)
                 }
             }
+        }
+    }
+
+    /// Forgets an ask [`Counters::take_shared`] counted that will not be made.
+    pub fn withdraw_ask(&self, t: &Take, want: u64) {
+        let mut shard = self.shard(&t.key);
+        if let Some(share) = shard
+            .get_mut(&t.key)
+            .filter(|s| s.window == t.window)
+            .and_then(|s| s.share.as_mut())
+        {
+            share.asking = share.asking.saturating_sub(want);
         }
     }
 

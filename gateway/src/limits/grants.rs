@@ -12,6 +12,9 @@ use std::sync::Arc;
 /// spent the first grant before its requester could.
 const MAX_ASKS: usize = 2;
 
+/// Answers to other requests' asks one take may wait for before it is refused.
+const MAX_WAITS: usize = 4;
+
 /// What owns the store the limiter takes grants from; held (cloned `Arc`) across the
 /// blocking store call, which runs on tokio's blocking pool.
 pub trait GrantStore: Send + Sync + 'static {
@@ -35,7 +38,8 @@ impl Limiter {
     /// [`Limiter::admit`] for the request path. On a store no other gateway shares it is
     /// exactly `admit` and never waits. On a shared store a request the grants held cover is
     /// admitted without I/O; one they do not cover waits for a grant from the store (at most
-    /// [`MAX_ASKS`] round trips, on the blocking pool). While the store is unreachable no
+    /// [`MAX_ASKS`] round trips, on the blocking pool), or for a round trip another request of
+    /// this gateway already started for the same counter. While the store is unreachable no
     /// round trip is made and the offline allowance applies.
     pub async fn admit_async<S: GrantStore>(
         self: &Arc<Self>,
@@ -55,15 +59,33 @@ impl Limiter {
         for c in &plan.charges {
             let take = Self::take_for(c, estimate, now);
             let mut grant = None;
-            let mut asks = 0;
+            let (mut asks, mut waits) = (0, 0);
             let held = loop {
-                match self.counters.take_shared(&take, now, grant, self.sharing()) {
+                // Listen before looking, so an answer arriving in between is not missed.
+                let mut answered = std::pin::pin!(self.answered.notified());
+                answered.as_mut().enable();
+                let applied = grant.is_some();
+                let taken = self
+                    .counters
+                    .take_shared(&take, now, grant.take(), self.sharing());
+                if applied {
+                    self.answered.notify_waiters();
+                }
+                match taken {
                     SharedTake::Taken(h) => break Some(h),
                     SharedTake::Ask { want } if asks < MAX_ASKS => {
                         asks += 1;
-                        grant = self.ask(store, &take, want).await;
+                        grant = Some(self.ask(store, &take, want).await);
                     }
-                    SharedTake::Ask { .. } | SharedTake::Exceeded => break None,
+                    SharedTake::Ask { want } => {
+                        self.counters.withdraw_ask(&take, want);
+                        break None;
+                    }
+                    SharedTake::Wait if waits < MAX_WAITS => {
+                        waits += 1;
+                        answered.await;
+                    }
+                    SharedTake::Wait | SharedTake::Exceeded => break None,
                 }
             };
             match held {
@@ -77,26 +99,34 @@ impl Limiter {
         Ok(admission)
     }
 
-    /// One grant round trip; `None` when the store failed (the limiter goes offline).
-    async fn ask<S: GrantStore>(&self, store: &Arc<S>, t: &Take, want: u64) -> Option<Grant> {
+    /// One grant round trip; a failure switches the limiter to the offline allowance.
+    async fn ask<S: GrantStore>(&self, store: &Arc<S>, t: &Take, want: u64) -> Grant {
         let (s, key, window, limit) = (store.clone(), t.key.clone(), t.window, t.limit);
         let answer = tokio::task::spawn_blocking(move || {
             s.grant_store().grant_limit(&key, window, limit, want)
         })
         .await;
+        let failed = |amount| Grant {
+            amount,
+            asked: want,
+            failed: true,
+        };
         match answer {
-            Ok(Ok(amount)) => Some(Grant {
+            Ok(Ok(amount)) => Grant {
                 amount,
                 asked: want,
-            }),
+                failed: false,
+            },
             Ok(Err(e)) => {
                 self.went_offline(&e);
-                None
+                failed(0)
             }
             Err(e) => {
-                tracing::warn!(error = %e, "limit grant task failed; treating the store as unreachable");
-                self.offline.store(true, Ordering::Relaxed);
-                None
+                self.went_offline(&StoreError::Unavailable {
+                    backend: "limits",
+                    reason: format!("the grant task failed: {e}"),
+                });
+                failed(0)
             }
         }
     }

@@ -74,6 +74,8 @@ pub struct Limiter {
     /// The store failed the last limit call: spend the offline allowance until a flush
     /// reaches it again.
     offline: AtomicBool,
+    /// Woken when a grant round trip's answer has been applied, for requests waiting on it.
+    answered: tokio::sync::Notify,
 }
 
 impl Limiter {
@@ -86,6 +88,7 @@ impl Limiter {
             shared: AtomicBool::new(false),
             gateways: shared::DEFAULT_GATEWAYS,
             offline: AtomicBool::new(false),
+            answered: tokio::sync::Notify::new(),
         }
     }
 
@@ -184,7 +187,11 @@ impl Limiter {
             let taken = if self.is_shared() {
                 match self.counters.take_shared(&take, now, None, self.sharing()) {
                     SharedTake::Taken(h) => Ok(h),
-                    SharedTake::Ask { .. } | SharedTake::Exceeded => Err(counters::Exceeded),
+                    SharedTake::Ask { want } => {
+                        self.counters.withdraw_ask(&take, want);
+                        Err(counters::Exceeded)
+                    }
+                    SharedTake::Wait | SharedTake::Exceeded => Err(counters::Exceeded),
                 }
             } else {
                 self.counters.try_take(&take)

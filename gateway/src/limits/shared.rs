@@ -38,6 +38,8 @@ pub struct Share {
     pub last_spend: i64,
     /// Until when (Unix seconds) the store is known to have nothing left to grant.
     pub exhausted_until: i64,
+    /// Units asked of the store by requests of this gateway still waiting for the answer.
+    pub asking: u64,
 }
 
 /// How this gateway shares its limits.
@@ -57,6 +59,9 @@ pub enum Decision {
     Spend { charge: u64 },
     /// The grants do not cover it: ask the store for `want` units, then decide again.
     Ask { want: u64 },
+    /// Grants already asked for by other requests of this gateway would cover it: wait for
+    /// their answer, then decide again (one round trip serves a burst).
+    Wait,
     /// Refuse the request.
     Refuse,
 }
@@ -92,6 +97,9 @@ pub fn decide(
     }
     if now < share.exhausted_until {
         return Decision::Refuse;
+    }
+    if share.asking > 0 && after <= share.granted.saturating_add(share.asking) {
+        return Decision::Wait;
     }
     Decision::Ask {
         want: grant_size(
@@ -148,6 +156,14 @@ mod tests {
             pending,
             last_spend: 100,
             exhausted_until: 0,
+            asking: 0,
+        }
+    }
+
+    fn asking(granted: u64, asking: u64) -> Share {
+        Share {
+            asking,
+            ..share(granted, 0)
         }
     }
 
@@ -169,6 +185,11 @@ mod tests {
             (exhausted, 5, 1, 10, 100, ONLINE, Refuse),
             (exhausted, 5, 1, 10, 101, ONLINE, Ask { want: 1 }),
             (exhausted, 4, 1, 10, 100, ONLINE, Spend { charge: 0 }),
+            // a grant of 3 is on its way: the next 3 wait for it, the 4th asks too
+            (asking(5, 3), 5, 1, 10, 100, ONLINE, Wait),
+            (asking(5, 3), 7, 1, 10, 100, ONLINE, Wait),
+            (asking(5, 3), 8, 1, 10, 100, ONLINE, Ask { want: 4 }),
+            (asking(5, 3), 8, 1, 10, 100, OFFLINE, Refuse),
             // offline: up to max(granted, limit / gateways), the excess charged later
             (share(0, 0), 0, 1, 10, 100, OFFLINE, Spend { charge: 1 }),
             (share(2, 0), 4, 1, 10, 100, OFFLINE, Spend { charge: 3 }),

@@ -356,6 +356,21 @@ async fn idle_grants_go_back_for_the_other_gateway() {
     assert_eq!(c.lim.counters().share(KEY, T0), (1, 0));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_burst_waits_for_one_round_trip_instead_of_each_asking() {
+    let db = scratch("burst");
+    let a = gateway(&db);
+    let l = limit(Some(1000), None, "1h");
+    let got = burst(&[&a], &l, None, T0).await;
+    assert_eq!(got[0].admitted, 50);
+    // the first grant (125) covers all 50; a request that missed it asks at most once more
+    let trips = a.grants.load(Ordering::SeqCst);
+    assert!(
+        trips <= 3,
+        "{trips} grant round trips for 50 concurrent requests"
+    );
+}
+
 #[tokio::test]
 async fn a_store_no_one_shares_never_takes_grants() {
     let store = Arc::new(Store::open_in_memory().unwrap());
