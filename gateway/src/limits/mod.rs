@@ -61,6 +61,12 @@ impl Plan {
     pub fn is_empty(&self) -> bool {
         self.charges.is_empty()
     }
+
+    /// A plan of charges built with [`plan::charges`], for tests driving a limiter without
+    /// a snapshot (`Limiter::plan` is what the request path uses).
+    pub fn from_charges(charges: Vec<Charge>) -> Self {
+        Plan { charges }
+    }
 }
 
 /// Every counter of the gateway and the estimate settings.
