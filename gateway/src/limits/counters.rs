@@ -236,10 +236,12 @@ pub enum SharedTake {
     /// Taken: the reservation to settle (token limits) or `None` (request limits).
     Taken(Option<Held>),
     /// The grants held do not cover it: ask the store for `want` units (now counted as
-    /// asked for), then take again with the answer.
+    /// asked for), give [`Counters::answer`] the answer, then take again.
     Ask { want: u64 },
     /// Grants other requests asked for would cover it: take again once one is answered.
-    Wait,
+    /// `answers` counts the answers this counter has had, so a waiter can tell its own
+    /// counter's answers from other counters'.
+    Wait { answers: u64 },
     /// The limit refuses it; nothing was taken.
     Exceeded,
 }
@@ -262,16 +264,9 @@ pub struct SharedWork {
 }
 
 impl Counters {
-    /// Takes `t.amount` from a shared counter if the grants this gateway holds (after adding
-    /// `grant`, the store's answer to the previous [`SharedTake::Ask`]) cover it, or the
-    /// offline allowance does while the store is unreachable.
-    pub fn take_shared(
-        &self,
-        t: &Take,
-        now: i64,
-        grant: Option<Grant>,
-        sharing: Sharing,
-    ) -> SharedTake {
+    /// Takes `t.amount` from a shared counter if the grants this gateway holds cover it, or
+    /// the offline allowance does while the store is unreachable.
+    pub fn take_shared(&self, t: &Take, now: i64, sharing: Sharing) -> SharedTake {
         let mut shard = self.shard(&t.key);
         let slot = shard
             .entry(t.key.clone())
@@ -281,18 +276,12 @@ impl Counters {
             *slot = Slot::new(t.window, true);
         }
         let spent = slot.spent();
-        let same_window = slot.window == t.window;
         let share = slot.share.get_or_insert_with(Share::default);
-        if let (Some(g), true) = (grant, same_window) {
-            share.asking = share.asking.saturating_sub(g.asked);
-            share.granted = share.granted.saturating_add(g.amount);
-            if g.amount < g.asked && !g.failed {
-                share.exhausted_until = now + shared::EXHAUSTED_SECS;
-            }
-        }
         match shared::decide(share, spent, t.amount, t.limit, now, sharing) {
             Decision::Refuse => SharedTake::Exceeded,
-            Decision::Wait => SharedTake::Wait,
+            Decision::Wait => SharedTake::Wait {
+                answers: share.answers,
+            },
             Decision::Ask { want } => {
                 share.asking = share.asking.saturating_add(want);
                 SharedTake::Ask { want }
@@ -317,15 +306,23 @@ impl Counters {
         }
     }
 
-    /// Forgets an ask [`Counters::take_shared`] counted that will not be made.
-    pub fn withdraw_ask(&self, t: &Take, want: u64) {
+    /// Applies the store's answer to an ask [`Counters::take_shared`] counted: the grant is
+    /// added, the ask no longer counted, and a short grant marks the store used up for
+    /// [`shared::EXHAUSTED_SECS`]. An answer for a window that has since ended is ignored.
+    pub fn answer(&self, t: &Take, g: Grant, now: i64) {
         let mut shard = self.shard(&t.key);
-        if let Some(share) = shard
+        let Some(share) = shard
             .get_mut(&t.key)
             .filter(|s| s.window == t.window)
             .and_then(|s| s.share.as_mut())
-        {
-            share.asking = share.asking.saturating_sub(want);
+        else {
+            return;
+        };
+        share.asking = share.asking.saturating_sub(g.asked);
+        share.granted = share.granted.saturating_add(g.amount);
+        share.answers = share.answers.wrapping_add(1);
+        if g.amount < g.asked && !g.failed {
+            share.exhausted_until = now + shared::EXHAUSTED_SECS;
         }
     }
 

@@ -12,7 +12,8 @@ use std::sync::Arc;
 /// spent the first grant before its requester could.
 const MAX_ASKS: usize = 2;
 
-/// Answers to other requests' asks one take may wait for before it is refused.
+/// Answers to other requests' asks (for the same counter) one take may wait for before it
+/// is refused.
 const MAX_WAITS: usize = 4;
 
 /// What owns the store the limiter takes grants from; held (cloned `Arc`) across the
@@ -58,34 +59,34 @@ impl Limiter {
         let estimate = estimate::estimate_tokens(body, self.default_completion_tokens);
         for c in &plan.charges {
             let take = Self::take_for(c, estimate, now);
-            let mut grant = None;
-            let (mut asks, mut waits) = (0, 0);
+            let (mut asks, mut waits, mut seen) = (0, 0, None);
             let held = loop {
                 // Listen before looking, so an answer arriving in between is not missed.
                 let mut answered = std::pin::pin!(self.answered.notified());
                 answered.as_mut().enable();
-                let applied = grant.is_some();
-                let taken = self
-                    .counters
-                    .take_shared(&take, now, grant.take(), self.sharing());
-                if applied {
-                    self.answered.notify_waiters();
-                }
-                match taken {
+                match self.counters.take_shared(&take, now, self.sharing()) {
                     SharedTake::Taken(h) => break Some(h),
                     SharedTake::Ask { want } if asks < MAX_ASKS => {
                         asks += 1;
-                        grant = Some(self.ask(store, &take, want).await);
+                        self.ask(store, &take, want, now).await;
                     }
                     SharedTake::Ask { want } => {
-                        self.counters.withdraw_ask(&take, want);
+                        let none = Grant {
+                            amount: 0,
+                            asked: want,
+                            failed: true,
+                        };
+                        self.counters.answer(&take, none, now);
                         break None;
                     }
-                    SharedTake::Wait if waits < MAX_WAITS => {
-                        waits += 1;
+                    SharedTake::Wait { answers } if waits < MAX_WAITS => {
+                        if seen.is_some_and(|s| s != answers) {
+                            waits += 1;
+                        }
+                        seen = Some(answers);
                         answered.await;
                     }
-                    SharedTake::Wait | SharedTake::Exceeded => break None,
+                    SharedTake::Wait { .. } | SharedTake::Exceeded => break None,
                 }
             };
             match held {
@@ -99,35 +100,45 @@ impl Limiter {
         Ok(admission)
     }
 
-    /// One grant round trip; a failure switches the limiter to the offline allowance.
-    async fn ask<S: GrantStore>(&self, store: &Arc<S>, t: &Take, want: u64) -> Grant {
-        let (s, key, window, limit) = (store.clone(), t.key.clone(), t.window, t.limit);
-        let answer = tokio::task::spawn_blocking(move || {
-            s.grant_store().grant_limit(&key, window, limit, want)
-        })
-        .await;
-        let failed = |amount| Grant {
-            amount,
+    /// One grant round trip, whose answer is applied to the counters and announced to the
+    /// requests waiting for it. It runs as its own task, so a request cancelled meanwhile
+    /// (the client went away) cannot leave the ask counted forever or the grant unused.
+    async fn ask<S: GrantStore>(self: &Arc<Self>, store: &Arc<S>, t: &Take, want: u64, now: i64) {
+        let (me, store, t) = (self.clone(), store.clone(), t.clone());
+        let job = tokio::spawn(async move {
+            let (s, key) = (store.clone(), t.key.clone());
+            let (window, limit) = (t.window, t.limit);
+            let answer = tokio::task::spawn_blocking(move || {
+                s.grant_store().grant_limit(&key, window, limit, want)
+            })
+            .await;
+            let grant = match answer {
+                Ok(Ok(amount)) => Grant {
+                    amount,
+                    asked: want,
+                    failed: false,
+                },
+                Ok(Err(e)) => me.failed_ask(&e, want),
+                Err(e) => me.failed_ask(
+                    &StoreError::Unavailable {
+                        backend: "limits",
+                        reason: format!("the grant task failed: {e}"),
+                    },
+                    want,
+                ),
+            };
+            me.counters.answer(&t, grant, now);
+            me.answered.notify_waiters();
+        });
+        let _ = job.await;
+    }
+
+    fn failed_ask(&self, e: &StoreError, want: u64) -> Grant {
+        self.went_offline(e);
+        Grant {
+            amount: 0,
             asked: want,
             failed: true,
-        };
-        match answer {
-            Ok(Ok(amount)) => Grant {
-                amount,
-                asked: want,
-                failed: false,
-            },
-            Ok(Err(e)) => {
-                self.went_offline(&e);
-                failed(0)
-            }
-            Err(e) => {
-                self.went_offline(&StoreError::Unavailable {
-                    backend: "limits",
-                    reason: format!("the grant task failed: {e}"),
-                });
-                failed(0)
-            }
         }
     }
 

@@ -191,13 +191,19 @@ impl Limiter {
             let take = Self::take_for(c, estimate, now);
             let window = take.window;
             let taken = if self.is_shared() {
-                match self.counters.take_shared(&take, now, None, self.sharing()) {
+                match self.counters.take_shared(&take, now, self.sharing()) {
                     SharedTake::Taken(h) => Ok(h),
                     SharedTake::Ask { want } => {
-                        self.counters.withdraw_ask(&take, want);
+                        // no round trip here: the ask just counted will not be made
+                        let none = counters::Grant {
+                            amount: 0,
+                            asked: want,
+                            failed: true,
+                        };
+                        self.counters.answer(&take, none, now);
                         Err(counters::Exceeded)
                     }
-                    SharedTake::Wait | SharedTake::Exceeded => Err(counters::Exceeded),
+                    SharedTake::Wait { .. } | SharedTake::Exceeded => Err(counters::Exceeded),
                 }
             } else {
                 self.counters.try_take(&take)

@@ -40,6 +40,8 @@ pub struct Share {
     pub exhausted_until: i64,
     /// Units asked of the store by requests of this gateway still waiting for the answer.
     pub asking: u64,
+    /// Answers applied in this window (to tell them apart from other counters' answers).
+    pub answers: u64,
 }
 
 /// How this gateway shares its limits.
@@ -157,6 +159,7 @@ mod tests {
             last_spend: 100,
             exhausted_until: 0,
             asking: 0,
+            answers: 0,
         }
     }
 

@@ -18,6 +18,7 @@ struct Gw {
     store: Arc<Store>,
     down: Arc<std::sync::atomic::AtomicBool>,
     grants: Arc<std::sync::atomic::AtomicUsize>,
+    grant_delay_ms: Arc<std::sync::atomic::AtomicU64>,
 }
 
 fn scratch(tag: &str) -> std::path::PathBuf {
@@ -30,6 +31,7 @@ fn scratch(tag: &str) -> std::path::PathBuf {
 fn gateway(db: &std::path::Path) -> Gw {
     let backend = SharedSqlite::open(db);
     let (down, grants) = (backend.down.clone(), backend.grants.clone());
+    let grant_delay_ms = backend.grant_delay_ms.clone();
     let store = Arc::new(Store::from_backend(backend));
     let lim = Arc::new(Limiter::new(1000).with_gateways(2));
     lim.load(&store, T0).unwrap();
@@ -39,6 +41,7 @@ fn gateway(db: &std::path::Path) -> Gw {
         store,
         down,
         grants,
+        grant_delay_ms,
     }
 }
 
@@ -369,6 +372,32 @@ async fn a_burst_waits_for_one_round_trip_instead_of_each_asking() {
         trips <= 3,
         "{trips} grant round trips for 50 concurrent requests"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_cancelled_while_its_grant_is_on_the_way_leaves_nothing_stuck() {
+    let db = scratch("cancel");
+    let a = gateway(&db);
+    let l = limit(Some(100), None, "1h");
+    a.grant_delay_ms.store(300, Ordering::SeqCst);
+    let (lim, store, l2) = (a.lim.clone(), a.store.clone(), l.clone());
+    let first =
+        tokio::spawn(async move { lim.admit_async(plan(&l2), None, T0, &store).await.is_ok() });
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    first.abort(); // the client went away while the grant was on its way
+    assert!(first.await.is_err());
+    a.grant_delay_ms.store(0, Ordering::SeqCst);
+    // the grant still arrives and is counted; the next request spends it without asking
+    let next = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        a.lim.admit_async(plan(&l), None, T0, &a.store),
+    )
+    .await
+    .expect("a request after the cancelled one must not hang");
+    assert!(next.is_ok());
+    assert_eq!(a.grants.load(Ordering::SeqCst), 1);
+    assert_eq!(a.lim.counters().share(KEY, T0), (13, 0));
+    assert_eq!(a.lim.counters().get(KEY, T0), (1, 0));
 }
 
 #[tokio::test]

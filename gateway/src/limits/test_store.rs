@@ -8,7 +8,7 @@ use crate::store::dump::Dump;
 use crate::store::usage::{UsageKey, UsageRow, UsageTotals};
 use crate::store::{CredentialRecord, SqliteStore, StoreBackend, StoreError, StoredCertificate};
 use postern_common::resources::{Kind, Resource, SecretInfo, SessionInfo};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 /// One gateway's connection to the shared database file.
@@ -18,6 +18,8 @@ pub struct SharedSqlite {
     pub down: Arc<AtomicBool>,
     /// Grant round trips made, to show which admissions waited for the store.
     pub grants: Arc<AtomicUsize>,
+    /// Milliseconds each grant takes, as over a slow network.
+    pub grant_delay_ms: Arc<AtomicU64>,
 }
 
 impl SharedSqlite {
@@ -26,6 +28,7 @@ impl SharedSqlite {
             inner: SqliteStore::open(path).unwrap(),
             down: Arc::default(),
             grants: Arc::default(),
+            grant_delay_ms: Arc::default(),
         }
     }
 
@@ -66,6 +69,8 @@ impl StoreBackend for SharedSqlite {
         want: u64,
     ) -> Result<u64, StoreError> {
         self.grants.fetch_add(1, Ordering::SeqCst);
+        let delay = self.grant_delay_ms.load(Ordering::SeqCst);
+        std::thread::sleep(std::time::Duration::from_millis(delay));
         self.check()?;
         StoreBackend::grant_limit(&self.inner, key, window, limit, want)
     }
