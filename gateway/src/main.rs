@@ -8,7 +8,7 @@ use postern_gateway::frontdoor::limit_args::{parse_duration, LimitArgs};
 use postern_gateway::identity::{SecretBox, TokenSigner};
 use postern_gateway::proxy::upstream::{UpstreamClient, UpstreamOptions};
 use postern_gateway::state::{Gateway, GatewayParts, Settings};
-use postern_gateway::store::location::{StoreArgs, StoreLocation};
+use postern_gateway::store::location::{notice_sealer, StoreArgs, StoreLocation};
 use postern_gateway::telemetry::access_log::AccessLog;
 use postern_gateway::telemetry::otlp::{self, OtlpExporter, OtlpOptions};
 use postern_gateway::telemetry::usage_store::UsageRecorder;
@@ -300,7 +300,10 @@ fn join_token(a: JoinTokenArgs) -> Result<()> {
             location.describe()
         );
     }
-    let store = location.open("join-token")?;
+    let store = location.open(
+        "join-token",
+        notice_sealer(&SecretBox::load(&dd.secret_key())?),
+    )?;
     let token = datadir::join::make_token(&dd, &store)?;
     println!(
         "Join token (shown once; it opens this gateway's keys, keep it like them):\n  {token}"
@@ -316,7 +319,8 @@ fn migrate(a: MigrateArgs) -> Result<()> {
     let config = dd.load_config()?;
     let source = StoreLocation::resolve(None, config.store.as_deref(), &dd.database())?;
     let target = StoreLocation::parse(&a.to, &dd.database())?;
-    let counts = postern_gateway::store::migrate::between(&source, &target, a.force)?;
+    let sealer = notice_sealer(&SecretBox::load(&dd.secret_key())?);
+    let counts = postern_gateway::store::migrate::between(&source, &target, a.force, sealer)?;
     println!("migrated: {counts}; counts verified");
     println!(
         "Next: posternd serve --data-dir {} --store '<the --to URL>' (or set POSTERN_STORE)",
@@ -347,7 +351,9 @@ async fn serve(a: ServeArgs) -> Result<()> {
         .unwrap_or_else(postern_gateway::state::default_gateway_name);
     // Unique per process, so a restarted gateway of the same name still hears its old self.
     let origin = format!("{gateway_name}-{:08x}", rand::random::<u32>());
-    let store = location.open_waiting(&origin).await?;
+    let store = location
+        .open_waiting(&origin, notice_sealer(&secretbox))
+        .await?;
     let mut extra_ca = Vec::new();
     for p in &a.upstream_ca {
         extra_ca.push(
@@ -380,8 +386,12 @@ async fn serve(a: ServeArgs) -> Result<()> {
         path => AccessLog::file(path).with_context(|| format!("opening --access-log {path}"))?,
     };
     // Usage rows get their own connection so batches never hold up the gateway's store.
-    let usage = UsageRecorder::start(Arc::new(location.open_waiting(&origin).await?))
-        .context("starting the usage recorder")?;
+    let usage = UsageRecorder::start(Arc::new(
+        location
+            .open_waiting(&origin, notice_sealer(&secretbox))
+            .await?,
+    ))
+    .context("starting the usage recorder")?;
     let mut telemetry = Telemetry::new(access_log)
         .with_usage(usage)
         .with_gateway_name(&gateway_name);
@@ -495,13 +505,23 @@ async fn serve(a: ServeArgs) -> Result<()> {
     let limits_gw = gw.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
+        // Said once per outage of the store, not every second.
+        let mut failing = false;
         loop {
             tick.tick().await;
             let g = limits_gw.clone();
             match tokio::task::spawn_blocking(move || g.flush_limits()).await {
-                Ok(Err(e)) => tracing::warn!(error = %e, "saving limit counters failed"),
+                Ok(Err(e)) if !failing => {
+                    tracing::warn!(error = %e, "saving limit counters failed; retrying every second");
+                    failing = true;
+                }
+                Ok(Err(_)) => {}
                 Err(e) => tracing::warn!(error = %e, "saving limit counters panicked"),
-                Ok(Ok(_)) => {}
+                Ok(Ok(_)) => {
+                    if std::mem::take(&mut failing) {
+                        tracing::info!("limit counters saved again");
+                    }
+                }
             }
         }
     });

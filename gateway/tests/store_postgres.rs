@@ -30,11 +30,11 @@ fn schema_is_versioned_and_a_newer_one_is_refused() {
     drop(store);
     // Connecting again migrates nothing and keeps the data.
     let url = cluster.url("postern");
-    let again = PgStore::connect(&url, "gw-2").unwrap();
+    let again = PgStore::connect(&url, "gw-2", sealer()).unwrap();
     again.upsert_resources(&[user("alice", None)]).unwrap();
     drop(again);
     cluster.sql("postern", "UPDATE postern_schema SET version = 99");
-    let err = PgStore::connect(&url, "gw-3").unwrap_err();
+    let err = PgStore::connect(&url, "gw-3", sealer()).unwrap_err();
     assert!(
         matches!(
             err,
@@ -57,7 +57,7 @@ fn two_gateways_migrating_one_empty_database_at_once_both_succeed() {
     let handles: Vec<_> = (0..4)
         .map(|i| {
             let url = url.clone();
-            std::thread::spawn(move || PgStore::connect(&url, &format!("gw-{i}")))
+            std::thread::spawn(move || PgStore::connect(&url, &format!("gw-{i}"), sealer()))
         })
         .collect();
     let stores: Vec<PgStore> = handles

@@ -171,7 +171,7 @@ fn grants_across_many_threads_never_exceed_the_limit() {
     let Some((cluster, store)) = setup() else {
         return;
     };
-    let other = PgStore::connect(&cluster.url("postern"), "gw-other").unwrap();
+    let other = PgStore::connect(&cluster.url("postern"), "gw-other", sealer()).unwrap();
     let stores = [std::sync::Arc::new(store), std::sync::Arc::new(other)];
     let w = Window { start: 0, end: 60 };
     let handles: Vec<_> = (0..16)
@@ -314,7 +314,7 @@ fn a_nul_from_an_upstream_does_not_lose_the_usage_batch() {
 }
 
 #[test]
-fn a_lease_has_one_holder_until_it_expires_or_is_given_up() {
+fn leases_have_one_holder_until_they_expire_and_settings_are_kept() {
     let Some((cluster, store)) = setup() else {
         return;
     };
@@ -329,13 +329,22 @@ fn a_lease_has_one_holder_until_it_expires_or_is_given_up() {
     store.release_lease("acme", "gw-b").unwrap();
     assert!(store.acquire_lease("acme", "gw-a", 220, 280).unwrap());
 
+    // Settings: bytes by name, replaced in place.
+    assert_eq!(store.get_setting("join-bundle").unwrap(), None);
+    store.put_setting("join-bundle", b"one").unwrap();
+    store.put_setting("join-bundle", &[0, 255]).unwrap();
+    assert_eq!(
+        store.get_setting("join-bundle").unwrap(),
+        Some(vec![0, 255])
+    );
+
     // Gateways asking at once: exactly one wins.
     let url = cluster.url("postern");
     let winners: usize = (0..8)
         .map(|i| {
             let url = url.clone();
             std::thread::spawn(move || {
-                let s = PgStore::connect(&url, &format!("gw-{i}")).unwrap();
+                let s = PgStore::connect(&url, &format!("gw-{i}"), sealer()).unwrap();
                 s.acquire_lease("race", &format!("gw-{i}"), 1000, 1060)
                     .unwrap()
             })

@@ -9,6 +9,11 @@ mod support {
     pub mod pg;
 }
 
+/// The notice key every test gateway shares (the gateways of a store share `secret.key`).
+fn sealer() -> std::sync::Arc<dyn postern_gateway::store::feed::NoticeSealer> {
+    std::sync::Arc::new(postern_gateway::identity::SecretBox::from_key(&[42; 32]))
+}
+
 use postern_common::resources::{
     Authentication, CredentialType, Kind, Metadata, Resource, SessionInfo, SessionKind,
     SessionType, UserSpec,
@@ -71,8 +76,8 @@ fn every_write_reaches_the_other_gateway_and_its_own_are_skipped() {
         return;
     };
     let url = cluster.create_database("postern");
-    let a = PgStore::connect(&url, "gw-a").unwrap();
-    let b = PgStore::connect(&url, "gw-b").unwrap();
+    let a = PgStore::connect(&url, "gw-a", sealer()).unwrap();
+    let b = PgStore::connect(&url, "gw-b", sealer()).unwrap();
     let mut rx = b.subscribe().expect("a shared store has a feed");
     assert_eq!(
         next(&mut rx, Duration::from_secs(5)),
@@ -88,6 +93,8 @@ fn every_write_reaches_the_other_gateway_and_its_own_are_skipped() {
 
     a.upsert_resources(&[user("alice")]).unwrap();
     expect_notice(&mut rx, "gw-a", Topic::Resources);
+    // Applying the same again changes nothing and tells no one.
+    a.upsert_resources(&[user("alice")]).unwrap();
     a.put_secret("k", b"sealed", false).unwrap();
     assert_eq!(
         expect_notice(&mut rx, "gw-a", Topic::Secrets)
@@ -165,8 +172,8 @@ fn the_feed_says_lost_then_resyncs_after_the_server_restarts() {
         return;
     };
     let url = cluster.create_database("postern");
-    let a = PgStore::connect(&url, "gw-a").unwrap();
-    let b = PgStore::connect(&url, "gw-b").unwrap();
+    let a = PgStore::connect(&url, "gw-a", sealer()).unwrap();
+    let b = PgStore::connect(&url, "gw-b", sealer()).unwrap();
     let mut rx = b.subscribe().unwrap();
     assert_eq!(
         next(&mut rx, Duration::from_secs(5)),
@@ -205,7 +212,7 @@ fn a_feed_started_while_the_server_is_down_says_so_then_resyncs() {
         return;
     };
     let url = cluster.create_database("postern");
-    let store = PgStore::connect(&url, "gw-a").unwrap();
+    let store = PgStore::connect(&url, "gw-a", sealer()).unwrap();
     cluster.stop();
     let mut rx = store.subscribe().unwrap();
     assert!(matches!(
@@ -227,7 +234,7 @@ fn a_stopped_server_gives_unavailable_quickly_and_the_store_comes_back() {
         return;
     };
     let url = cluster.create_database("postern");
-    let store = PgStore::connect(&url, "gw-a").unwrap();
+    let store = PgStore::connect(&url, "gw-a", sealer()).unwrap();
     store.upsert_resources(&[user("alice")]).unwrap();
     cluster.stop();
     for _ in 0..2 {
@@ -254,6 +261,7 @@ fn a_stopped_server_gives_unavailable_quickly_and_the_store_comes_back() {
             cluster.port
         ),
         "gw-b",
+        sealer(),
     )
     .unwrap_err();
     assert!(err.is_unavailable(), "{err}");
@@ -270,7 +278,7 @@ fn a_frozen_server_gives_unavailable_within_the_ceiling() {
         return;
     };
     let url = cluster.create_database("postern");
-    let store = PgStore::connect(&url, "gw-a").unwrap();
+    let store = PgStore::connect(&url, "gw-a", sealer()).unwrap();
     store.ping().unwrap();
     cluster.freeze();
     let started = Instant::now();
@@ -294,11 +302,11 @@ async fn the_sync_api_works_inside_a_single_threaded_runtime() {
     let Some((cluster, url)) = std::thread::spawn(cluster_with_database).join().unwrap() else {
         return;
     };
-    let store = PgStore::connect(&url, "gw-a").unwrap();
+    let store = PgStore::connect(&url, "gw-a", sealer()).unwrap();
     store.upsert_resources(&[user("alice")]).unwrap();
     assert_eq!(store.list_resources().unwrap().len(), 1);
     let mut rx = store.subscribe().unwrap();
-    let other = PgStore::connect(&url, "gw-b").unwrap();
+    let other = PgStore::connect(&url, "gw-b", sealer()).unwrap();
     assert_eq!(rx.recv().await, Some(FeedEvent::Resync));
     other.put_secret("k", b"x", false).unwrap();
     match tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
@@ -316,7 +324,7 @@ async fn the_sync_api_works_on_runtime_workers_and_in_spawn_blocking() {
     let Some((cluster, url)) = std::thread::spawn(cluster_with_database).join().unwrap() else {
         return;
     };
-    let store = std::sync::Arc::new(PgStore::connect(&url, "gw-a").unwrap());
+    let store = std::sync::Arc::new(PgStore::connect(&url, "gw-a", sealer()).unwrap());
     let tasks: Vec<_> = (0..8)
         .map(|i| {
             let s = store.clone();
@@ -382,8 +390,12 @@ fn tls_verify_full_against_a_test_ca_and_refusals() {
         )
     };
 
-    let store = PgStore::connect(&url("localhost", "verify-full", &ca, "tls-full"), "gw-a")
-        .expect("verify-full with the right CA connects");
+    let store = PgStore::connect(
+        &url("localhost", "verify-full", &ca, "tls-full"),
+        "gw-a",
+        sealer(),
+    )
+    .expect("verify-full with the right CA connects");
     store.upsert_resources(&[user("alice")]).unwrap();
     let encrypted = cluster.query_text(
         "postern",
@@ -397,19 +409,29 @@ fn tls_verify_full_against_a_test_ca_and_refusals() {
         Some(FeedEvent::Resync)
     );
 
-    let err = PgStore::connect(&url("localhost", "verify-full", &wrong, "x"), "gw-b").unwrap_err();
+    let err = PgStore::connect(
+        &url("localhost", "verify-full", &wrong, "x"),
+        "gw-b",
+        sealer(),
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("certificate"), "{err}");
     assert!(!err.is_unavailable(), "a wrong CA is not an outage: {err}");
     // The certificate names localhost, not 127.0.0.1: verify-full refuses, verify-ca accepts.
-    let err = PgStore::connect(&url("127.0.0.1", "verify-full", &ca, "x"), "gw-b").unwrap_err();
+    let err =
+        PgStore::connect(&url("127.0.0.1", "verify-full", &ca, "x"), "gw-b", sealer()).unwrap_err();
     assert!(err.to_string().contains("certificate"), "{err}");
-    PgStore::connect(&url("127.0.0.1", "verify-ca", &ca, "x"), "gw-b")
+    PgStore::connect(&url("127.0.0.1", "verify-ca", &ca, "x"), "gw-b", sealer())
         .expect("verify-ca checks the chain only");
-    PgStore::connect(&url("127.0.0.1", "require", &wrong, "x"), "gw-b")
+    PgStore::connect(&url("127.0.0.1", "require", &wrong, "x"), "gw-b", sealer())
         .expect("require encrypts without checking, as libpq");
     let missing = cluster.dir().join("missing.pem");
-    let err =
-        PgStore::connect(&url("localhost", "verify-full", &missing, "x"), "gw-b").unwrap_err();
+    let err = PgStore::connect(
+        &url("localhost", "verify-full", &missing, "x"),
+        "gw-b",
+        sealer(),
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("sslrootcert"), "{err}");
 }
 
@@ -420,9 +442,38 @@ fn sslmode_require_refuses_a_server_without_tls() {
     };
     cluster.create_database("postern");
     let base = format!("postgres://postgres@127.0.0.1:{}/postern", cluster.port);
-    let err = PgStore::connect(&format!("{base}?sslmode=require"), "gw").unwrap_err();
+    let err = PgStore::connect(&format!("{base}?sslmode=require"), "gw", sealer()).unwrap_err();
     // A configuration problem, not an outage: a gateway starting with it stops at once.
     assert!(matches!(err, StoreError::Postgres(_)), "{err}");
     assert!(err.to_string().contains("does not support TLS"), "{err}");
-    PgStore::connect(&format!("{base}?sslmode=prefer"), "gw").expect("prefer falls back to plain");
+    PgStore::connect(&format!("{base}?sslmode=prefer"), "gw", sealer())
+        .expect("prefer falls back to plain");
+}
+
+#[test]
+fn forged_notices_are_never_acted_on() {
+    let Some(cluster) = Cluster::start() else {
+        return;
+    };
+    let url = cluster.create_database("postern");
+    let b = PgStore::connect(&url, "gw-b", sealer()).unwrap();
+    let mut rx = b.subscribe().expect("a shared store has a feed");
+    assert_eq!(
+        next(&mut rx, Duration::from_secs(5)),
+        Some(FeedEvent::Resync)
+    );
+    // Any role that may connect may NOTIFY: a plain notice bringing a Session into memory.
+    let forged = serde_json::json!({"o": "gw-evil", "t": "sessions", "n": "s-x",
+        "s": serde_json::to_value(session("s-x")).unwrap()});
+    cluster.sql("postern", &format!("NOTIFY postern_changes, '{forged}'"));
+    // A gateway with another secret.key seals with another key.
+    let other_key = std::sync::Arc::new(postern_gateway::identity::SecretBox::from_key(&[7; 32]));
+    let stranger = PgStore::connect(&url, "gw-stranger", other_key).unwrap();
+    stranger.insert_session(&session("s-y")).unwrap();
+    assert_eq!(next(&mut rx, Duration::from_millis(700)), None);
+    // The feed still works for a gateway with the right key.
+    let a = PgStore::connect(&url, "gw-a", sealer()).unwrap();
+    a.insert_session(&session("s-z")).unwrap();
+    let (n, _) = expect_notice(&mut rx, "gw-a", Topic::Sessions);
+    assert_eq!(n.name.as_deref(), Some("s-z"));
 }

@@ -113,7 +113,8 @@ pub fn join(dir: &Path, store_url: &str, token: &str) -> Result<JoinOutcome, Dat
     if !matches!(location, StoreLocation::Postgres(_)) {
         return Err(DataDirError::JoinNeedsSharedStore);
     }
-    let store = location.open("join")?;
+    // This process only reads: its notices (none) need no shared key.
+    let store = location.open("join", crate::store::location::throwaway_sealer())?;
     let sealed = store
         .get_setting(BUNDLE_SETTING)?
         .ok_or_else(|| DataDirError::NoJoinBundle(location.describe()))?;

@@ -234,7 +234,7 @@ fn build(
     create_private_dir(staging)?;
     let dd = DataDir::new(staging);
     let final_abs = absolute(final_dir)?;
-    SecretBox::create(&dd.secret_key())?;
+    let secretbox = SecretBox::create(&dd.secret_key())?;
     TokenSigner::create(&dd.signing_key())?;
     // Made now rather than by the first `serve --wg-listen`, so every copy of the directory
     // (the other gateways sharing a store) has the one key agents know.
@@ -272,7 +272,7 @@ fn build(
     let json = serde_json::to_string_pretty(&config).expect("config serializes");
     write_file(&dd.config(), json.as_bytes(), 0o600)?;
 
-    let store = location.open("init")?;
+    let store = location.open("init", crate::store::location::notice_sealer(&secretbox))?;
     if !store.list_resources()?.is_empty() {
         return Err(DataDirError::StoreInUse(location.describe()));
     }

@@ -100,6 +100,8 @@ pub struct Gateway {
     /// Sessions looked up in the store and not found there, briefly, so a revoked token
     /// presented again and again costs one store read per second at most.
     missing_sessions: Mutex<HashMap<String, std::time::Instant>>,
+    /// When a request last made the snapshot catch up with a shared store.
+    last_catch_up: Mutex<Option<std::time::Instant>>,
 }
 
 /// Everything [`Gateway::open`] needs.
@@ -136,6 +138,7 @@ impl Gateway {
             changes: tokio::sync::watch::channel(0).0,
             store_health: Default::default(),
             missing_sessions: Mutex::new(HashMap::new()),
+            last_catch_up: Mutex::new(None),
             upstream_states: Default::default(),
             shedder: crate::frontdoor::shed::Shedder::new(
                 parts.settings.client_limits.max_inflight,

@@ -1,7 +1,14 @@
 //! What one gateway tells the others when it writes a shared store: a [`Notice`] per change,
 //! carried by PostgreSQL `NOTIFY` on [`CHANNEL`] in the writing transaction, so it arrives
 //! exactly when the change is visible. Encoding and decoding are here, apart from I/O.
+//!
+//! Any role that may connect to the database may also `NOTIFY` on any channel, and a notice
+//! can carry a whole Session that a gateway puts in memory without reading the store: a
+//! forged one could bring back a revoked token. So every payload is sealed
+//! ([`NoticeSealer`], an AEAD under a key derived from `secret.key`, which the database never
+//! sees): a notice that does not open is ignored, never acted on.
 
+use base64::Engine;
 use postern_common::resources::SessionInfo;
 use serde::{Deserialize, Serialize};
 
@@ -41,15 +48,37 @@ pub struct Notice {
     pub session: Option<Box<SessionInfo>>,
 }
 
+/// Seals and opens notice payloads (authenticated encryption with a key all gateways of a
+/// store share and the database does not hold).
+pub trait NoticeSealer: Send + Sync {
+    /// Encrypts and authenticates `plain`.
+    fn seal(&self, plain: &[u8]) -> Vec<u8>;
+    /// The plaintext of `sealed`, or `None` when it was not sealed with this key.
+    fn open(&self, sealed: &[u8]) -> Option<Vec<u8>>;
+}
+
+impl NoticeSealer for crate::identity::SecretBox {
+    fn seal(&self, plain: &[u8]) -> Vec<u8> {
+        crate::identity::SecretBox::seal(self, plain)
+    }
+    fn open(&self, sealed: &[u8]) -> Option<Vec<u8>> {
+        crate::identity::SecretBox::open(self, sealed).ok()
+    }
+}
+
 /// Largest payload PostgreSQL carries (8000 bytes by default). A longer notice leaves out
 /// the Session body (the reader fetches it by name), then the name (the reader reloads the
 /// whole topic).
 const MAX_PAYLOAD: usize = 7900;
 
 impl Notice {
-    /// The `NOTIFY` payload.
-    pub fn encode(&self) -> String {
-        let text = serde_json::to_string(self).expect("notices always serialize");
+    /// The `NOTIFY` payload: the notice as JSON, sealed, in base64.
+    pub fn seal(&self, sealer: &dyn NoticeSealer) -> String {
+        let sealed = |n: &Notice| {
+            let json = serde_json::to_vec(n).expect("notices always serialize");
+            base64::engine::general_purpose::STANDARD_NO_PAD.encode(sealer.seal(&json))
+        };
+        let text = sealed(self);
         if text.len() <= MAX_PAYLOAD {
             return text;
         }
@@ -57,21 +86,23 @@ impl Notice {
             session: None,
             ..self.clone()
         };
-        let text = serde_json::to_string(&without_body).expect("notices always serialize");
+        let text = sealed(&without_body);
         if text.len() <= MAX_PAYLOAD {
             return text;
         }
-        serde_json::to_string(&Notice {
+        sealed(&Notice {
             name: None,
             ..without_body
         })
-        .expect("notices always serialize")
     }
 
-    /// A payload back into a notice; `None` for one this version does not understand (a
-    /// newer gateway's topic), which the listener treats as "resync everything".
-    pub fn decode(payload: &str) -> Option<Notice> {
-        serde_json::from_str(payload).ok()
+    /// A payload back into a notice; `None` when it does not open with this key (forged, or
+    /// sealed by a gateway with another `secret.key`) or is not a notice this version knows.
+    pub fn open(payload: &str, sealer: &dyn NoticeSealer) -> Option<Notice> {
+        let sealed = base64::engine::general_purpose::STANDARD_NO_PAD
+            .decode(payload.trim())
+            .ok()?;
+        serde_json::from_slice(&sealer.open(&sealed)?).ok()
     }
 }
 
@@ -90,24 +121,38 @@ pub enum FeedEvent {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::identity::SecretBox;
+
+    fn key(k: u8) -> SecretBox {
+        SecretBox::from_key(&[k; 32])
+    }
 
     #[test]
-    fn notices_round_trip() {
+    fn notices_round_trip_sealed() {
         let n = Notice {
             origin: "gw-a".into(),
             topic: Topic::Sessions,
             name: Some("s-1".into()),
             session: None,
         };
-        assert_eq!(n.encode(), r#"{"o":"gw-a","t":"sessions","n":"s-1"}"#);
-        assert_eq!(Notice::decode(&n.encode()), Some(n));
-        let whole = Notice {
+        let payload = n.seal(&key(1));
+        assert!(!payload.contains("gw-a"), "{payload}");
+        assert_eq!(Notice::open(&payload, &key(1)), Some(n));
+    }
+
+    #[test]
+    fn forged_or_foreign_notices_do_not_open() {
+        let n = Notice {
             origin: "gw-a".into(),
             topic: Topic::Resources,
             name: None,
             session: None,
         };
-        assert_eq!(Notice::decode(&whole.encode()), Some(whole));
+        assert_eq!(Notice::open(&n.seal(&key(1)), &key(2)), None);
+        // What a role that can only NOTIFY would send: a plain notice.
+        let forged = serde_json::to_string(&n).unwrap();
+        assert_eq!(Notice::open(&forged, &key(1)), None);
+        assert_eq!(Notice::open("not base64 !", &key(1)), None);
     }
 
     #[test]
@@ -118,14 +163,10 @@ mod tests {
             name: Some("x".repeat(10_000)),
             session: None,
         };
-        let decoded = Notice::decode(&n.encode()).unwrap();
-        assert_eq!(decoded.name, None);
-        assert_eq!(decoded.topic, Topic::Sessions);
-    }
-
-    #[test]
-    fn unknown_payloads_are_not_guessed_at() {
-        assert_eq!(Notice::decode(r#"{"o":"gw","t":"somethingNew"}"#), None);
-        assert_eq!(Notice::decode("not json"), None);
+        let payload = n.seal(&key(1));
+        assert!(payload.len() <= MAX_PAYLOAD);
+        let opened = Notice::open(&payload, &key(1)).unwrap();
+        assert_eq!(opened.name, None);
+        assert_eq!(opened.topic, Topic::Sessions);
     }
 }

@@ -2,8 +2,23 @@
 //! PostgreSQL database several gateways share, chosen by `--store` / `POSTERN_STORE`, or by
 //! the URL `posternd init --store` recorded in `gateway.json`.
 
+use super::feed::NoticeSealer;
 use super::{PgStore, SqliteStore, Store, StoreError};
+use crate::identity::SecretBox;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// The key that seals change notices, derived from `secret.key` for that purpose only, so
+/// all gateways of a store share it and the database never sees it.
+pub fn notice_sealer(secretbox: &SecretBox) -> Arc<dyn NoticeSealer> {
+    Arc::new(secretbox.derive("store change notices"))
+}
+
+/// A sealer for a process that writes no notices others must read (`init --join`, which
+/// only reads): a random key.
+pub fn throwaway_sealer() -> Arc<dyn NoticeSealer> {
+    Arc::new(SecretBox::from_key(&rand::random::<[u8; 32]>()))
+}
 
 /// The `--store` flag of `posternd init`, `serve` and `migrate`.
 #[derive(clap::Args, Clone, Debug, Default)]
@@ -59,22 +74,29 @@ impl StoreLocation {
     }
 
     /// Opens the store. `origin` identifies this process in change notices (unique per
-    /// process, so a gateway skips only its own).
-    pub fn open(&self, origin: &str) -> Result<Store, StoreError> {
+    /// process, so a gateway skips only its own); `sealer` seals and opens them (every
+    /// gateway of a store derives it from the same `secret.key`: [`notice_sealer`]).
+    pub fn open(&self, origin: &str, sealer: Arc<dyn NoticeSealer>) -> Result<Store, StoreError> {
         Ok(match self {
             StoreLocation::Sqlite(path) => Store::from_backend(SqliteStore::open(path)?),
-            StoreLocation::Postgres(url) => Store::from_backend(PgStore::connect(url, origin)?),
+            StoreLocation::Postgres(url) => {
+                Store::from_backend(PgStore::connect(url, origin, sealer)?)
+            }
         })
     }
 
     /// Opens the store, waiting (with backoff, logging each try) for a PostgreSQL that does
     /// not answer yet: a gateway started before its database, or during an outage, comes up
     /// when the database does. Other errors return at once.
-    pub async fn open_waiting(&self, origin: &str) -> Result<Store, StoreError> {
+    pub async fn open_waiting(
+        &self,
+        origin: &str,
+        sealer: Arc<dyn NoticeSealer>,
+    ) -> Result<Store, StoreError> {
         let mut wait = std::time::Duration::from_millis(500);
         loop {
-            let (location, o) = (self.clone(), origin.to_string());
-            let opened = tokio::task::spawn_blocking(move || location.open(&o))
+            let (location, o, s) = (self.clone(), origin.to_string(), sealer.clone());
+            let opened = tokio::task::spawn_blocking(move || location.open(&o, s))
                 .await
                 .map_err(|e| StoreError::Unavailable {
                     backend: "store",

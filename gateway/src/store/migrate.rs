@@ -2,8 +2,10 @@
 //! all or nothing, with the row counts of both sides compared afterwards.
 
 use super::dump::{Counts, Dump};
+use super::feed::NoticeSealer;
 use super::location::StoreLocation;
 use super::{Store, StoreError};
+use std::sync::Arc;
 
 /// Why a migration stopped.
 #[derive(Debug, thiserror::Error)]
@@ -23,17 +25,19 @@ pub enum MigrateError {
 }
 
 /// `posternd migrate`: opens both stores and [`copy`]s, printing progress to stderr.
+/// `sealer` seals the notices the import sends (see [`super::location::notice_sealer`]).
 pub fn between(
     source: &StoreLocation,
     target: &StoreLocation,
     replace: bool,
+    sealer: Arc<dyn NoticeSealer>,
 ) -> Result<Counts, MigrateError> {
     if source == target {
         return Err(MigrateError::SameStore(source.describe()));
     }
     eprintln!("copying {} into {}", source.describe(), target.describe());
-    let from = source.open("migrate")?;
-    let to = target.open("migrate")?;
+    let from = source.open("migrate", sealer.clone())?;
+    let to = target.open("migrate", sealer)?;
     copy(&from, &to, replace, &mut |line| eprintln!("  {line}"))
 }
 

@@ -187,6 +187,7 @@ const TABLES: &[&str] = &[
     "tunnel_addresses",
     "limit_grants",
     "leases",
+    "settings",
     "sessions",
     "credentials",
     "secrets",

@@ -10,11 +10,16 @@ use postern_common::resources::{
 use postern_gateway::store::usage::UsageRow;
 use postern_gateway::store::{CredentialRecord, PgStore};
 
+/// The notice key every test gateway shares (the gateways of a store share `secret.key`).
+pub fn sealer() -> std::sync::Arc<dyn postern_gateway::store::feed::NoticeSealer> {
+    std::sync::Arc::new(postern_gateway::identity::SecretBox::from_key(&[42; 32]))
+}
+
 /// A cluster and a store on a fresh database in it.
 pub fn setup() -> Option<(Cluster, PgStore)> {
     let cluster = Cluster::start()?;
     let url = cluster.create_database("postern");
-    let store = PgStore::connect(&url, "gw-test").expect("connect");
+    let store = PgStore::connect(&url, "gw-test", sealer()).expect("connect");
     Some((cluster, store))
 }
 

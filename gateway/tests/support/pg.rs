@@ -10,8 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-/// The newest `/usr/lib/postgresql/*/bin` holding `initdb` and `pg_ctl`.
-fn bin_dir() -> Option<PathBuf> {
+/// The newest `/usr/lib/postgresql/*/bin` holding `initdb` and `pg_ctl`, with its major
+/// version.
+fn bin_dir() -> Option<(u32, PathBuf)> {
     let mut dirs: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
         .ok()?
         .filter_map(|e| {
@@ -22,7 +23,7 @@ fn bin_dir() -> Option<PathBuf> {
         })
         .collect();
     dirs.sort();
-    dirs.pop().map(|(_, b)| b)
+    dirs.pop()
 }
 
 fn is_root() -> bool {
@@ -66,7 +67,7 @@ impl Cluster {
 
     /// Starts a cluster with `ssl = on` and the given certificate when `tls` is set.
     pub fn start_with(tls: Option<ServerTls>) -> Option<Cluster> {
-        let Some(bin) = bin_dir() else {
+        let Some((version, bin)) = bin_dir() else {
             eprintln!(
                 "SKIP: PostgreSQL binaries not found under /usr/lib/postgresql/*/bin (apt-get install postgresql)"
             );
@@ -115,19 +116,22 @@ impl Cluster {
             as_postgres,
             options,
         };
-        let out = cluster.run(
-            "initdb",
-            &[
-                "-D",
-                cluster.data.to_str().unwrap(),
-                "-U",
-                "postgres",
-                "--auth=trust",
-                "--no-sync",
-                "-E",
-                "UTF8",
-            ],
-        );
+        let mut args = vec![
+            "-D",
+            cluster.data.to_str().unwrap(),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "--no-sync",
+            "-E",
+            "UTF8",
+        ];
+        if version >= 15 {
+            // A natural-language default collation (where "alice" sorts before "Zed"), as
+            // on most real servers, so the store's bytewise ordering is tested.
+            args.extend(["--locale-provider=icu", "--icu-locale=en-US"]);
+        }
+        let out = cluster.run("initdb", &args);
         assert!(out.status.success(), "initdb failed: {}", text(&out));
         cluster.port = free_port();
         cluster.options = cluster

@@ -29,6 +29,7 @@ impl StoreBackend for PgStore {
             self.settings.clone(),
             self.tls.clone(),
             self.db.origin.clone(),
+            self.db.sealer.clone(),
         ))
     }
     fn list_resources(&self) -> Result<Vec<Resource>, StoreError> {

@@ -19,7 +19,7 @@ pub(super) async fn put_account(
         &[&directory, &sealed],
     )
     .await?;
-    notify(&tx, &db.origin, Topic::Certificates, None).await?;
+    notify(&tx, &db, Topic::Certificates, None).await?;
     tx.commit().await?;
     Ok(())
 }
@@ -76,7 +76,7 @@ pub(super) async fn put_certificate(db: Db, c: StoredCertificate) -> Result<(), 
         ],
     )
     .await?;
-    notify(&tx, &db.origin, Topic::Certificates, Some(&c.name)).await?;
+    notify(&tx, &db, Topic::Certificates, Some(&c.name)).await?;
     tx.commit().await?;
     Ok(())
 }
@@ -119,7 +119,7 @@ pub(super) async fn delete_certificate(db: Db, name: String) -> Result<(), Store
         .execute("DELETE FROM certificates WHERE name = $1", &[&name])
         .await?;
     if n > 0 {
-        notify(&tx, &db.origin, Topic::Certificates, Some(&name)).await?;
+        notify(&tx, &db, Topic::Certificates, Some(&name)).await?;
     }
     tx.commit().await?;
     Ok(())

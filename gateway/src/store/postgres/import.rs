@@ -19,6 +19,7 @@ const TABLES: &[&str] = &[
     "limit_counters",
     "limit_grants",
     "leases",
+    "settings",
     "acme_accounts",
     "certificates",
 ];
@@ -118,7 +119,7 @@ pub(super) async fn import(db: Db, dump: Dump, replace: bool) -> Result<(), Stor
         Topic::Certificates,
         Topic::TunnelAddresses,
     ] {
-        notify(&tx, &db.origin, topic, None).await?;
+        notify(&tx, &db, topic, None).await?;
     }
     tx.commit().await?;
     Ok(())

@@ -7,7 +7,8 @@
 //! not fit the channel is dropped and a `Resync` sent once there is room.
 
 use super::config::Settings;
-use crate::store::feed::{FeedEvent, Notice, CHANNEL};
+use crate::store::feed::{FeedEvent, Notice, NoticeSealer, CHANNEL};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -22,6 +23,9 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// without closing the socket is noticed within this plus the ping timeout.
 const PING_EVERY: Duration = Duration::from_secs(2);
 const PING_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Notices heard that did not open (logged at 1, 2, 4, 8, … so a flood cannot fill the log).
+static UNOPENED: AtomicU64 = AtomicU64::new(0);
 
 /// The next wait before reconnecting.
 pub fn next_backoff(current: Duration) -> Duration {
@@ -76,12 +80,14 @@ pub fn spawn(
     settings: Arc<Settings>,
     tls: MakeRustlsConnect,
     origin: Arc<str>,
+    sealer: Arc<dyn NoticeSealer>,
 ) -> mpsc::Receiver<FeedEvent> {
     let (tx, rx) = mpsc::channel(CAPACITY);
     runtime.spawn(run(
         settings,
         tls,
         origin,
+        sealer,
         Sender {
             tx,
             owe_resync: false,
@@ -90,13 +96,19 @@ pub fn spawn(
     rx
 }
 
-async fn run(settings: Arc<Settings>, tls: MakeRustlsConnect, origin: Arc<str>, mut out: Sender) {
+async fn run(
+    settings: Arc<Settings>,
+    tls: MakeRustlsConnect,
+    origin: Arc<str>,
+    sealer: Arc<dyn NoticeSealer>,
+    mut out: Sender,
+) {
     let mut backoff = BACKOFF_FIRST;
     // Whether the gateway has been told (`Lost`) that changes are not being heard.
     let mut down = false;
     loop {
         let Ok((reason, was_live)) =
-            listen_once(&settings, &tls, &origin, &mut out, &mut down).await
+            listen_once(&settings, &tls, &origin, &*sealer, &mut out, &mut down).await
         else {
             return;
         };
@@ -123,6 +135,7 @@ async fn listen_once(
     settings: &Settings,
     tls: &MakeRustlsConnect,
     origin: &str,
+    sealer: &dyn NoticeSealer,
     out: &mut Sender,
     down: &mut bool,
 ) -> Result<(String, bool), Gone> {
@@ -158,12 +171,18 @@ async fn listen_once(
         tokio::select! {
             m = msg_rx.recv() => match m {
                 Some(Ok(AsyncMessage::Notification(n))) => {
-                    let event = match Notice::decode(n.payload()) {
+                    match Notice::open(n.payload(), sealer) {
                         Some(notice) if notice.origin == origin => continue,
-                        Some(notice) => FeedEvent::Notice(notice),
-                        None => FeedEvent::Resync,
-                    };
-                    out.send(event)?;
+                        Some(notice) => out.send(FeedEvent::Notice(notice))?,
+                        // Forged (any role that can connect may NOTIFY), sealed with another
+                        // secret.key, or from a newer version: never acted on.
+                        None => {
+                            let n = UNOPENED.fetch_add(1, Ordering::Relaxed) + 1;
+                            if n.is_power_of_two() {
+                                tracing::warn!("store: ignored {n} change notices so far that do not open with this gateway's key (forged, or from a gateway with another secret.key)");
+                            }
+                        }
+                    }
                 }
                 Some(Ok(_)) => {}
                 Some(Err(e)) => return Ok((super::errors::map(e).to_string(), true)),

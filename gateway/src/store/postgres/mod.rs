@@ -19,7 +19,7 @@ mod tls;
 mod tunnel;
 mod usage;
 
-use super::feed::{Notice, Topic, CHANNEL};
+use super::feed::{Notice, NoticeSealer, Topic, CHANNEL};
 use super::StoreError;
 use config::Settings;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
@@ -31,11 +31,13 @@ use std::time::Duration;
 /// connect timeout and the statement timeout all end before it).
 pub const CEILING: Duration = Duration::from_secs(15);
 
-/// What every store call runs with: the pool and this gateway's identity in notices.
+/// What every store call runs with: the pool, this gateway's identity in notices and the key
+/// that seals them.
 #[derive(Clone)]
 pub(crate) struct Db {
     pool: Pool,
     origin: Arc<str>,
+    sealer: Arc<dyn NoticeSealer>,
 }
 
 impl Db {
@@ -48,14 +50,15 @@ impl Db {
 /// Sends `notice` within `tx`, so other gateways hear of the change exactly when it commits.
 async fn notify(
     tx: &deadpool_postgres::Transaction<'_>,
-    origin: &str,
+    db: &Db,
     topic: Topic,
     name: Option<&str>,
 ) -> Result<(), StoreError> {
     send_notice(
         tx,
+        db,
         Notice {
-            origin: origin.to_string(),
+            origin: db.origin.to_string(),
             topic,
             name: name.map(str::to_string),
             session: None,
@@ -67,10 +70,12 @@ async fn notify(
 /// Sends a prepared notice within `tx` (a new Session travels whole in its notice).
 async fn send_notice(
     tx: &deadpool_postgres::Transaction<'_>,
+    db: &Db,
     notice: Notice,
 ) -> Result<(), StoreError> {
     let stmt = tx.prepare_cached("SELECT pg_notify($1, $2)").await?;
-    tx.execute(&stmt, &[&CHANNEL, &notice.encode()]).await?;
+    tx.execute(&stmt, &[&CHANNEL, &notice.seal(&*db.sealer)])
+        .await?;
     Ok(())
 }
 
@@ -152,8 +157,14 @@ impl std::fmt::Debug for PgStore {
 impl PgStore {
     /// Connects to the database at `url` (see `config.rs`), checks that it answers and
     /// brings its schema up to date. `origin` names this gateway in the notices it sends, so
-    /// it can skip its own; make it unique per process.
-    pub fn connect(url: &str, origin: &str) -> Result<PgStore, StoreError> {
+    /// it can skip its own; make it unique per process. `sealer` seals the notices this store
+    /// sends and opens those it hears (see [`super::feed`]): every gateway of the store must
+    /// use the same key.
+    pub fn connect(
+        url: &str,
+        origin: &str,
+        sealer: Arc<dyn NoticeSealer>,
+    ) -> Result<PgStore, StoreError> {
         let redacted = config::redact(url);
         let os_user = std::env::var("USER").unwrap_or_else(|_| "postgres".into());
         let settings = Settings::parse(url, &os_user)
@@ -179,6 +190,7 @@ impl PgStore {
         let db = Db {
             pool,
             origin: Arc::from(origin),
+            sealer,
         };
         let migrate_db = db.clone();
         bridge

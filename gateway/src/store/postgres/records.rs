@@ -176,7 +176,7 @@ pub(super) async fn insert_credential(db: Db, c: CredentialRecord) -> Result<(),
     let mut client = db.client().await?;
     let tx = client.transaction().await?;
     insert_credential_row(&tx, &c).await?;
-    notify(&tx, &db.origin, Topic::Credentials, Some(&c.info.name)).await?;
+    notify(&tx, &db, Topic::Credentials, Some(&c.info.name)).await?;
     tx.commit().await?;
     Ok(())
 }
@@ -217,9 +217,9 @@ pub(super) async fn delete_credential(db: Db, name: String) -> Result<(), StoreE
     let sessions = tx
         .execute("DELETE FROM sessions WHERE credential = $1", &[&name])
         .await?;
-    notify(&tx, &db.origin, Topic::Credentials, Some(&name)).await?;
+    notify(&tx, &db, Topic::Credentials, Some(&name)).await?;
     if sessions > 0 {
-        notify(&tx, &db.origin, Topic::Sessions, None).await?;
+        notify(&tx, &db, Topic::Sessions, None).await?;
     }
     tx.commit().await?;
     Ok(())
@@ -236,7 +236,7 @@ pub(super) async fn delete_where(
     let tx = client.transaction().await?;
     let n = tx.execute(sql, &[&arg]).await?;
     if n > 0 {
-        notify(&tx, &db.origin, topic, None).await?;
+        notify(&tx, &db, topic, None).await?;
     }
     tx.commit().await?;
     Ok(n as usize)
@@ -252,7 +252,7 @@ pub(super) async fn insert_session(db: Db, s: SessionInfo) -> Result<(), StoreEr
         name: Some(s.name.clone()),
         session: Some(Box::new(s)),
     };
-    send_notice(&tx, notice).await?;
+    send_notice(&tx, &db, notice).await?;
     tx.commit().await?;
     Ok(())
 }
@@ -287,7 +287,7 @@ pub(super) async fn delete_session(db: Db, name: String) -> Result<(), StoreErro
         .execute("DELETE FROM sessions WHERE name = $1", &[&name])
         .await?;
     expect_one(n, Kind::Session, &name)?;
-    notify(&tx, &db.origin, Topic::Sessions, Some(&name)).await?;
+    notify(&tx, &db, Topic::Sessions, Some(&name)).await?;
     tx.commit().await?;
     Ok(())
 }

@@ -80,18 +80,23 @@ pub(super) async fn upsert(db: Db, resources: Vec<Resource>) -> Result<Vec<Resou
         )
         .await?;
     let mut stored = Vec::with_capacity(resources.len());
+    let mut changed = false;
     for r in &resources {
         let kind = r.kind().as_str();
         let existing = tx.query_opt(&select, &[&kind, &r.name()]).await?;
         let mut r = r.without_server_fields();
         let (created_at, updated_at) = match existing {
-            None => (now.clone(), now.clone()),
+            None => {
+                changed = true;
+                (now.clone(), now.clone())
+            }
             Some(row) => {
                 let body: &str = row.get(0);
                 let unchanged = serde_json::from_str::<Resource>(body)
                     .is_ok_and(|old| old.without_server_fields() == r);
                 let created: String = row.get(1);
                 let updated: String = row.get(2);
+                changed |= !unchanged;
                 (created, if unchanged { updated } else { now.clone() })
             }
         };
@@ -106,7 +111,10 @@ pub(super) async fn upsert(db: Db, resources: Vec<Resource>) -> Result<Vec<Resou
         .await?;
         stored.push(r);
     }
-    notify(&tx, &db.origin, Topic::Resources, None).await?;
+    // An apply that changes nothing (a GitOps loop re-applying) makes no gateway reload.
+    if changed {
+        notify(&tx, &db, Topic::Resources, None).await?;
+    }
     tx.commit().await?;
     Ok(stored)
 }
@@ -121,14 +129,14 @@ pub(super) async fn delete(db: Db, kind: Kind, name: String) -> Result<(), Store
         )
         .await?;
     expect_one(n, kind, &name)?;
-    notify(&tx, &db.origin, Topic::Resources, None).await?;
+    notify(&tx, &db, Topic::Resources, None).await?;
     if kind == Kind::User {
         tx.execute("DELETE FROM sessions WHERE user_name = $1", &[&name])
             .await?;
         tx.execute("DELETE FROM credentials WHERE user_name = $1", &[&name])
             .await?;
-        notify(&tx, &db.origin, Topic::Sessions, None).await?;
-        notify(&tx, &db.origin, Topic::Credentials, None).await?;
+        notify(&tx, &db, Topic::Sessions, None).await?;
+        notify(&tx, &db, Topic::Credentials, None).await?;
     }
     tx.commit().await?;
     Ok(())
@@ -159,7 +167,7 @@ pub(super) async fn put_secret(
             None => e.into(),
         },
     )?;
-    notify(&tx, &db.origin, Topic::Secrets, Some(&name)).await?;
+    notify(&tx, &db, Topic::Secrets, Some(&name)).await?;
     tx.commit().await?;
     Ok(())
 }
@@ -195,7 +203,7 @@ pub(super) async fn delete_secret(db: Db, name: String) -> Result<(), StoreError
         .execute("DELETE FROM secrets WHERE name = $1", &[&name])
         .await?;
     expect_one(n, Kind::Secret, &name)?;
-    notify(&tx, &db.origin, Topic::Secrets, Some(&name)).await?;
+    notify(&tx, &db, Topic::Secrets, Some(&name)).await?;
     tx.commit().await?;
     Ok(())
 }

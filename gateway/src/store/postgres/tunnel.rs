@@ -29,7 +29,7 @@ pub(super) async fn claim(
         )
         .await?;
     if inserted > 0 {
-        notify(&tx, &db.origin, Topic::TunnelAddresses, Some(&session)).await?;
+        notify(&tx, &db, Topic::TunnelAddresses, Some(&session)).await?;
     }
     tx.commit().await?;
     Ok(holder.is_some_and(|r| r.get::<_, &str>(0) == session))
@@ -52,7 +52,7 @@ pub(super) async fn release(db: Db, sql: &'static str, arg: String) -> Result<us
     let tx = client.transaction().await?;
     let n = tx.execute(sql, &[&arg]).await?;
     if n > 0 {
-        notify(&tx, &db.origin, Topic::TunnelAddresses, None).await?;
+        notify(&tx, &db, Topic::TunnelAddresses, None).await?;
     }
     tx.commit().await?;
     Ok(n as usize)
