@@ -5,6 +5,7 @@
 //! saying why, when the PostgreSQL binaries are not installed.
 
 mod support {
+    pub mod fixtures;
     pub mod pg;
 }
 
@@ -24,7 +25,9 @@ fn gateways(cluster: &Cluster) -> Vec<(Arc<Limiter>, Arc<Store>)> {
     ["gw-a", "gw-b"]
         .iter()
         .map(|name| {
-            let store = Arc::new(Store::from_backend(PgStore::connect(&url, name).unwrap()));
+            let store = Arc::new(Store::from_backend(
+                PgStore::connect(&url, name, support::fixtures::sealer()).unwrap(),
+            ));
             let lim = Arc::new(Limiter::new(1000).with_gateways(2));
             lim.load(&store, T0).unwrap();
             assert!(lim.is_shared());
