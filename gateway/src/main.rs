@@ -4,7 +4,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use postern_gateway::certs::Certificates;
 use postern_gateway::datadir::{self, DataDir, InitOptions};
-use postern_gateway::frontdoor::limit_args::{parse_duration, LimitArgs};
+use postern_gateway::frontdoor::limit_args::{parse_count, parse_duration, LimitArgs};
 use postern_gateway::identity::{SecretBox, TokenSigner};
 use postern_gateway::proxy::upstream::{UpstreamClient, UpstreamOptions};
 use postern_gateway::state::{Gateway, GatewayParts, Settings};
@@ -154,6 +154,11 @@ struct ServeArgs {
     /// keep it on a private address).
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<SocketAddr>,
+    /// How many gateways share the store: while it is unreachable, each admits up to
+    /// limit / N of a limit's window on its own (docs/operations.md, "Limits across
+    /// gateways").
+    #[arg(long, default_value_t = 2, value_parser = parse_count::<u32>, value_name = "N")]
+    limit_gateways: u32,
     /// Tokens a token limit or budget reserves for the completion of a request that sets no
     /// max_tokens (the prompt's estimate is added).
     #[arg(long, default_value_t = postern_gateway::limits::DEFAULT_COMPLETION_TOKENS)]
@@ -421,6 +426,7 @@ async fn serve(a: ServeArgs) -> Result<()> {
             idp_extra_ca_pem: (!idp_ca.is_empty()).then_some(idp_ca),
             hsts: a.tls.hsts.clone(),
             gateway_name: gateway_name.clone(),
+            limit_gateways: a.limit_gateways,
         },
         store,
         secretbox,
@@ -547,7 +553,7 @@ async fn serve(a: ServeArgs) -> Result<()> {
             tracing::warn!("OTLP export not flushed within 3s at shutdown");
         }
     }
-    if let Err(e) = gw.flush_limits() {
+    if let Err(e) = gw.close_limits() {
         tracing::warn!(error = %e, "saving limit counters at shutdown failed");
     }
     tracing::info!("stopped");

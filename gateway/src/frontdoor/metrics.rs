@@ -56,6 +56,8 @@ fn respond<B>(gw: &Gateway, req: &Request<B>) -> Response<Full<Bytes>> {
                     .as_ref()
                     .map_or(0, |u| u.buffered() as u64),
                 store_reachable: u64::from(gw.store_health.reachable()),
+                limit_charges_pending: gw.limits.charges_pending(),
+                limit_charges_dropped: gw.limits.charges_dropped(),
                 requests_in_flight: gw.shedder.in_flight() as u64,
                 requests_shed: gw.shedder.shed_total(),
                 connections_refused: gw.shedder.refused_connections(),

@@ -8,24 +8,37 @@
 //! [`Limiter::load`] (at start). A crash therefore loses at most the last second of counting,
 //! which can only let callers spend slightly more, never refuse them wrongly.
 //!
-//! Pure logic (windows, keys, estimates, counters) lives apart from I/O so it is unit-tested
-//! without sockets.
+//! When several gateways share the store ([`crate::store::StoreBackend::is_shared`]), each
+//! counter is spent from grants of the window's allowance taken from the store ([`shared`],
+//! I/O in `grants.rs`): [`Limiter::admit_async`] asks the store only when the grants held do
+//! not cover a request, and the flush charges and returns instead of saving counters.
+//!
+//! Pure logic (windows, keys, estimates, counters, grant rules) lives apart from I/O so it is
+//! unit-tested without sockets.
 
 pub mod counters;
 pub mod estimate;
+mod grants;
 pub mod plan;
 mod refusal;
+pub mod shared;
+#[cfg(test)]
+mod shared_tests;
+#[cfg(test)]
+mod test_store;
 #[cfg(test)]
 mod tests;
 pub mod window;
 
+pub use grants::GrantStore;
 pub use refusal::Refusal;
 
 use crate::state::{Principal, ServiceEntry, Snapshot};
 use crate::store::{Store, StoreError};
-use counters::{CounterRow, Counters, Held, Take};
+use counters::{CounterRow, Counters, Held, SharedTake, Take};
 use plan::{Charge, Owner, Subject, Unit};
 use postern_common::resources::{Kind, Resource};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 /// Tokens reserved for the completion of a request that sets no `max_tokens`.
@@ -48,12 +61,27 @@ impl Plan {
     pub fn is_empty(&self) -> bool {
         self.charges.is_empty()
     }
+
+    /// A plan of charges built with [`plan::charges`], for tests driving a limiter without
+    /// a snapshot (`Limiter::plan` is what the request path uses).
+    pub fn from_charges(charges: Vec<Charge>) -> Self {
+        Plan { charges }
+    }
 }
 
 /// Every counter of the gateway and the estimate settings.
 pub struct Limiter {
     counters: Counters,
     default_completion_tokens: u64,
+    /// The store is shared by gateways (set by [`Limiter::load`]): spend grants.
+    shared: AtomicBool,
+    /// Gateways assumed to share the store (`--limit-gateways`).
+    gateways: u32,
+    /// The store failed the last limit call: spend the offline allowance until a flush
+    /// reaches it again.
+    offline: AtomicBool,
+    /// Woken when a grant round trip's answer has been applied, for requests waiting on it.
+    answered: tokio::sync::Notify,
 }
 
 impl Limiter {
@@ -63,6 +91,46 @@ impl Limiter {
         Limiter {
             counters: Counters::default(),
             default_completion_tokens,
+            shared: AtomicBool::new(false),
+            gateways: shared::DEFAULT_GATEWAYS,
+            offline: AtomicBool::new(false),
+            answered: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Sets how many gateways share the store (`--limit-gateways`, at least 1): it sizes
+    /// grants and the allowance each gateway spends alone while the store is unreachable.
+    /// Ignored unless the store is shared.
+    pub fn with_gateways(mut self, gateways: u32) -> Self {
+        self.gateways = gateways.max(1);
+        self
+    }
+
+    /// Whether counters are spent from grants of a shared store.
+    pub fn is_shared(&self) -> bool {
+        self.shared.load(Ordering::Relaxed)
+    }
+
+    /// Whether the store failed the last limit call (the offline allowance applies).
+    pub fn is_offline(&self) -> bool {
+        self.offline.load(Ordering::Relaxed)
+    }
+
+    /// Units spent beyond grants not yet charged to the shared store (a gauge).
+    pub fn charges_pending(&self) -> u64 {
+        self.counters.charges_pending()
+    }
+
+    /// Units spent beyond grants that were never charged to the shared store because their
+    /// window ended while it was unreachable (a counter).
+    pub fn charges_dropped(&self) -> u64 {
+        self.counters.charges_dropped()
+    }
+
+    fn sharing(&self) -> shared::Sharing {
+        shared::Sharing {
+            gateways: self.gateways,
+            offline: self.is_offline(),
         }
     }
 
@@ -105,37 +173,43 @@ impl Limiter {
     /// Checks and takes every charge of `plan` at `now`: one request from each request
     /// limit, the estimated tokens (from the buffered JSON `body`) from each token limit.
     /// All or nothing: when one limit refuses, what the others took is given back.
+    ///
+    /// Never touches the store: on a shared store it spends only the grants already held
+    /// (use [`Limiter::admit_async`] on the request path, which asks for more).
     pub fn admit(
         self: &Arc<Self>,
         plan: Plan,
         body: Option<&serde_json::Value>,
         now: i64,
     ) -> Result<Admission, Refusal> {
-        let mut admission = Admission {
-            limiter: self.clone(),
-            held: Vec::new(),
-            counted: Vec::new(),
-        };
+        let mut admission = Admission::new(self);
         if plan.is_empty() {
             return Ok(admission);
         }
         let estimate = estimate::estimate_tokens(body, self.default_completion_tokens);
         for c in &plan.charges {
-            let window = c.window(now);
-            let take = Take {
-                key: c.key.clone(),
-                window,
-                limit: c.limit,
-                amount: if c.unit == Unit::Tokens { estimate } else { 1 },
-                reserve: c.unit == Unit::Tokens,
+            let take = Self::take_for(c, estimate, now);
+            let window = take.window;
+            let taken = if self.is_shared() {
+                match self.counters.take_shared(&take, now, self.sharing()) {
+                    SharedTake::Taken(h) => Ok(h),
+                    SharedTake::Ask { want } => {
+                        // no round trip here: the ask just counted will not be made
+                        let none = counters::Grant {
+                            amount: 0,
+                            asked: want,
+                            failed: true,
+                        };
+                        self.counters.answer(&take, none, now);
+                        Err(counters::Exceeded)
+                    }
+                    SharedTake::Wait { .. } | SharedTake::Exceeded => Err(counters::Exceeded),
+                }
+            } else {
+                self.counters.try_take(&take)
             };
-            match self.counters.try_take(&take) {
-                Ok(Some(h)) => admission.held.push(h),
-                Ok(None) => admission.counted.push(Held {
-                    key: take.key,
-                    window_start: window.start,
-                    amount: 1,
-                }),
+            match taken {
+                Ok(h) => admission.keep(h, take),
                 Err(counters::Exceeded) => {
                     admission.undo();
                     return Err(Refusal::new(c, window.retry_after(now)));
@@ -145,9 +219,25 @@ impl Limiter {
         Ok(admission)
     }
 
+    /// What `c` takes from its counter at `now` for a request estimated at `estimate` tokens.
+    fn take_for(c: &Charge, estimate: u64, now: i64) -> Take {
+        Take {
+            key: c.key.clone(),
+            window: c.window(now),
+            limit: c.limit,
+            amount: if c.unit == Unit::Tokens { estimate } else { 1 },
+            reserve: c.unit == Unit::Tokens,
+        }
+    }
+
     /// Writes the counters changed since the last flush and prunes ended windows from the
-    /// store. Called from a background task every second and once at shutdown.
+    /// store. Called from a background task every second and once at shutdown. On a shared
+    /// store it charges spending beyond grants and returns idle grants instead (see
+    /// `grants.rs`); store failures there switch to the offline allowance and are retried.
     pub fn flush(&self, store: &Store, now: i64) -> Result<usize, StoreError> {
+        if self.is_shared() {
+            return Ok(self.flush_shared(store, now, false));
+        }
         let rows = self.counters.take_dirty(now);
         if let Err(e) = store.save_limit_counters(&rows, now) {
             self.counters.redirty(&rows);
@@ -156,8 +246,23 @@ impl Limiter {
         Ok(rows.len())
     }
 
-    /// Restores the counters of windows that have not ended yet.
+    /// The last flush, at shutdown: like [`Limiter::flush`], and on a shared store every
+    /// unspent grant goes back at once so the other gateways can spend it.
+    pub fn close(&self, store: &Store, now: i64) -> Result<usize, StoreError> {
+        if self.is_shared() {
+            return Ok(self.flush_shared(store, now, true));
+        }
+        self.flush(store, now)
+    }
+
+    /// Restores the counters of windows that have not ended yet, or, when `store` is shared
+    /// by gateways, switches to grants (per-gateway counters are not kept there: the grants
+    /// in the store count what every gateway took).
     pub fn load(&self, store: &Store, now: i64) -> Result<(), StoreError> {
+        if store.is_shared() {
+            self.shared.store(true, Ordering::Relaxed);
+            return Ok(());
+        }
         let rows: Vec<CounterRow> = store.load_limit_counters(now)?;
         self.counters.load(rows, now);
         Ok(())
@@ -175,6 +280,26 @@ pub struct Admission {
 }
 
 impl Admission {
+    fn new(limiter: &Arc<Limiter>) -> Self {
+        Admission {
+            limiter: limiter.clone(),
+            held: Vec::new(),
+            counted: Vec::new(),
+        }
+    }
+
+    /// Records what one take took: a reservation to settle, or a counted request.
+    fn keep(&mut self, held: Option<Held>, take: Take) {
+        match held {
+            Some(h) => self.held.push(h),
+            None => self.counted.push(Held {
+                key: take.key,
+                window_start: take.window.start,
+                amount: 1,
+            }),
+        }
+    }
+
     /// Replaces each token reservation with the reported total (`usage`), or keeps it as
     /// spent when the response reported none (an interrupted stream may still have cost
     /// tokens, so the conservative choice is to count the estimate).

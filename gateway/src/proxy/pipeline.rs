@@ -345,7 +345,13 @@ async fn serve(
     trace.record.config = config[0].name.clone();
     let admission = match gw
         .limits
-        .admit(limit_plan, body_json.as_ref(), crate::state::now_unix())
+        .admit_async(
+            limit_plan,
+            body_json.as_ref(),
+            crate::state::now_unix(),
+            &gw,
+        )
+        .await
     {
         Ok(a) => a,
         Err(refused) => return refuse(trace, &gw, &refused),

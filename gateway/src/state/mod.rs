@@ -48,6 +48,9 @@ pub struct Settings {
     /// This gateway's name among those sharing a store (`--gateway-name`): in access
     /// records, usage rows, tunnel address claims and `/healthz`.
     pub gateway_name: String,
+    /// How many gateways share the store (`--limit-gateways`): while the store is
+    /// unreachable each admits up to limit / this of a window on its own.
+    pub limit_gateways: u32,
 }
 
 impl Default for Settings {
@@ -61,6 +64,7 @@ impl Default for Settings {
             idp_extra_ca_pem: None,
             hsts: None,
             gateway_name: "gateway".into(),
+            limit_gateways: 2,
         }
     }
 }
@@ -100,6 +104,8 @@ pub struct Gateway {
     /// Sessions looked up in the store and not found there, briefly, so a revoked token
     /// presented again and again costs one store read per second at most.
     missing_sessions: Mutex<HashMap<String, std::time::Instant>>,
+    /// When a request last made the snapshot catch up with a shared store.
+    last_catch_up: Mutex<Option<std::time::Instant>>,
 }
 
 /// Everything [`Gateway::open`] needs.
@@ -130,12 +136,16 @@ impl Gateway {
             write_lock: Mutex::new(()),
             upstream: parts.upstream,
             telemetry: parts.telemetry,
-            limits: Arc::new(Limiter::new(parts.settings.limit_default_completion_tokens)),
+            limits: Arc::new(
+                Limiter::new(parts.settings.limit_default_completion_tokens)
+                    .with_gateways(parts.settings.limit_gateways),
+            ),
             tunnel: OnceLock::new(),
             certs: OnceLock::new(),
             changes: tokio::sync::watch::channel(0).0,
             store_health: Default::default(),
             missing_sessions: Mutex::new(HashMap::new()),
+            last_catch_up: Mutex::new(None),
             upstream_states: Default::default(),
             shedder: crate::frontdoor::shed::Shedder::new(
                 parts.settings.client_limits.max_inflight,
@@ -163,10 +173,16 @@ impl Gateway {
         self.snapshot.load_full()
     }
 
-    /// Persists the limit counters changed since the last call (every second and at
-    /// shutdown); returns how many were written.
+    /// Persists the limit counters changed since the last call (every second); returns how
+    /// many were written.
     pub fn flush_limits(&self) -> Result<usize, crate::store::StoreError> {
         self.limits.flush(&self.store, now_unix())
+    }
+
+    /// The last flush, at shutdown: on a shared store it also gives unspent grants back, so
+    /// the other gateways may spend them in this window.
+    pub fn close_limits(&self) -> Result<usize, crate::store::StoreError> {
+        self.limits.close(&self.store, now_unix())
     }
 }
 

@@ -36,6 +36,9 @@ pub(super) fn expires_unix(info: &SessionInfo) -> i64 {
 /// How long a Session the store did not have is remembered as missing.
 const MISSING_FOR: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// Least time between two rebuilds a request asks for (see `Gateway::catch_up`).
+const CATCH_UP_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// How long a Session deleted through this gateway is kept from coming back by a late
 /// notice of its creation.
 const DELETED_FOR: std::time::Duration = std::time::Duration::from_secs(60);
@@ -78,11 +81,54 @@ impl Gateway {
             .verified
             .verify(&self.signer, token, now)
             .map_err(|e| AuthError::BadToken(e.to_string()))?;
-        match self.session_principal(&claims.sid) {
-            Err(AuthError::SessionGone(sid)) if self.fetch_session(&sid) => {
-                self.session_principal(&claims.sid)
+        let started = std::time::Instant::now();
+        let mut result = self.session_principal(&claims.sid);
+        if matches!(&result, Err(AuthError::SessionGone(_))) && self.fetch_session(&claims.sid) {
+            result = self.session_principal(&claims.sid);
+        }
+        if self.owner_unknown(&result) && self.catch_up(started) {
+            result = self.session_principal(&claims.sid);
+        }
+        result
+    }
+
+    /// Whether `result` failed because the Session's credential or User is absent from the
+    /// snapshot (not disabled): on a shared store, another gateway may have created them a
+    /// moment ago, before its notice was applied here. (A deleted credential or User takes
+    /// its Sessions with it, so a live Session with an absent owner is that race.)
+    fn owner_unknown(&self, result: &Result<Principal, AuthError>) -> bool {
+        match result {
+            Err(AuthError::CredentialGone(_)) => true,
+            Err(AuthError::UserGone(user)) => !self.snapshot().users.contains_key(user),
+            _ => false,
+        }
+    }
+
+    /// Rebuilds the snapshot from a shared store now, unless that happened since `since`
+    /// (then the caller simply looks again). At most one such rebuild per
+    /// [`CATCH_UP_EVERY`], so nothing a caller sends can make the gateway rebuild in a loop.
+    /// Returns whether the caller should look again.
+    fn catch_up(&self, since: std::time::Instant) -> bool {
+        if !self.store.is_shared() || !self.store_health.reachable() {
+            return false;
+        }
+        let mut last = self.last_catch_up.lock().expect("catch-up lock");
+        if last.is_some_and(|t| t >= since) {
+            return true;
+        }
+        if last.is_some_and(|t| t.elapsed() < CATCH_UP_EVERY) {
+            return false;
+        }
+        let _guard = self.write_lock.lock().expect("write lock");
+        match self.reload() {
+            Ok(()) => {
+                *last = Some(std::time::Instant::now());
+                true
             }
-            other => other,
+            Err(e) => {
+                tracing::warn!("catching up with the store failed: {e}");
+                false
+            }
         }
     }
 

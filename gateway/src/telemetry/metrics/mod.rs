@@ -23,6 +23,10 @@ pub struct Gauges {
     pub usage_buffered: u64,
     /// 1 when the store answered its last ping, else 0.
     pub store_reachable: u64,
+    /// Limit usage beyond grants not yet written to a shared store.
+    pub limit_charges_pending: u64,
+    /// Limit charges that could not be written before their window ended.
+    pub limit_charges_dropped: u64,
     /// Requests whose response has not ended (the in-flight cap's count).
     pub requests_in_flight: u64,
     /// Requests answered 503 because the in-flight cap was reached.
@@ -160,6 +164,20 @@ impl Metrics {
         );
         single(
             &mut out,
+            "postern_limit_charges_pending",
+            "Limit usage beyond the grants held, not yet written to the shared store.",
+            "gauge",
+            gauges.limit_charges_pending,
+        );
+        single(
+            &mut out,
+            "postern_limit_charges_dropped_total",
+            "Limit charges never written: their window ended while the store was unreachable.",
+            "counter",
+            gauges.limit_charges_dropped,
+        );
+        single(
+            &mut out,
             "postern_requests_in_flight",
             "Requests whose response has not ended, against --max-inflight-requests.",
             "gauge",
@@ -252,6 +270,8 @@ mod tests {
             usage_dropped: 0,
             usage_buffered: 0,
             store_reachable: 1,
+            limit_charges_pending: 0,
+            limit_charges_dropped: 0,
             requests_in_flight: 5,
             requests_shed: 6,
             connections_refused: 7,
