@@ -271,6 +271,8 @@ def test_usage_sums_every_gateway_and_records_name_the_gateway(ha):
         # the recent log is the answering gateway's own, and each record says who served it
         assert len(recs) == len(served), (recs, served)
         assert {r.get("gateway") for r in recs} == {gw.gateway_name}, recs
+        lines = gw.ctl("logs", "--service", "llm").stdout.splitlines()
+        assert lines and all(line.endswith(f"@{gw.gateway_name}") for line in lines), lines
 
 
 def test_kill_9_of_one_gateway_leaves_the_others_serving_and_it_catches_up(ha, start_gateway):
