@@ -1,4 +1,4 @@
-//! Tunnel addressing, pure and deterministic: the client pool (one address pair per
+//! Tunnel addressing, pure and deterministic: the choice of a client address (one pair per
 //! connected Session) and the service map (one stable address pair per Service).
 //!
 //! Both ranges are /16s; an address is identified by its 16-bit *index* inside the range,
@@ -13,7 +13,7 @@
 //! added or removed (about one chance in 65,000 per pair).
 
 use sha2::{Digest, Sha256};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// The client range (connected Sessions), IPv4.
@@ -175,54 +175,30 @@ pub enum PoolError {
     Exhausted,
 }
 
-/// Client addresses: the lowest free index for each new Session, released on disconnect.
-#[derive(Debug)]
-pub struct ClientPool {
-    /// The lowest index never handed out.
-    next: u32,
-    /// Indices given back, all below `next`.
-    released: std::collections::BTreeSet<u16>,
-    in_use: usize,
+/// The address pair of client index `index`.
+pub fn client_pair(index: u16) -> AddressPair {
+    AddressPair::client(index)
 }
 
-impl Default for ClientPool {
-    fn default() -> Self {
-        ClientPool {
-            next: 2,
-            released: Default::default(),
-            in_use: 0,
+/// The client index a new Session gets: the lowest one that is not reserved and not in
+/// `taken` (claimed by any gateway sharing the store, or still busy here), passing over
+/// `skip` free ones first. A connect that lost the race for an index tries again with a
+/// larger `skip`, so two gateways claiming at the same moment part ways instead of
+/// choosing the same next index over and over.
+pub fn lowest_free_client_index(taken: &BTreeSet<u16>, skip: usize) -> Result<u16, PoolError> {
+    let mut left = skip;
+    let mut taken = taken.range(2..).peekable();
+    for index in 2..u16::MAX {
+        while taken.next_if(|t| **t < index).is_some() {}
+        if reserved(index) || taken.next_if_eq(&&index).is_some() {
+            continue;
         }
-    }
-}
-
-impl ClientPool {
-    /// Takes the lowest free address pair (`100.64.0.2` first).
-    pub fn allocate(&mut self) -> Result<AddressPair, PoolError> {
-        let index = match self.released.pop_first() {
-            Some(i) => i,
-            None => loop {
-                let i = u16::try_from(self.next).map_err(|_| PoolError::Exhausted)?;
-                self.next += 1;
-                if !reserved(i) {
-                    break i;
-                }
-            },
-        };
-        self.in_use += 1;
-        Ok(AddressPair::client(index))
-    }
-
-    /// Gives an address pair back.
-    pub fn release(&mut self, pair: AddressPair) {
-        if u32::from(pair.index) < self.next && self.released.insert(pair.index) {
-            self.in_use -= 1;
+        if left == 0 {
+            return Ok(index);
         }
+        left -= 1;
     }
-
-    /// Number of addresses in use.
-    pub fn in_use(&self) -> usize {
-        self.in_use
-    }
+    Err(PoolError::Exhausted)
 }
 
 /// The client index of `ip`, if it is in the client range.
@@ -235,27 +211,55 @@ mod tests {
     use super::*;
 
     #[test]
-    fn pool_hands_out_lowest_free_and_reuses() {
-        let mut pool = ClientPool::default();
-        let a = pool.allocate().unwrap();
-        let b = pool.allocate().unwrap();
-        assert_eq!(a.v4, Ipv4Addr::new(100, 64, 0, 2));
-        assert_eq!(a.v6, "fd70:7374::2".parse::<Ipv6Addr>().unwrap());
-        assert_eq!(b.v4, Ipv4Addr::new(100, 64, 0, 3));
-        pool.release(a);
-        assert_eq!(pool.allocate().unwrap(), a);
-        assert_eq!(pool.in_use(), 2);
+    fn the_lowest_free_index_skips_taken_and_reserved_ones() {
+        let set = |v: &[u16]| v.iter().copied().collect::<BTreeSet<u16>>();
+        assert_eq!(lowest_free_client_index(&set(&[]), 0), Ok(2));
+        assert_eq!(client_pair(2).v4, Ipv4Addr::new(100, 64, 0, 2));
+        assert_eq!(
+            client_pair(2).v6,
+            "fd70:7374::2".parse::<Ipv6Addr>().unwrap()
+        );
+        assert_eq!(lowest_free_client_index(&set(&[2, 3, 5]), 0), Ok(4));
+        // A gap below the taken ones is found; the reserved ones never count as free.
+        assert_eq!(lowest_free_client_index(&set(&[3, 4]), 0), Ok(2));
+        let to_dns: Vec<u16> = (2..53).collect();
+        assert_eq!(lowest_free_client_index(&set(&to_dns), 0), Ok(54));
+        let mut with_dns = to_dns.clone();
+        with_dns.extend([53, 54, 56]);
+        assert_eq!(lowest_free_client_index(&set(&with_dns), 0), Ok(55));
+        // Indices outside the client range (0, 1, 65535) in the set change nothing.
+        assert_eq!(lowest_free_client_index(&set(&[0, 1, 65535]), 0), Ok(2));
+        // Passing over free ones: the second and third free index.
+        assert_eq!(lowest_free_client_index(&set(&[2, 4]), 1), Ok(5));
+        assert_eq!(lowest_free_client_index(&set(&[2, 4]), 2), Ok(6));
+        let b = client_pair(3);
         assert_eq!(client_index(IpAddr::V4(b.v4)), Some(3));
         assert_eq!(client_index(IpAddr::V6(b.v6)), Some(3));
         assert_eq!(client_index("100.65.0.3".parse().unwrap()), None);
     }
 
     #[test]
-    fn pool_skips_dns_index_and_exhausts() {
-        let mut pool = ClientPool::default();
-        let all: Vec<_> = (0..65532).map(|_| pool.allocate().unwrap()).collect();
-        assert!(all.iter().all(|p| p.index != DNS_INDEX && p.index > 1));
-        assert_eq!(pool.allocate(), Err(PoolError::Exhausted));
+    fn the_client_range_exhausts_after_every_unreserved_index() {
+        let none = BTreeSet::new();
+        // 65,532 usable indices: 2..=65534 without 53.
+        assert_eq!(lowest_free_client_index(&none, 65531), Ok(65534));
+        assert_eq!(
+            lowest_free_client_index(&none, 65532),
+            Err(PoolError::Exhausted)
+        );
+        let mut taken: BTreeSet<u16> = (0..=u16::MAX).collect();
+        assert_eq!(
+            lowest_free_client_index(&taken, 0),
+            Err(PoolError::Exhausted)
+        );
+        taken.remove(&40000);
+        assert_eq!(lowest_free_client_index(&taken, 0), Ok(40000));
+        assert_eq!(
+            lowest_free_client_index(&taken, 1),
+            Err(PoolError::Exhausted)
+        );
+        taken.remove(&DNS_INDEX);
+        assert_eq!(lowest_free_client_index(&taken, 0), Ok(40000));
     }
 
     #[test]

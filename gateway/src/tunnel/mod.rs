@@ -11,6 +11,7 @@
 //! ```
 
 pub mod addresses;
+pub mod claims;
 pub mod dns;
 mod dns_server;
 pub mod keyfile;
@@ -21,6 +22,8 @@ mod loopback_limits_tests;
 mod loopback_tests;
 pub mod registry;
 pub mod revoke;
+#[cfg(test)]
+mod shared_tests;
 mod tcp;
 
 use crate::state::{AuthError, Gateway, Principal, ServiceEntry, Snapshot};
@@ -84,6 +87,8 @@ pub enum ConnectError {
     OwnKey,
     #[error(transparent)]
     Registry(#[from] RegistryError),
+    #[error(transparent)]
+    Claim(#[from] claims::ClaimError),
     #[error("registering the peer: {0}")]
     Peer(#[from] PeerError),
     #[error("the session ended while connecting")]
@@ -95,6 +100,12 @@ pub struct Tunnel {
     endpoint: Endpoint,
     stack: NetStack,
     registry: Mutex<Registry>,
+    /// Held while an address is claimed in the store and registered, and while a claim is
+    /// released, so a release never removes the claim of a Session connecting again. Store
+    /// I/O happens under it, never under `registry`. Locked before `registry`.
+    claiming: Mutex<()>,
+    /// Sessions whose address claim must be released in the store (see [`release_claims`]).
+    releases: mpsc::UnboundedSender<Arc<str>>,
     /// Per connected Session, the signal its connections' tasks wait on to stop (their
     /// upstream side goes with them). Locked after `registry`, never before.
     cuts: Mutex<HashMap<Arc<str>, watch::Sender<bool>>>,
@@ -179,10 +190,31 @@ impl Tunnel {
                 }
             }
         });
+        let released = {
+            let gw = gw.clone();
+            tokio::task::spawn_blocking(move || claims::release_stale(&**gw.store(), gw.name()))
+                .await
+        };
+        match released {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::info!(
+                "released {n} tunnel addresses this gateway ({}) held when it stopped",
+                gw.name()
+            ),
+            Ok(Err(e)) => tracing::warn!(
+                "could not release the tunnel addresses this gateway ({}) held when it stopped: \
+                 {e}; they stay taken until its next start",
+                gw.name()
+            ),
+            Err(e) => tracing::warn!("releasing stale tunnel addresses: {e}"),
+        }
+        let (releases, release_rx) = mpsc::unbounded_channel();
         let tunnel = Arc::new(Tunnel {
             endpoint,
             stack,
             registry: Mutex::new(Registry::default()),
+            claiming: Mutex::new(()),
+            releases,
             cuts: Mutex::new(HashMap::new()),
             runtime: tokio::runtime::Handle::current(),
             services: Mutex::new((Weak::new(), Arc::new(ServiceMap::default()))),
@@ -195,6 +227,7 @@ impl Tunnel {
         tokio::spawn(listeners::run(gw.clone(), tunnel.clone()));
         tokio::spawn(expire_idle(tunnel.clone()));
         tokio::spawn(sweep(gw.clone(), tunnel.clone()));
+        tokio::spawn(release_claims(gw.clone(), tunnel.clone(), release_rx));
         tracing::info!(
             "WireGuard tunnel on udp {} (public key {}), agents use {}",
             tunnel
@@ -209,6 +242,10 @@ impl Tunnel {
 
     fn registry(&self) -> MutexGuard<'_, Registry> {
         self.registry.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn claiming(&self) -> MutexGuard<'_, ()> {
+        self.claiming.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn cuts(&self) -> MutexGuard<'_, HashMap<Arc<str>, watch::Sender<bool>>> {
@@ -290,9 +327,30 @@ impl Tunnel {
             }
         }
         let (entry, new_peer) = {
+            let _claiming = self.claiming();
+            // A connected Session keeps its address with no store round trip (an agent
+            // checking in works while the store is unreachable); a new one claims one.
+            let known = self.registry().get(&sid).map(|e| e.addresses);
+            let claimed = match known {
+                Some(pair) => claims::Claimed { pair, new: false },
+                None => {
+                    let busy = self.registry().busy();
+                    claims::claim(&**gw.store(), gw.name(), &sid, &busy)?
+                }
+            };
             let mut reg = self.registry();
             let previous = reg.get(&sid).map(|e| e.key);
-            let connected = reg.connect(&sid, key, principal.session.expires_unix)?;
+            let connected =
+                match reg.connect(&sid, key, principal.session.expires_unix, claimed.pair) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        drop(reg);
+                        if claimed.new {
+                            self.release_claim_now(gw, &sid);
+                        }
+                        return Err(e.into());
+                    }
+                };
             // The same key again (the agent checking in) keeps the peer and its WireGuard
             // session as they are.
             let new_peer = previous != Some(key);
@@ -314,6 +372,10 @@ impl Tunnel {
                 }
                 if let Err(e) = added {
                     reg.disconnect(&sid);
+                    drop(reg);
+                    if claimed.new {
+                        self.release_claim_now(gw, &sid);
+                    }
                     return Err(e.into());
                 }
             }
@@ -330,6 +392,33 @@ impl Tunnel {
         let mut response = self.response(gw, principal, &entry.addresses);
         response.new_peer = new_peer;
         Ok(response)
+    }
+
+    /// Releases the claim a failed connect made (the claiming lock is held).
+    fn release_claim_now(&self, gw: &Gateway, session: &str) {
+        if let Err(e) = gw.store().release_tunnel_address(session) {
+            tracing::warn!(
+                session,
+                "releasing the tunnel address of a failed connect: {e}"
+            );
+            let _ = self.releases.send(Arc::from(session));
+        }
+    }
+
+    /// Releases the claims of `sessions` that are not connected here (again); returns those
+    /// the store did not take, to retry. Runs off the async threads (store I/O).
+    fn release_claims_now(&self, gw: &Gateway, sessions: Vec<Arc<str>>) -> Vec<Arc<str>> {
+        let _claiming = self.claiming();
+        for (i, session) in sessions.iter().enumerate() {
+            if self.registry().get(session).is_some() {
+                continue;
+            }
+            if let Err(e) = gw.store().release_tunnel_address(session) {
+                tracing::warn!("releasing tunnel address claims: {e}; retrying");
+                return sessions[i..].to_vec();
+            }
+        }
+        Vec::new()
     }
 
     fn response(
@@ -398,6 +487,9 @@ impl Tunnel {
             let cut = self.cuts().remove(session);
             (entry, cut)
         };
+        // Other gateways may use the address at once (resets from here never reach them);
+        // this gateway keeps it busy until the resets have left.
+        let _ = self.releases.send(entry.session.clone());
         let a = entry.addresses;
         let ips = [IpAddr::V4(a.v4), IpAddr::V6(a.v6)];
         // Resets first: a task stopped before would close its stream with a FIN instead.
@@ -426,6 +518,46 @@ impl Tunnel {
         self.registry().len()
     }
 }
+
+/// Releases the address claims of revoked peers in the store, in batches, off the paths that
+/// revoke (a Session deletion must not wait on the store). While the store is unreachable
+/// the releases wait and are retried with backoff; a release for a Session that connected
+/// here again meanwhile is skipped (it holds its claim anew).
+async fn release_claims(
+    gw: Arc<Gateway>,
+    tunnel: Arc<Tunnel>,
+    mut rx: mpsc::UnboundedReceiver<Arc<str>>,
+) {
+    let mut pending: Vec<Arc<str>> = Vec::new();
+    let mut backoff = RELEASE_RETRY_MIN;
+    loop {
+        if pending.is_empty() {
+            match rx.recv().await {
+                Some(s) => pending.push(s),
+                None => return,
+            }
+        }
+        while let Ok(s) = rx.try_recv() {
+            pending.push(s);
+        }
+        pending.sort_unstable();
+        pending.dedup();
+        let (g, t, batch) = (gw.clone(), tunnel.clone(), std::mem::take(&mut pending));
+        pending = tokio::task::spawn_blocking(move || t.release_claims_now(&g, batch))
+            .await
+            .unwrap_or_default();
+        if pending.is_empty() {
+            backoff = RELEASE_RETRY_MIN;
+        } else {
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(RELEASE_RETRY_MAX);
+        }
+    }
+}
+
+/// First and longest pause before releasing address claims is tried again.
+const RELEASE_RETRY_MIN: Duration = Duration::from_millis(200);
+const RELEASE_RETRY_MAX: Duration = Duration::from_secs(5);
 
 async fn expire_idle(tunnel: Arc<Tunnel>) {
     let mut tick = tokio::time::interval(IDLE_CHECK);

@@ -1,9 +1,11 @@
-//! Which Session owns which WireGuard key and tunnel address. Pure bookkeeping: the
-//! [`Tunnel`](super::Tunnel) applies the outcome to the WireGuard endpoint.
+//! Which Session owns which WireGuard key and tunnel address on this gateway. Pure
+//! bookkeeping: the address itself is claimed in the store first (see
+//! [`claims`](super::claims)), and the [`Tunnel`](super::Tunnel) applies the outcome to the
+//! WireGuard endpoint.
 
-use super::addresses::{client_index, AddressPair, ClientPool, PoolError};
+use super::addresses::{client_index, AddressPair};
 use postern_common::wireguard::PublicKey;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -25,8 +27,8 @@ pub struct PeerEntry {
 pub enum RegistryError {
     #[error("this WireGuard public key is already used by another session")]
     KeyInUse,
-    #[error(transparent)]
-    Pool(#[from] PoolError),
+    #[error("tunnel address {0} is still in use on this gateway")]
+    AddressInUse(std::net::Ipv4Addr),
 }
 
 /// What a connect changed.
@@ -43,16 +45,20 @@ pub struct Registry {
     by_session: HashMap<Arc<str>, PeerEntry>,
     by_key: HashMap<PublicKey, Arc<str>>,
     by_index: HashMap<u16, Arc<str>>,
-    pool: ClientPool,
+    /// Addresses of revoked peers whose resets are still on their way: not reused here
+    /// until [`Registry::release`].
+    draining: BTreeSet<u16>,
 }
 
 impl Registry {
-    /// Registers `key` for `session`; a Session keeps its address when it reconnects.
+    /// Registers `key` for `session` at `addresses` (claimed for it beforehand); a Session
+    /// already connected keeps its address, and `addresses` is ignored.
     pub fn connect(
         &mut self,
         session: &str,
         key: PublicKey,
         expires_unix: i64,
+        addresses: AddressPair,
     ) -> Result<Connected, RegistryError> {
         if let Some(owner) = self.by_key.get(&key) {
             if &**owner != session {
@@ -68,7 +74,10 @@ impl Registry {
                 replaced: (old != key).then_some(old),
             });
         }
-        let addresses = self.pool.allocate()?;
+        if self.draining.contains(&addresses.index) || self.by_index.contains_key(&addresses.index)
+        {
+            return Err(RegistryError::AddressInUse(addresses.v4));
+        }
         let name: Arc<str> = Arc::from(session);
         let entry = PeerEntry {
             session: name.clone(),
@@ -90,7 +99,6 @@ impl Registry {
         let entry = self.by_session.remove(session)?;
         self.by_key.remove(&entry.key);
         self.by_index.remove(&entry.addresses.index);
-        self.pool.release(entry.addresses);
         Some(entry)
     }
 
@@ -107,12 +115,20 @@ impl Registry {
         let entry = self.by_session.remove(session)?;
         self.by_key.remove(&entry.key);
         self.by_index.remove(&entry.addresses.index);
+        self.draining.insert(entry.addresses.index);
         Some(entry)
     }
 
     /// Frees the address of a revoked peer once its WireGuard peer is gone.
     pub fn release(&mut self, addresses: AddressPair) {
-        self.pool.release(addresses);
+        self.draining.remove(&addresses.index);
+    }
+
+    /// The indices this gateway cannot hand out now: connected Sessions' and draining ones.
+    pub fn busy(&self) -> BTreeSet<u16> {
+        let mut busy = self.draining.clone();
+        busy.extend(self.by_index.keys().copied());
+        busy
     }
 
     /// Whether a connected Session uses `key` (then its WireGuard peer must stay).
@@ -161,7 +177,20 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tunnel::addresses::{client_pair, lowest_free_client_index};
     use postern_common::wireguard::KeyPair;
+
+    /// What the tunnel does on one gateway with nothing else claiming: the lowest index not
+    /// busy here.
+    fn join(
+        r: &mut Registry,
+        session: &str,
+        key: PublicKey,
+        expires: i64,
+    ) -> Result<Connected, RegistryError> {
+        let index = lowest_free_client_index(&r.busy(), 0).unwrap();
+        r.connect(session, key, expires, client_pair(index))
+    }
 
     #[test]
     fn connect_reconnect_disconnect() {
@@ -171,28 +200,36 @@ mod tests {
             KeyPair::generate().public,
             KeyPair::generate().public,
         );
-        let a = r.connect("s1", k1, 100).unwrap();
+        let a = join(&mut r, "s1", k1, 100).unwrap();
         assert_eq!(a.entry.addresses.v4.to_string(), "100.64.0.2");
         assert_eq!(a.replaced, None);
-        // Same key again: nothing replaced, same address.
-        assert_eq!(r.connect("s1", k1, 100).unwrap().entry, a.entry);
+        // Same key again: nothing replaced, same address (the one offered is ignored).
+        assert_eq!(
+            r.connect("s1", k1, 100, client_pair(9)).unwrap().entry,
+            a.entry
+        );
         // New key for the same session: the old one is replaced, the address kept.
-        let b = r.connect("s1", k2, 100).unwrap();
+        let b = join(&mut r, "s1", k2, 100).unwrap();
         assert_eq!(b.replaced, Some(k1));
         assert_eq!(b.entry.addresses, a.entry.addresses);
-        // Another session cannot take a key in use.
-        assert_eq!(r.connect("s2", k2, 100), Err(RegistryError::KeyInUse));
-        let c = r.connect("s2", k3, 50).unwrap();
+        // Another session cannot take a key in use, nor an address in use.
+        assert_eq!(join(&mut r, "s2", k2, 100), Err(RegistryError::KeyInUse));
+        assert_eq!(
+            r.connect("s2", k3, 50, a.entry.addresses),
+            Err(RegistryError::AddressInUse(a.entry.addresses.v4))
+        );
+        let c = join(&mut r, "s2", k3, 50).unwrap();
         assert_eq!(c.entry.addresses.v4.to_string(), "100.64.0.3");
         assert_eq!(r.session_at("100.64.0.3".parse().unwrap()), Some("s2"));
         assert_eq!(r.session_at("fd70:7374::2".parse().unwrap()), Some("s1"));
         assert_eq!(r.earliest_expiry(), Some(50));
+        assert_eq!(r.busy(), BTreeSet::from([2, 3]));
         let s1 = r.session_of_key(&k2).unwrap();
         assert_eq!(&*r.disconnect(&s1).unwrap().session, "s1");
         assert_eq!(r.session_at("100.64.0.2".parse().unwrap()), None);
         assert_eq!(r.len(), 1);
         // The freed address goes to the next session.
-        let d = r.connect("s3", k1, 100).unwrap();
+        let d = join(&mut r, "s3", k1, 100).unwrap();
         assert_eq!(d.entry.addresses.v4.to_string(), "100.64.0.2");
         assert!(r.disconnect("nope").is_none());
     }
@@ -205,7 +242,7 @@ mod tests {
             KeyPair::generate().public,
             KeyPair::generate().public,
         );
-        let a = r.connect("s1", k1, 100).unwrap().entry;
+        let a = join(&mut r, "s1", k1, 100).unwrap().entry;
         let gone = r.begin_revoke("s1").unwrap();
         assert_eq!(gone, a);
         // The Session no longer owns anything...
@@ -214,10 +251,15 @@ mod tests {
         assert!(r.begin_revoke("s1").is_none());
         assert_eq!(r.earliest_expiry(), None);
         // ...but its address stays taken while its resets drain.
-        let b = r.connect("s2", k2, 100).unwrap().entry;
+        assert!(r.busy().contains(&a.addresses.index));
+        assert_eq!(
+            r.connect("s2", k2, 100, a.addresses),
+            Err(RegistryError::AddressInUse(a.addresses.v4))
+        );
+        let b = join(&mut r, "s2", k2, 100).unwrap().entry;
         assert_ne!(b.addresses, a.addresses);
         r.release(gone.addresses);
-        let c = r.connect("s3", k3, 100).unwrap().entry;
+        let c = join(&mut r, "s3", k3, 100).unwrap().entry;
         assert_eq!(c.addresses, a.addresses);
         assert_eq!(r.sessions().count(), 2);
     }
