@@ -114,10 +114,14 @@ impl Gateway {
             .map_err(|e| ChangeError::Corrupt(join(&e)))
     }
 
+    /// Brings the Sessions in memory in line with the store: those the store no longer has
+    /// go (and their tunnel peers with them); the others are inserted or kept. Never empties
+    /// the map first, so a resync cuts no agent and fails no request that is in flight.
     pub(super) fn reload_sessions(&self) -> Result<(), ChangeError> {
         self.store.delete_expired_sessions(&now_rfc3339())?;
         let all = self.store.list_sessions()?;
-        self.remove_sessions_where(|_| true);
+        let names: std::collections::HashSet<&str> = all.iter().map(|s| s.name.as_str()).collect();
+        self.remove_sessions_where(|s| !names.contains(s.name.as_str()));
         for s in all {
             self.insert_session_entry(s);
         }

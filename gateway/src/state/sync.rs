@@ -7,7 +7,6 @@
 
 use super::{now_unix, Gateway};
 use crate::store::feed::{FeedEvent, Topic};
-use postern_common::resources::SessionInfo;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,8 +18,6 @@ pub struct SyncPlan {
     pub snapshot: bool,
     /// Reload every Session.
     pub all_sessions: bool,
-    /// Sessions stored elsewhere, whole: insert them.
-    pub sessions_stored: Vec<SessionInfo>,
     /// Sessions changed elsewhere by name: read each, insert it or drop it.
     pub sessions_changed: Vec<String>,
     /// Certificates changed: wake the certificate manager.
@@ -61,15 +58,16 @@ pub fn plan(events: &[FeedEvent]) -> SyncPlan {
             Topic::Resources | Topic::Secrets | Topic::Credentials => p.snapshot = true,
             Topic::Certificates => p.certificates = true,
             Topic::TunnelAddresses => {}
-            Topic::Sessions => match (&notice.session, &notice.name) {
-                (Some(s), _) => p.sessions_stored.push((**s).clone()),
-                (None, Some(name)) => p.sessions_changed.push(name.clone()),
-                (None, None) => p.all_sessions = true,
+            // A Session body is only a hint: a sealed notice proves who wrote it, not when,
+            // so a recorded one replayed after a revocation must not bring the Session back.
+            // Every Session named is read from the store.
+            Topic::Sessions => match &notice.name {
+                Some(name) => p.sessions_changed.push(name.clone()),
+                None => p.all_sessions = true,
             },
         }
     }
     if p.all_sessions {
-        p.sessions_stored.clear();
         p.sessions_changed.clear();
     }
     p
@@ -156,15 +154,15 @@ impl Gateway {
             self.reload_sessions()?;
         }
         let now = now_unix();
-        for s in &plan.sessions_stored {
-            if super::sessions::expires_unix(s) > now && !self.recently_deleted(&s.name) {
-                self.insert_session_entry(s.clone());
-            }
-        }
         for name in &plan.sessions_changed {
-            self.forget_missing_session(name);
             match self.store.get_session(name)? {
-                Some(s) => self.insert_session_entry(s),
+                // A Session deleted through this gateway a moment after the read stays gone.
+                Some(s)
+                    if super::sessions::expires_unix(&s) > now && !self.recently_deleted(name) =>
+                {
+                    self.insert_session_entry(s)
+                }
+                Some(_) => {}
                 None => self.remove_sessions_where(|s| &s.name == name),
             }
         }
@@ -290,6 +288,29 @@ mod tests {
         );
         assert!(plan(&[notice(Topic::TunnelAddresses, None)]).is_empty());
         assert!(plan(&[FeedEvent::Lost("gone".into())]).is_empty());
+    }
+
+    #[test]
+    fn a_session_body_in_a_notice_is_only_a_name_to_read() {
+        let body = postern_common::resources::SessionInfo {
+            name: "s9".into(),
+            user: "alice".into(),
+            session_type: postern_common::resources::SessionType::Clientless,
+            kind: postern_common::resources::SessionKind::Workload,
+            credential: "c".into(),
+            authentication: postern_common::resources::Authentication::credential(
+                postern_common::resources::CredentialType::Oauth2,
+            ),
+            created_at: "2026-01-01T00:00:00Z".into(),
+            expires_at: "2030-01-01T00:00:00Z".into(),
+        };
+        let p = plan(&[FeedEvent::Notice(Notice {
+            origin: "gw-b".into(),
+            topic: Topic::Sessions,
+            name: Some("s9".into()),
+            session: Some(Box::new(body)),
+        })]);
+        assert_eq!(p.sessions_changed, vec!["s9".to_string()]);
     }
 
     #[test]

@@ -2,9 +2,9 @@
 //! carried by PostgreSQL `NOTIFY` on [`CHANNEL`] in the writing transaction, so it arrives
 //! exactly when the change is visible. Encoding and decoding are here, apart from I/O.
 //!
-//! Any role that may connect to the database may also `NOTIFY` on any channel, and a notice
-//! can carry a whole Session that a gateway puts in memory without reading the store: a
-//! forged one could bring back a revoked token. So every payload is sealed
+//! Any role that may connect to the database may also `NOTIFY` on any channel: a forged
+//! notice could make every gateway reload at will, or (were a Session body trusted) bring
+//! back a revoked token. So every payload is sealed
 //! ([`NoticeSealer`], an AEAD under a key derived from `secret.key`, which the database never
 //! sees): a notice that does not open is ignored, never acted on.
 
@@ -43,7 +43,8 @@ pub struct Notice {
     /// The one object changed, when the writer knows it (a Session's name).
     #[serde(rename = "n", default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    /// A Session just stored, whole, so other gateways accept its tokens without a read.
+    /// A Session just stored, whole. Readers treat it as a name to read from the store: a
+    /// sealed notice says who wrote it, not when, so a replayed one must not be trusted.
     #[serde(rename = "s", default, skip_serializing_if = "Option::is_none")]
     pub session: Option<Box<SessionInfo>>,
 }
