@@ -115,6 +115,10 @@ struct ServeArgs {
     /// Address of the TLS listener for the control plane and public Services.
     #[arg(long, default_value = "0.0.0.0:443", env = "POSTERN_HTTPS_LISTEN")]
     https_listen: SocketAddr,
+    /// Front-door threads, each with its own runtime, listener (SO_REUSEPORT) and upstream
+    /// connections; 0 means one per CPU.
+    #[arg(long, default_value_t = 0, env = "POSTERN_WORKERS")]
+    workers: usize,
     /// Where access log lines go: a file path, or '-' for stdout; 'off' disables them.
     #[arg(long, default_value = "-")]
     access_log: String,
@@ -475,14 +479,17 @@ async fn serve(a: ServeArgs) -> Result<()> {
         certs.clone(),
         a.acme.acme,
     ));
-    let listener = tokio::net::TcpListener::bind(a.https_listen)
-        .await
+    let door_threads = match a.workers {
+        0 => postern_gateway::frontdoor::workers::default_count(),
+        n => n,
+    };
+    let listeners = postern_gateway::frontdoor::workers::bind(a.https_listen, door_threads)
         .with_context(|| format!("binding --https-listen {}", a.https_listen))?;
-    let local = listener.local_addr()?;
+    let local = listeners[0].local_addr()?;
     postern_gateway::certs::acme::launch(a.acme.clone(), gw.clone(), certs.clone(), local.port())
         .await?;
     tracing::info!(
-        "listening on {local}: control plane https://{d}, services https://<name>.{d}",
+        "listening on {local} ({door_threads} threads): control plane https://{d}, services https://<name>.{d}",
         d = config.domain
     );
 
@@ -538,8 +545,15 @@ async fn serve(a: ServeArgs) -> Result<()> {
         // End `posternctl logs -f` streams so they do not hold up the graceful shutdown.
         closing_gw.telemetry.recent.close();
     };
-    postern_gateway::frontdoor::serve(gw.clone(), listener, tls, shutdown, Duration::from_secs(30))
-        .await;
+    let door = postern_gateway::frontdoor::workers::Workers::start(
+        gw.clone(),
+        listeners,
+        tls,
+        Duration::from_secs(30),
+    )
+    .context("starting the front-door threads")?;
+    shutdown.await;
+    door.stop().await;
     let flushed_gw = gw.clone();
     let flushed =
         tokio::task::spawn_blocking(move || flushed_gw.telemetry.flush(Duration::from_secs(5)))

@@ -129,6 +129,10 @@ impl Certificates {
         // The server's order (AES-256-GCM first) decides, not a client's, so a client cannot
         // steer the choice; every suite offered is an AEAD with forward secrecy either way.
         cfg.ignore_client_order = true;
+        // Stateless session tickets (keys rotated every 6 hours, kept in memory only): a
+        // returning client resumes without the certificate signature and key exchange
+        // however many clients there are; the default server-side cache holds 256.
+        cfg.ticketer = rustls::crypto::ring::Ticketer::new()?;
         Ok(Arc::new(cfg))
     }
 

@@ -15,6 +15,7 @@ pub mod respond;
 pub mod shed;
 pub mod signin;
 pub mod tls;
+pub mod workers;
 
 use crate::proxy::buffer::{read_limited, BufferError, TimedBody};
 use crate::proxy::inbound::{self, ClientRequest};
@@ -33,21 +34,23 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
-/// Accepts connections on `listener` until `shutdown` resolves, then lets in-flight
-/// requests finish (up to `grace`). The bounds come from `gw.settings.client_limits`.
-pub async fn serve(
+/// Accepts connections on `listener` until `shutdown` resolves, then lets this thread's
+/// in-flight requests finish (up to `shared.grace`). One runs per front-door thread
+/// ([`workers`]); the bounds come from `gw.settings.client_limits`.
+async fn accept_loop(
     gw: Arc<Gateway>,
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
+    shared: workers::Shared,
     shutdown: impl std::future::Future<Output = ()>,
-    grace: Duration,
 ) {
     let limits = Arc::new(gw.settings.client_limits.clone());
     let acceptor = TlsAcceptor::from(tls);
     let builder = Arc::new(limits.server_builder());
     let shedder = gw.shedder.clone();
     let max_connections = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
-    let permits = Arc::new(Semaphore::new(max_connections as usize));
+    // This thread's connections, for the drain at shutdown; the cap is `shared.permits`.
+    let mine = Arc::new(Semaphore::new(max_connections as usize));
     let (closing, closing_rx) = watch::channel(false);
     tokio::pin!(shutdown);
     loop {
@@ -64,7 +67,7 @@ pub async fn serve(
         };
         // Past the cap a connection is closed at once rather than left in the kernel's
         // queue, so the client learns now and can go elsewhere.
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
+        let Ok(permit) = shared.permits.clone().try_acquire_owned() else {
             let refused = shedder.refuse_connection();
             if refused.is_power_of_two() {
                 tracing::warn!(
@@ -77,6 +80,9 @@ pub async fn serve(
             drop(tcp);
             continue;
         };
+        let Ok(local) = mine.clone().try_acquire_owned() else {
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let gw = gw.clone();
@@ -85,7 +91,7 @@ pub async fn serve(
         let shedder = shedder.clone();
         let closing_rx = closing_rx.clone();
         tokio::spawn(async move {
-            let _permit = permit;
+            let _permits = (permit, local);
             let handshake = tokio::time::timeout(limits.tls_handshake, acceptor.accept(tcp));
             let tls = match tokio::select! {
                 r = handshake => r,
@@ -146,8 +152,8 @@ pub async fn serve(
     drop(listener);
     let _ = closing.send(true);
     tokio::select! {
-        _ = permits.acquire_many(max_connections) => tracing::info!("all connections closed"),
-        _ = tokio::time::sleep(grace) => tracing::warn!("shutdown grace period over; closing remaining connections"),
+        _ = mine.acquire_many(max_connections) => tracing::debug!("this thread's connections closed"),
+        _ = tokio::time::sleep(shared.grace) => tracing::warn!("shutdown grace period over; closing remaining connections"),
     }
 }
 

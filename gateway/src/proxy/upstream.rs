@@ -3,9 +3,11 @@
 use super::BoxBody;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::error::Error as StdError;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 type PooledClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, BoxBody>;
@@ -92,18 +94,23 @@ impl Default for UpstreamOptions {
     }
 }
 
-/// The shared, pooled client for all upstreams.
+/// The pooled client for all upstreams.
 ///
 /// Exists so connections (and TLS sessions) to providers are reused across requests: HTTP/2 or
 /// HTTP/1.1 chosen by ALPN for `https` upstreams, HTTP/1.1 for `http` upstreams. Cheap to clone.
+///
+/// Each thread keeps its own pool: a connection's task runs on the runtime that opened it, so
+/// a front-door thread ([`crate::frontdoor::workers`]) that used another thread's connection
+/// would wake that thread for every read and write.
 #[derive(Clone)]
 pub struct UpstreamClient {
-    client: PooledClient,
+    /// Tells this client's pools apart from another client's in the thread-local cache.
+    id: u64,
+    /// Lives as long as a clone of this client does: pools of dropped clients are let go.
+    alive: Arc<()>,
     tls: rustls::ClientConfig,
     connect_timeout: Duration,
     response_header_timeout: Duration,
-    /// Clients for configs with their own connect timeout, built on first use.
-    by_connect_timeout: Arc<Mutex<HashMap<Duration, PooledClient>>>,
     tokens: Arc<super::upstream_oauth::TokenCache>,
 }
 
@@ -136,12 +143,13 @@ impl UpstreamClient {
             .with_root_certificates(roots)
             .with_no_client_auth();
 
+        static NEXT_ID: AtomicU64 = AtomicU64::new(0);
         Ok(Self {
-            client: build_client(tls.clone(), opts.connect_timeout),
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            alive: Arc::default(),
             tls,
             connect_timeout: opts.connect_timeout,
             response_header_timeout: opts.response_header_timeout,
-            by_connect_timeout: Arc::default(),
             tokens: Arc::default(),
         })
     }
@@ -151,19 +159,23 @@ impl UpstreamClient {
         &self.tokens
     }
 
+    /// This thread's pool for connections that time out after `connect` (a config's own
+    /// timeout, else the gateway's).
     fn client_for(&self, connect: Option<Duration>) -> PooledClient {
-        match connect {
-            Some(d) if d != self.connect_timeout => {
-                let mut map = self
-                    .by_connect_timeout
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner());
-                map.entry(d)
-                    .or_insert_with(|| build_client(self.tls.clone(), d))
-                    .clone()
+        let connect = connect.unwrap_or(self.connect_timeout);
+        POOLS.with(|pools| {
+            let mut pools = pools.borrow_mut();
+            if let Some((client, _)) = pools.get(&(self.id, connect)) {
+                return client.clone();
             }
-            _ => self.client.clone(),
-        }
+            pools.retain(|_, (_, alive)| alive.strong_count() > 0);
+            let client = build_client(self.tls.clone(), connect);
+            pools.insert(
+                (self.id, connect),
+                (client.clone(), Arc::downgrade(&self.alive)),
+            );
+            client
+        })
     }
 
     /// Sends a request whose URI is absolute (see `rewrite::upstream_request`) and returns the
@@ -195,6 +207,13 @@ impl UpstreamClient {
             Ok(Err(e)) => Err(classify(&e)),
         }
     }
+}
+
+/// One thread's pools, by client id and connect timeout, each with its client's liveness.
+type ThreadPools = HashMap<(u64, Duration), (PooledClient, Weak<()>)>;
+
+thread_local! {
+    static POOLS: RefCell<ThreadPools> = RefCell::default();
 }
 
 /// A pooled client whose connections time out after `connect_timeout`.
