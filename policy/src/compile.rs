@@ -7,7 +7,7 @@ use cel_parser::{ast::IdedExpr, Parser};
 use postern_common::resources::Condition;
 
 use super::opa::RegoCondition;
-use super::reads_body::reads_body;
+use super::reads::{reads, Reads};
 use super::{functions, limits, CompileError, EvalContext};
 
 /// One parsed CEL expression with its source (kept for debug logs).
@@ -150,7 +150,7 @@ enum Node {
 #[derive(Debug, Clone)]
 pub struct CompiledCondition {
     node: Node,
-    reads_body: bool,
+    reads: Reads,
 }
 
 const ALL_FIELDS: &str = "match, matchAny, all, any, none, not, opa";
@@ -217,13 +217,15 @@ impl CompiledCondition {
         } else {
             return Err(vec![CompileError::new(field, "unsupported condition")]);
         };
-        let reads_body = match &node {
-            Node::Match(e) | Node::Not(e) => reads_body(&e.expr),
-            Node::All(v) | Node::Any(v) | Node::None(v) => v.iter().any(|c| c.reads_body),
-            Node::MatchAny => false,
-            Node::Opa(r) => r.reads_body(),
+        let reads = match &node {
+            Node::Match(e) | Node::Not(e) => reads(&e.expr),
+            Node::All(v) | Node::Any(v) | Node::None(v) => {
+                v.iter().fold(Reads::default(), |acc, c| acc.union(c.reads))
+            }
+            Node::MatchAny => Reads::default(),
+            Node::Opa(r) => r.reads(),
         };
-        Ok(CompiledCondition { node, reads_body })
+        Ok(CompiledCondition { node, reads })
     }
 
     /// True if any expression in the tree may read `ctx.request.http.bodyMap`, so the proxy
@@ -231,7 +233,14 @@ impl CompiledCondition {
     /// conservatively from the text: `bodyMap`, or `input.ctx`, `input.ctx.request` or
     /// `input.ctx.request.http` used as a whole).
     pub fn reads_body(&self) -> bool {
-        self.reads_body
+        self.reads.body
+    }
+
+    /// What of `ctx.request.http` the tree may read (body, headers, query parameters), so
+    /// the proxy builds only those parts of the context; same analysis as
+    /// [`CompiledCondition::reads_body`].
+    pub fn reads(&self) -> Reads {
+        self.reads
     }
 
     /// Whether the condition matches this request. Never fails: an evaluation error

@@ -14,6 +14,7 @@ use cel_interpreter::{Context, Value};
 use chrono::{DateTime, Utc};
 
 use super::functions;
+use super::Reads;
 
 /// A resource converted once to a CEL value (users, services, sessions are precomputed
 /// when configuration changes, not per request), so building a request context only
@@ -112,6 +113,8 @@ struct Keys {
     groups: Key,
     service: Key,
     request: Key,
+    /// An empty map, for the parts of `ctx` a request's conditions do not read.
+    empty: Value,
 }
 
 fn keys() -> &'static Keys {
@@ -132,6 +135,7 @@ fn keys() -> &'static Keys {
         groups: key("groups"),
         service: key("service"),
         request: key("request"),
+        empty: map_value(HashMap::new()),
     })
 }
 
@@ -196,20 +200,50 @@ impl EvalContext {
         service: &CelValue,
         request: &RequestFacts<'_>,
     ) -> Self {
+        Self::reading(user, session, groups, service, request, Reads::ALL)
+    }
+
+    /// Like [`EvalContext::new`], building only the costly parts of `ctx.request.http`
+    /// that `reads` names (the union of what the conditions to evaluate may read, see
+    /// [`crate::RuleSet::reads`]); the others are empty maps that no such condition can
+    /// observe.
+    pub fn reading(
+        user: &CelValue,
+        session: &CelValue,
+        groups: &CelValue,
+        service: &CelValue,
+        request: &RequestFacts<'_>,
+        reads: Reads,
+    ) -> Self {
         let k = keys();
         let mut http = HashMap::with_capacity(8);
         http.insert(k.method.clone(), string(request.method));
         http.insert(k.path.clone(), string(request.path));
         http.insert(k.host.clone(), string(request.host));
         http.insert(k.scheme.clone(), string(request.scheme));
-        http.insert(k.headers.clone(), headers_value(request.headers));
-        http.insert(k.query_params.clone(), query_value(request.query));
+        let unread = || k.empty.clone();
+        http.insert(
+            k.headers.clone(),
+            if reads.headers {
+                headers_value(request.headers)
+            } else {
+                unread()
+            },
+        );
+        http.insert(
+            k.query_params.clone(),
+            if reads.query {
+                query_value(request.query)
+            } else {
+                unread()
+            },
+        );
         http.insert(
             k.body_map.clone(),
-            request
-                .body
-                .map(json_to_value)
-                .unwrap_or_else(|| map_value(HashMap::new())),
+            match request.body {
+                Some(body) if reads.body => json_to_value(body),
+                _ => unread(),
+            },
         );
         http.insert(
             k.size.clone(),

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use postern_common::resources::{Effect, PolicySpec};
 
-use super::{CompileError, CompiledCondition, EvalContext};
+use super::{CompileError, CompiledCondition, EvalContext, Reads};
 
 /// One compiled rule with the names needed to log why a request was allowed or denied.
 #[derive(Debug)]
@@ -82,7 +82,7 @@ impl CompiledPolicy {
 #[derive(Clone, Default, Debug)]
 pub struct RuleSet {
     rules: Vec<Arc<CompiledRule>>,
-    reads_body: bool,
+    reads: Reads,
 }
 
 impl RuleSet {
@@ -91,8 +91,10 @@ impl RuleSet {
     pub fn new(rules: impl IntoIterator<Item = Arc<CompiledRule>>) -> Self {
         let mut rules: Vec<_> = rules.into_iter().collect();
         rules.sort_by_key(|r| (r.priority, effect_rank(r.effect)));
-        let reads_body = rules.iter().any(|r| r.condition.reads_body());
-        RuleSet { rules, reads_body }
+        let reads = rules
+            .iter()
+            .fold(Reads::default(), |acc, r| acc.union(r.condition.reads()));
+        RuleSet { rules, reads }
     }
 
     /// The active rules of several policies (disabled ones contribute nothing), sorted.
@@ -102,7 +104,12 @@ impl RuleSet {
 
     /// True if any rule may read the request body (the proxy must buffer it).
     pub fn reads_body(&self) -> bool {
-        self.reads_body
+        self.reads.body
+    }
+
+    /// What any rule may read of `ctx.request.http`.
+    pub fn reads(&self) -> Reads {
+        self.reads
     }
 
     /// The rules in decision order.

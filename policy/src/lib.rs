@@ -32,7 +32,7 @@ mod explain;
 mod functions;
 mod limits;
 mod opa;
-mod reads_body;
+mod reads;
 pub mod testcases;
 pub mod values;
 
@@ -48,6 +48,7 @@ pub use limits::{
     MAX_AST_NODES, MAX_EXPRESSION_BYTES, MAX_LOOP_COST, MAX_NESTING, MAX_REGEX_BYTES,
 };
 pub use opa::{EVAL_TIME_LIMIT, MAX_MODULE_BYTES, MAX_REGO_NESTING};
+pub use reads::Reads;
 
 /// A compile problem, named by field path (e.g. `spec.rules[0].condition.all.of[1].match`)
 /// with the CEL position in the message, so that `apply` can point at the exact mistake.

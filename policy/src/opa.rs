@@ -28,6 +28,7 @@ use regorus::utils::limits::ExecutionTimerConfig;
 use regorus::{Engine, PolicyLengthConfig, Value};
 
 use super::{CompileError, EvalContext};
+use crate::reads::Reads;
 
 /// Largest accepted Rego module, in bytes.
 pub const MAX_MODULE_BYTES: usize = 64 * 1024;
@@ -47,8 +48,8 @@ pub(crate) struct RegoCondition {
     rule: String,
     /// The policy's `attrs` (or `{}`), as a Rego value.
     attrs: Value,
-    /// Whether the module may read `input.ctx.request.http.bodyMap`.
-    reads_body: bool,
+    /// What of `input.ctx.request.http` the module may read.
+    reads: Reads,
 }
 
 impl RegoCondition {
@@ -113,13 +114,13 @@ impl RegoCondition {
             engine,
             rule,
             attrs,
-            reads_body: module_reads_body(source),
+            reads: Reads::from_fn(|field| module_reads(source, field)),
         })
     }
 
-    /// Whether the module may read the request body (textual, conservative).
-    pub(crate) fn reads_body(&self) -> bool {
-        self.reads_body
+    /// What of the request the module may read (textual, conservative).
+    pub(crate) fn reads(&self) -> Reads {
+        self.reads
     }
 
     /// The decision for this request: see the module documentation.
@@ -250,14 +251,15 @@ fn one_line(s: &str) -> String {
         .join(" | ")
 }
 
-/// The path to the request body under `input`.
-const BODY_PATH: [&str; 4] = ["ctx", "request", "http", "bodyMap"];
+/// The path to the request's costly fields under `input`.
+const HTTP_PATH: [&str; 3] = ["ctx", "request", "http"];
 
-/// Conservative, textual: true if the module mentions `bodyMap` anywhere, or refers to
-/// `input`, `input.ctx`, `input.ctx.request` or `input.ctx.request.http` as a whole value
-/// (or indexes one of them with a non-literal key), through which the body could be read.
-pub(crate) fn module_reads_body(source: &str) -> bool {
-    if source.contains("bodyMap") {
+/// Conservative, textual: true if the module mentions `field` (e.g. `bodyMap`) anywhere,
+/// or refers to `input`, `input.ctx`, `input.ctx.request` or `input.ctx.request.http` as
+/// a whole value (or indexes one of them with a non-literal key), through which the field
+/// could be read.
+pub(crate) fn module_reads(source: &str, field: &str) -> bool {
+    if source.contains(field) {
         return true;
     }
     let bytes = source.as_bytes();
@@ -274,7 +276,7 @@ pub(crate) fn module_reads_body(source: &str) -> bool {
         }
         match ref_path(&source[end..]) {
             // A dynamic index on an ancestor of the body could select it.
-            RefPath::Dynamic(path) | RefPath::Whole(path) if is_body_ancestor(&path) => {
+            RefPath::Dynamic(path) | RefPath::Whole(path) if is_http_ancestor(&path) => {
                 return true
             }
             _ => {}
@@ -324,7 +326,7 @@ fn ref_path(rest: &str) -> RefPath {
     }
 }
 
-/// `input` itself, or a path strictly above `bodyMap` on the way to it.
-fn is_body_ancestor(path: &[String]) -> bool {
-    path.len() < BODY_PATH.len() && path.iter().zip(BODY_PATH).all(|(a, b)| a == b)
+/// `input` itself, or a path on the way to `input.ctx.request.http` (included).
+fn is_http_ancestor(path: &[String]) -> bool {
+    path.len() <= HTTP_PATH.len() && path.iter().zip(HTTP_PATH).all(|(a, b)| a == b)
 }

@@ -53,8 +53,9 @@ pub struct ServiceEntry {
     pub default_config: Option<Arc<UpstreamConfig>>,
     /// `dynamicConfig.rules` in order, each with the configs it picks (fallbacks after the first).
     pub dynamic_rules: Vec<(CompiledCondition, Vec<Arc<UpstreamConfig>>)>,
-    /// Some dynamicConfig condition reads `bodyMap`.
-    pub dynamic_reads_body: bool,
+    /// What the dynamicConfig conditions may read of the request (`bodyMap`: the body
+    /// must be buffered).
+    pub dynamic_reads: postern_policy::Reads,
 }
 
 /// A User compiled for the hot path.
@@ -333,7 +334,7 @@ fn build_service(
     });
     let mut named = HashMap::new();
     let mut dynamic_rules = Vec::new();
-    let mut dynamic_reads_body = false;
+    let mut dynamic_reads = postern_policy::Reads::default();
     if let Some(dc) = &spec.dynamic_config {
         for (i, c) in dc.configs.iter().enumerate() {
             if let Some(u) = parse(
@@ -350,7 +351,7 @@ fn build_service(
             let field = format!("spec.dynamicConfig.rules[{i}].condition");
             match CompiledCondition::compile(&rule.condition, &field) {
                 Ok(cond) => {
-                    dynamic_reads_body |= cond.reads_body();
+                    dynamic_reads = dynamic_reads.union(cond.reads());
                     let cfgs: Vec<_> = rule
                         .names()
                         .into_iter()
@@ -371,7 +372,7 @@ fn build_service(
         rules,
         default_config,
         dynamic_rules,
-        dynamic_reads_body,
+        dynamic_reads,
     })
 }
 

@@ -2,7 +2,8 @@
 
 use serde_json::json;
 
-use super::{alice, bob, chat_body, compile, ctx_for, m, not, robot};
+use super::{alice, bob, chat_body, compile, ctx_for, ctx_reading, m, not, robot};
+use crate::Reads;
 
 fn eval_match(expr: &str, ctx: &super::EvalContext) -> bool {
     compile(&m(expr)).evaluate(ctx)
@@ -267,4 +268,77 @@ fn reads_body_follows_the_ast() {
     for (expr, want) in cases {
         assert_eq!(compile(&m(expr)).reads_body(), want, "{expr}");
     }
+}
+
+#[test]
+fn reads_names_the_headers_and_query_a_condition_can_see() {
+    let cases = [
+        (
+            "ctx.request.http.headers[\"x-tag\"] == \"one\"",
+            (false, true, false),
+        ),
+        (
+            "\"x-tag\" in ctx.request.http.headers",
+            (false, true, false),
+        ),
+        (
+            "ctx.request.http.queryParams.a == \"1\"",
+            (false, false, true),
+        ),
+        // Indexing `http` uses it as a whole value: conservatively, everything.
+        (
+            "ctx.request.http[\"queryParams\"].a == \"1\"",
+            (true, true, true),
+        ),
+        ("ctx.request.http.method == \"POST\"", (false, false, false)),
+        ("ctx.request.ip == \"10.0.0.7\"", (false, false, false)),
+        ("size(ctx.request.http) > 0", (true, true, true)),
+        ("ctx.request.exists(k, k == \"http\")", (true, true, true)),
+        (
+            "[ctx.request][0].http.headers.size() > 0",
+            (true, true, true),
+        ),
+        (
+            "ctx.user.spec.groups.exists(g, g == \"headers\")",
+            (false, true, false),
+        ),
+    ];
+    for (expr, (body, headers, query)) in cases {
+        let want = Reads {
+            body,
+            headers,
+            query,
+        };
+        assert_eq!(compile(&m(expr)).reads(), want, "{expr}");
+    }
+}
+
+/// The lazy context (only what the condition reads) must decide every condition exactly
+/// as the full one: a read the analysis missed would turn into a different answer here.
+#[test]
+fn a_context_built_for_what_is_read_decides_as_the_full_one() {
+    let body = Some(chat_body("gpt-4o", 2, json!(0.2)));
+    let exprs = [
+        "ctx.request.http.headers[\"x-tag\"] == \"one, two\"",
+        "has(ctx.request.http.headers.x_missing)",
+        "ctx.request.http.queryParams.a == \"1\" && ctx.request.http.queryParams.b == \"x y\"",
+        "ctx.request.http.bodyMap.model == \"gpt-4o\"",
+        "size(ctx.request.http.bodyMap.messages) == 2",
+        "size(ctx.request.http.headers) == 2",
+        "size(ctx.request.http.queryParams) == 0",
+        "ctx.request.http.exists(k, k == \"headers\")",
+        "size(ctx.request.http) == 8",
+        "ctx.request.http.method == \"POST\" && ctx.request.http.size == 123",
+        "ctx.request.http.headers.exists(h, h == \"content-type\")",
+    ];
+    for expr in exprs {
+        let c = compile(&m(expr));
+        let full = c.evaluate(&ctx_for(alice(), body.clone()));
+        let lazy = c.evaluate(&ctx_reading(alice(), body.clone(), c.reads()));
+        assert_eq!(lazy, full, "{expr} (reads {:?})", c.reads());
+    }
+    // And the lazy context really leaves out what is not read.
+    let method_only = compile(&m("size(ctx.request.http.headers) == 0"));
+    assert!(method_only.evaluate(&ctx_reading(alice(), None, Reads::default())));
+    assert!(!method_only.evaluate(&ctx_for(alice(), None)));
 }

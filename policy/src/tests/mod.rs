@@ -48,6 +48,11 @@ fn chat_body(model: &str, messages: usize, temperature: Json) -> Json {
 /// Builds a context for `user` with an optional JSON body and fixed request facts:
 /// `POST https://api.example.com/v1/chat?a=1&b=x%20y&a=2`, two `x-tag` headers, IP 10.0.0.7.
 fn ctx_for(user: Json, body: Option<Json>) -> EvalContext {
+    ctx_reading(user, body, crate::Reads::ALL)
+}
+
+/// [`ctx_for`], building only what `reads` names of `ctx.request.http`.
+fn ctx_reading(user: Json, body: Option<Json>, reads: crate::Reads) -> EvalContext {
     let mut headers = HeaderMap::new();
     headers.append("X-Tag", HeaderValue::from_static("one"));
     headers.append("x-tag", HeaderValue::from_static("two"));
@@ -71,12 +76,13 @@ fn ctx_for(user: Json, body: Option<Json>) -> EvalContext {
         CelValue::from_json(&json!({"metadata": {"name": "s1"}, "spec": {"type": "CLIENT"}}));
     let service =
         CelValue::from_json(&json!({"metadata": {"name": "my-api"}, "spec": {"port": 8080}}));
-    EvalContext::new(
+    EvalContext::reading(
         &CelValue::from_json(&user),
         &session,
         &groups,
         &service,
         &facts,
+        reads,
     )
 }
 
