@@ -31,7 +31,7 @@ pub struct ForwardError {
     pub public: &'static str,
     /// For the access log.
     pub detail: String,
-    /// Every try, as `config:outcome` (`openai:502`, `gemini:connect`).
+    /// Every try, as `config:outcome` (`openai:502`, `gemini:connect`), when there were several.
     pub attempts: Vec<String>,
     /// The dynamicConfig name of the last config tried (`None` for `spec.config`).
     pub config: Option<String>,
@@ -44,7 +44,7 @@ pub struct Forwarded {
     pub response: Response<BoxBody>,
     /// The config that answered.
     pub config: Arc<UpstreamConfig>,
-    /// Every try, as `config:outcome` (`openai:502`, `gemini:200`).
+    /// Every try, as `config:outcome` (`openai:502`, `gemini:200`), when there were several.
     pub attempts: Vec<String>,
 }
 
@@ -134,11 +134,7 @@ pub async fn forward(
             let Some(b) = body.take() else { break };
             let ep = config.balancer.pick(&tried);
             tried.push(ep);
-            let label = if config.balancer.len() > 1 {
-                format!("{}[{ep}]", config.label())
-            } else {
-                config.label().to_string()
-            };
+            let label = || try_label(config, ep);
             let opts = Options {
                 replayable: body.replayable(),
                 tries_left: n + 1 < config.retry.attempts,
@@ -156,23 +152,23 @@ pub async fn forward(
                 match try_once(gw, snap, config, ep, &template, b, origin).await {
                     TryOutcome::Answered(resp) => {
                         let status = resp.status();
-                        attempts.push(format!("{label}:{}", status.as_u16()));
+                        attempts.push((config.clone(), ep, Tried::Status(status.as_u16())));
                         let Some(failure) = Failure::from_status(status) else {
                             return Ok(Forwarded {
                                 response: resp,
                                 config: config.clone(),
-                                attempts,
+                                attempts: attempt_list(attempts),
                             });
                         };
                         let err = error(
                             StatusCode::BAD_GATEWAY,
                             "the upstream could not be reached",
-                            format!("{label} answered {status}"),
+                            format!("{} answered {status}", label()),
                         );
                         (failure, Some(resp), err)
                     }
                     TryOutcome::Failed(t) => {
-                        attempts.push(format!("{label}:{}", t.failure.outcome()));
+                        attempts.push((config.clone(), ep, Tried::Failed(t.failure.outcome())));
                         (t.failure, None, t.error)
                     }
                 };
@@ -188,7 +184,7 @@ pub async fn forward(
                         return Ok(Forwarded {
                             response: resp,
                             config: config.clone(),
-                            attempts,
+                            attempts: attempt_list(attempts),
                         });
                     }
                     if next == Next::Unsafe {
@@ -214,12 +210,45 @@ pub async fn forward(
             "no upstream try could be made".into(),
         )
     });
-    if attempts.len() > 1 {
+    let attempts = attempt_list(attempts);
+    if !attempts.is_empty() {
         e.detail = format!("{} (tries: {})", e.detail, attempts.join(", "));
     }
     e.attempts = attempts;
     e.config = last_config;
     Err(e)
+}
+
+/// How one try ended, for the access log's `attempts`.
+enum Tried {
+    /// The upstream answered with this status.
+    Status(u16),
+    /// No answer: `connect`, `timeout` or `error`.
+    Failed(&'static str),
+}
+
+/// A config's label, with the endpoint's index when it balances over several.
+fn try_label(config: &UpstreamConfig, ep: usize) -> String {
+    if config.balancer.len() > 1 {
+        format!("{}[{ep}]", config.label())
+    } else {
+        config.label().to_string()
+    }
+}
+
+/// The tries as the access log shows them (`label:outcome`), only when there were several:
+/// a request answered at the first try, the common case, formats nothing.
+fn attempt_list(tries: Vec<(Arc<UpstreamConfig>, usize, Tried)>) -> Vec<String> {
+    if tries.len() < 2 {
+        return Vec::new();
+    }
+    tries
+        .iter()
+        .map(|(config, ep, tried)| match tried {
+            Tried::Status(s) => format!("{}:{s}", try_label(config, *ep)),
+            Tried::Failed(f) => format!("{}:{f}", try_label(config, *ep)),
+        })
+        .collect()
 }
 
 /// One try: rewrite for endpoint `ep` of `config`, add an OAuth2 token if configured, send.

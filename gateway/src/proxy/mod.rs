@@ -12,6 +12,7 @@ pub mod pipeline;
 pub mod replay;
 pub mod retry;
 pub mod rewrite;
+pub mod rule_cache;
 pub mod upstream;
 pub mod upstream_oauth;
 pub mod upstream_state;

@@ -22,6 +22,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+/// The header naming a request in the access log (made once, not per request).
+const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+
 /// What a client that sent its body too slowly is told.
 const BODY_TOO_SLOW: &str = "the request body did not arrive in time";
 
@@ -248,9 +251,9 @@ async fn serve(
     trace.record.groups = principal.user.spec.groups.clone();
     trace.record.credential = Some(principal.session.info.credential.clone());
 
-    let rules = Catalog::combine(&service.rules, &principal.user.rules, &snap.global_rules);
+    let rules = super::rule_cache::rules_for(&snap, &service, &principal.user);
     let limit_plan = gw.limits.plan(&snap, &service, &principal);
-    let needs_body = rules.reads_body() || service.dynamic_reads_body || limit_plan.needs_body();
+    let needs_body = rules.reads_body() || service.dynamic_reads.body || limit_plan.needs_body();
 
     let (mut parts, body) = req.into_parts();
     rewrite::drop_client_forwarding(&mut parts.headers);
@@ -402,7 +405,7 @@ async fn serve(
     let (resp, config) = match forward(&gw, &snap, &config, parts, upstream_body, &from).await {
         Ok(f) => {
             trace.record.config = f.config.name.clone();
-            if f.attempts.len() > 1 {
+            if !f.attempts.is_empty() {
                 trace.record.attempts = f.attempts;
             }
             (f.response, f.config)
@@ -411,7 +414,7 @@ async fn serve(
             trace.record.bytes_in = bytes_in.load(Ordering::Relaxed);
             trace.record.upstream_error = Some(usage::failure_kind(e.status));
             trace.record.config = e.config;
-            if e.attempts.len() > 1 {
+            if !e.attempts.is_empty() {
                 trace.record.attempts = e.attempts;
             }
             if body_timed_out.load(Ordering::Relaxed) {
@@ -427,7 +430,7 @@ async fn serve(
         cors::apply_cors(c, origin.as_ref(), &mut rparts.headers);
     }
     rparts.headers.insert(
-        "x-request-id",
+        X_REQUEST_ID,
         http::HeaderValue::from_str(&trace.record.request_id).expect("ids are ASCII"),
     );
     let content_type = rparts
@@ -535,12 +538,13 @@ fn decide(
             Vec::new(),
         );
     }
-    let ctx = EvalContext::new(
+    let ctx = EvalContext::reading(
         &principal.user.value,
         &principal.session.value,
         &principal.user.groups_value,
         &service.value,
         facts,
+        rules.reads().union(service.dynamic_reads),
     );
     let decision = rules.decide(&ctx);
     if decision.effect != Effect::Allow {

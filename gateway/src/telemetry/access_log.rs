@@ -79,7 +79,10 @@ impl AccessRecord {
     /// A fresh id for a request: `req-` and 32 hex digits from the thread's CSPRNG, which
     /// needs no system call (the OS generator costs one per request).
     pub fn new_request_id() -> String {
-        format!("req-{:032x}", rand::random::<u128>())
+        use std::fmt::Write as _;
+        let mut id = String::with_capacity(36);
+        let _ = write!(id, "req-{:032x}", rand::random::<u128>());
+        id
     }
 
     /// Starts a record stamped now, via the public door; the pipeline fills in the rest.

@@ -92,8 +92,16 @@ impl Metrics {
     pub fn observe(&self, r: &AccessRecord) {
         let service = r.service.as_deref().unwrap_or("-");
         let decision = decision_label(r.decision);
-        let status = r.status.to_string();
-        self.requests.inc_by(&[service, &status, decision], 1);
+        let code = http::StatusCode::from_u16(r.status).ok();
+        let other;
+        let status = match &code {
+            Some(c) => c.as_str(),
+            None => {
+                other = r.status.to_string();
+                &other
+            }
+        };
+        self.requests.inc_by(&[service, status, decision], 1);
         self.duration
             .observe(&[service], r.latency_ms.max(0.0) / 1000.0);
         if r.decision.is_some() {

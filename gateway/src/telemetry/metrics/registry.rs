@@ -29,16 +29,34 @@ impl<T> Series<T> {
 
     /// The series for `values`, made with `make` the first time.
     fn get(&self, values: &[&str], make: impl FnOnce() -> T) -> Arc<T> {
-        let key = values.join(&SEP.to_string());
-        if let Some(s) = self.map.read().unwrap_or_else(|e| e.into_inner()).get(&key) {
-            return s.clone();
+        thread_local! {
+            /// The key being looked up, reused so that finding an existing series allocates nothing.
+            static KEY: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
         }
-        self.map
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(key)
-            .or_insert_with(|| Arc::new(make()))
-            .clone()
+        KEY.with(|key| {
+            let mut key = key.borrow_mut();
+            key.clear();
+            for (i, v) in values.iter().enumerate() {
+                if i > 0 {
+                    key.push(SEP);
+                }
+                key.push_str(v);
+            }
+            if let Some(s) = self
+                .map
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(key.as_str())
+            {
+                return s.clone();
+            }
+            self.map
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(key.clone())
+                .or_insert_with(|| Arc::new(make()))
+                .clone()
+        })
     }
 
     /// Every series, sorted by label values, for stable output.
