@@ -90,7 +90,7 @@ def one_request(url, host, auth, timeout, ctx):
     sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode() + BODY)
     raw, headers, status, dechunk, body = b"", None, None, None, b""
     events = []  # (arrival seconds since t0, event bytes)
-    eof = False
+    eof = seen_done = False
     while True:
         data = sock.recv(65536)
         now = time.perf_counter() - t0
@@ -110,6 +110,7 @@ def one_request(url, host, auth, timeout, ctx):
             if "chunked" in headers.get("transfer-encoding", "").lower():
                 dechunk = Dechunker()
         body += dechunk.feed(data) if dechunk else data
+        body = body.replace(b"\r\n", b"\n")  # SSE allows CRLF line ends
         while True:
             i = body.find(b"\n\n")
             if i < 0:
@@ -117,10 +118,11 @@ def one_request(url, host, auth, timeout, ctx):
             ev, body = body[:i], body[i + 2:]
             if ev.strip():
                 events.append((now, ev))
+                seen_done = seen_done or ev.strip() == b"data: [DONE]"
         if dechunk and dechunk.done:
             break
-        if any(ev.strip() == b"data: [DONE]" for _, ev in events[-2:]) and not dechunk:
-            # close-delimited or content-length body: [DONE] ends the stream for us.
+        if seen_done and not dechunk:
+            # A body not chunked (close-delimited or with a length): [DONE] ends the stream.
             break
     sock.close()
     return status, headers or {}, events, eof
