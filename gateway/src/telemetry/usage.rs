@@ -176,6 +176,11 @@ impl UsageParser {
         {
             self.usage = Some(u);
         }
+        // Characters only matter for estimating usage the provider left out: once it has
+        // reported usage, the generated text is not decoded again.
+        if self.usage.is_some() {
+            return;
+        }
         let choices = doc
             .choices
             .and_then(|c| serde_json::from_str::<Vec<Choice>>(c.get()).ok());
