@@ -262,6 +262,44 @@ fn filled_sqlite() -> Store {
     s
 }
 
+/// Rows go in by thousands per statement: more than one batch, with absent fields, keep
+/// their order and every value.
+#[test]
+fn usage_rows_in_several_batches_keep_every_value() {
+    let Some((_cluster, store)) = setup() else {
+        return;
+    };
+    let rows: Vec<_> = (0..12_345u64)
+        .map(|i| {
+            let mut r = usage_row(
+                &format!("2026-01-01T00:00:{:02}.{:06}Z", i % 60, i),
+                &format!("user-{}", i % 7),
+                if i % 2 == 0 { &["dev", "ops"] } else { &[] },
+                "m\0odel",
+                i,
+                2 * i,
+                i % 3 == 0,
+            );
+            if i % 5 == 0 {
+                r.user = None;
+                r.model = None;
+            }
+            r.gateway = (i % 4 == 0).then(|| "gw-a".to_string());
+            r
+        })
+        .collect();
+    store.insert_usage(&rows).unwrap();
+    let mut stored = store.list_usage().unwrap();
+    assert_eq!(stored.len(), rows.len());
+    // PostgreSQL text holds no NUL: it comes back as U+FFFD, as one row at a time did.
+    let mut want = rows.clone();
+    for r in &mut want {
+        r.model = r.model.as_ref().map(|m| m.replace('\0', "\u{FFFD}"));
+    }
+    stored.sort_by_key(|r| r.prompt);
+    assert_eq!(stored, want);
+}
+
 #[test]
 fn import_copies_everything_and_refuses_a_non_empty_database() {
     let Some((_cluster, pg)) = setup() else {

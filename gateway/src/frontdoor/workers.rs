@@ -123,6 +123,7 @@ impl Workers {
             }
         })
         .await;
+        tracing::info!("front door closed");
     }
 }
 

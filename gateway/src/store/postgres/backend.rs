@@ -277,6 +277,10 @@ impl StoreBackend for PgStore {
     }
     fn import(&self, dump: &Dump, replace: bool) -> Result<(), StoreError> {
         let dump = dump.clone();
-        self.run(|db| import::import(db, dump, replace))
+        // One transaction however large: the usual ceiling, plus a second per 20,000 rows
+        // (batched inserts write well over that on a slow disk).
+        let rows = dump.usage.len() + dump.resources.len() + dump.sessions.len();
+        let ceiling = super::CEILING + std::time::Duration::from_secs(rows as u64 / 20_000);
+        self.run_within(ceiling, |db| import::import(db, dump, replace))
     }
 }

@@ -108,22 +108,31 @@ impl Bridge {
         T: Send + 'static,
         Fut: Future<Output = Result<T, StoreError>> + Send + 'static,
     {
+        self.run_within(CEILING, fut)
+    }
+
+    /// [`Bridge::run`] with another ceiling, for work whose size the caller knows.
+    fn run_within<T, Fut>(&self, ceiling: Duration, fut: Fut) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        Fut: Future<Output = Result<T, StoreError>> + Send + 'static,
+    {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         self.handle().spawn(async move {
-            let out = match tokio::time::timeout(CEILING, fut).await {
+            let out = match tokio::time::timeout(ceiling, fut).await {
                 Ok(out) => out,
                 Err(_) => Err(errors::unavailable(format!(
                     "no answer within {} s",
-                    CEILING.as_secs()
+                    ceiling.as_secs()
                 ))),
             };
             let _ = tx.send(out);
         });
-        rx.recv_timeout(CEILING + Duration::from_secs(1))
+        rx.recv_timeout(ceiling + Duration::from_secs(1))
             .unwrap_or_else(|_| {
                 Err(errors::unavailable(format!(
                     "no answer within {} s",
-                    CEILING.as_secs()
+                    ceiling.as_secs()
                 )))
             })
     }
@@ -222,6 +231,16 @@ impl PgStore {
         Fut: Future<Output = Result<T, StoreError>> + Send + 'static,
     {
         self.bridge.run(f(self.db.clone()))
+    }
+
+    /// [`PgStore::run`] with a ceiling of its own (an import of many rows).
+    fn run_within<T, F, Fut>(&self, ceiling: Duration, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(Db) -> Fut,
+        Fut: Future<Output = Result<T, StoreError>> + Send + 'static,
+    {
+        self.bridge.run_within(ceiling, f(self.db.clone()))
     }
 
     /// The schema version the database is at.

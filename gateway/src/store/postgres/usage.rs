@@ -6,9 +6,17 @@ use super::super::StoreError;
 use super::Db;
 use deadpool_postgres::Transaction;
 
+/// Many rows in one statement: one array per column, zipped by `unnest` (one round trip
+/// per [`BATCH`] rows instead of one per row).
 const INSERT: &str = "INSERT INTO usage (time, user_name, groups, service, config, model, prompt,
                                         completion, total, estimated, gateway)
-     VALUES ($1, $2, $3::text::jsonb, $4, $5, $6, $7, $8, $9, $10, $11)";
+     SELECT t, u, g::jsonb, s, c, m, p, co, tot, e, gw
+     FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                 $7::bigint[], $8::bigint[], $9::bigint[], $10::bool[], $11::text[])
+          AS x(t, u, g, s, c, m, p, co, tot, e, gw)";
+
+/// Rows per insert statement.
+const BATCH: usize = 5_000;
 
 /// PostgreSQL text cannot hold NUL, which SQLite keeps; a model name or group from an
 /// upstream or an IdP may carry one, and must not make the whole batch fail.
@@ -28,26 +36,38 @@ pub(super) fn clamp(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-/// Inserts rows with one prepared statement.
+/// Inserts rows with one prepared statement per [`BATCH`] rows.
 pub(super) async fn insert_rows(c: &Transaction<'_>, rows: &[UsageRow]) -> Result<(), StoreError> {
     let stmt = c.prepare_cached(INSERT).await?;
-    for r in rows {
-        let groups: Vec<_> = r.groups.iter().map(|g| text(g)).collect();
-        let groups = serde_json::to_string(&groups).unwrap_or_else(|_| "[]".into());
+    for batch in rows.chunks(BATCH) {
+        let col = |f: fn(&UsageRow) -> &Option<String>| -> Vec<Option<std::borrow::Cow<'_, str>>> {
+            batch.iter().map(|r| opt_text(f(r))).collect()
+        };
+        let times: Vec<_> = batch.iter().map(|r| text(&r.time)).collect();
+        let groups: Vec<String> = batch
+            .iter()
+            .map(|r| {
+                let gs: Vec<_> = r.groups.iter().map(|g| text(g)).collect();
+                serde_json::to_string(&gs).unwrap_or_else(|_| "[]".into())
+            })
+            .collect();
+        let num =
+            |f: fn(&UsageRow) -> u64| -> Vec<i64> { batch.iter().map(|r| clamp(f(r))).collect() };
+        let estimated: Vec<bool> = batch.iter().map(|r| r.estimated).collect();
         c.execute(
             &stmt,
             &[
-                &text(&r.time),
-                &opt_text(&r.user),
+                &times,
+                &col(|r| &r.user),
                 &groups,
-                &opt_text(&r.service),
-                &opt_text(&r.config),
-                &opt_text(&r.model),
-                &clamp(r.prompt),
-                &clamp(r.completion),
-                &clamp(r.total),
-                &r.estimated,
-                &opt_text(&r.gateway),
+                &col(|r| &r.service),
+                &col(|r| &r.config),
+                &col(|r| &r.model),
+                &num(|r| r.prompt),
+                &num(|r| r.completion),
+                &num(|r| r.total),
+                &estimated,
+                &col(|r| &r.gateway),
             ],
         )
         .await?;
