@@ -253,7 +253,21 @@ async fn control_plane(gw: &Arc<Gateway>, req: ClientRequest) -> Response<BoxBod
             let headers = req.headers().clone();
             let body = TimedBody::new(req.into_body(), gw.settings.client_limits.body);
             match read_limited(body, limits::MAX_TOKEN_FORM).await {
-                Ok(body) => oauth2::token(gw, &headers, &body),
+                // Checking the secret hash and storing the Session run off the front-door
+                // thread: a slow store or a burst of grants holds these requests only, not
+                // every connection the thread serves.
+                Ok(body) => {
+                    let gw = gw.clone();
+                    tokio::task::spawn_blocking(move || oauth2::token(&gw, &headers, &body))
+                        .await
+                        .unwrap_or_else(|_| {
+                            respond::error(
+                                StatusCode::INTERNAL_SERVER_ERROR,
+                                "the token request failed; try again",
+                                None,
+                            )
+                        })
+                }
                 Err(e @ BufferError::TimedOut(_)) => {
                     respond::error(StatusCode::REQUEST_TIMEOUT, e.to_string(), None)
                 }
