@@ -6,9 +6,14 @@ import os
 import socket
 import ssl
 import subprocess
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from conftest import DOMAIN
+from postgres import CHAT, db_name, service_yaml, user_yaml, wait_for
+from standin import StandIn
+
+pytest_plugins = ["postgres"]
 
 
 def door_thread_ticks(pid: int) -> dict[str, int]:
@@ -102,3 +107,36 @@ def test_tls_sessions_resume_on_any_thread_after_many_other_clients(start_gatewa
             s.close()
         assert all(resumed), f"{version.name}: resumed {resumed}"
 
+
+
+def test_a_change_waiting_on_the_store_does_not_stall_the_thread(start_gateway, pg_cluster, pg_db):
+    """One front-door thread; an apply blocked on a PostgreSQL lock must not hold up the
+    proxied requests that thread serves: the control plane runs on the main runtime."""
+    with StandIn("llm", api_key=None, prefix="") as up:
+        gw = start_gateway(store=pg_db, extra_args=["--workers", "1"])
+        gw.apply_text(service_yaml(up.url))
+        gw.apply_text(user_yaml("app"))
+        cid, secret = gw.create_oauth2("app", "app-oauth2")
+        auth = {"Authorization": f"Bearer {gw.token(cid, secret)}"}
+        db = db_name(pg_db)
+        locker = threading.Thread(target=pg_cluster.sql, args=(
+            db, "BEGIN; LOCK TABLE resources IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(6); COMMIT;"))
+        locker.start()
+        wait_for("the lock is held", lambda: pg_cluster.sql(
+            db, "SELECT count(*) FROM pg_locks WHERE mode = 'AccessExclusiveLock' AND granted "
+                "AND relation = 'resources'::regclass") == "1", 5.0, interval=0.05)
+        applied: list[int] = []
+        apply = threading.Thread(target=lambda: applied.append(
+            gw.apply_text(service_yaml(up.url, name="other"), check=False).returncode))
+        apply.start()
+        wait_for("the apply waits on the lock", lambda: pg_cluster.sql(
+            db, "SELECT count(*) FROM pg_locks WHERE NOT granted") != "0", 5.0, interval=0.05)
+        for _ in range(5):
+            with gw.http() as h:  # a new connection each time: the one thread must accept it
+                r = h.post(gw.url("llm", "/v1/chat/completions"), json=CHAT, headers=auth)
+            assert r.status_code == 200, r.text
+        assert apply.is_alive(), ("the requests were answered only after the apply ended: the change "
+                                  "held up the front-door thread (or the lock was released early)")
+        apply.join(30)
+        locker.join(30)
+        assert applied == [0]

@@ -90,6 +90,7 @@ async fn accept_loop(
         let limits = limits.clone();
         let shedder = shedder.clone();
         let closing_rx = closing_rx.clone();
+        let control = shared.control.clone();
         tokio::spawn(async move {
             let _permits = (permit, local);
             let handshake = tokio::time::timeout(limits.tls_handshake, acceptor.accept(tcp));
@@ -122,9 +123,10 @@ async fn accept_loop(
                     let activity = activity.clone();
                     let shedder = shedder.clone();
                     let limits = limits.clone();
+                    let control = control.clone();
                     async move {
                         Ok::<_, std::convert::Infallible>(
-                            admit(gw, req, peer, &activity, &shedder, &limits).await,
+                            admit(gw, req, peer, &activity, &shedder, &limits, &control).await,
                         )
                     }
                 })
@@ -166,11 +168,12 @@ async fn admit(
     activity: &Arc<conn::Activity>,
     shedder: &Arc<Shedder>,
     limits: &Limits,
+    control: &tokio::runtime::Handle,
 ) -> Response<BoxBody> {
     let (req, leftover) = inbound::wrap(req);
     let hsts = gw.settings.hsts.clone();
     let mut resp = match shed::admit(activity, shedder, limits, req.headers()) {
-        Ok(admitted) => admitted.hold(route(gw, req, peer).await),
+        Ok(admitted) => admitted.hold(route(gw, req, peer, control).await),
         Err(refused) => {
             drop(req);
             *refused
@@ -184,7 +187,12 @@ async fn admit(
     resp
 }
 
-async fn route(gw: Arc<Gateway>, req: ClientRequest, peer: SocketAddr) -> Response<BoxBody> {
+async fn route(
+    gw: Arc<Gateway>,
+    req: ClientRequest,
+    peer: SocketAddr,
+    control: &tokio::runtime::Handle,
+) -> Response<BoxBody> {
     let host = match host::request_host(
         req.uri().authority(),
         req.headers().get_all(http::header::HOST),
@@ -193,7 +201,16 @@ async fn route(gw: Arc<Gateway>, req: ClientRequest, peer: SocketAddr) -> Respon
         Err(e) => return respond::error(StatusCode::BAD_REQUEST, e.to_string(), None),
     };
     if host == gw.domain {
-        return control_plane(&gw, req).await;
+        // Applies, secrets, sign-ins and logouts write to the store synchronously: on the
+        // main runtime, a slow store holds these requests, not a front-door thread.
+        let task = control.spawn(async move { control_plane(&gw, req).await });
+        return task.await.unwrap_or_else(|_| {
+            respond::error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the request failed; try again",
+                None,
+            )
+        });
     }
     match host::service_label(&host, &gw.domain) {
         Some(label) => {

@@ -67,10 +67,14 @@ pub(super) struct Shared {
     pub permits: Arc<Semaphore>,
     /// How long in-flight requests may take to finish at shutdown.
     pub grace: Duration,
+    /// The main runtime, where control-plane requests run: they write to the store and
+    /// recompile configuration, which may block, and must not stall a front-door thread.
+    pub control: tokio::runtime::Handle,
 }
 
 impl Workers {
     /// Starts one thread per listener, each serving the front door on its own runtime.
+    /// Called from the main runtime, which keeps the control plane.
     pub fn start(
         gw: Arc<Gateway>,
         listeners: Vec<std::net::TcpListener>,
@@ -83,6 +87,7 @@ impl Workers {
                 limits.max_connections.min(u32::MAX as usize),
             )),
             grace,
+            control: tokio::runtime::Handle::current(),
         };
         let (closing, closing_rx) = watch::channel(false);
         let mut threads = Vec::with_capacity(listeners.len());
