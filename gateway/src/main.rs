@@ -116,9 +116,10 @@ struct ServeArgs {
     #[arg(long, default_value = "0.0.0.0:443", env = "POSTERN_HTTPS_LISTEN")]
     https_listen: SocketAddr,
     /// Front-door threads, each with its own runtime, listener (SO_REUSEPORT) and upstream
-    /// connections; 0 means one per CPU.
-    #[arg(long, default_value_t = 0, env = "POSTERN_WORKERS")]
-    workers: usize,
+    /// connections; 0 means one per CPU (at most 256).
+    #[arg(long, default_value_t = 0, env = "POSTERN_WORKERS",
+          value_parser = clap::value_parser!(u16).range(0..=256))]
+    workers: u16,
     /// Where access log lines go: a file path, or '-' for stdout; 'off' disables them.
     #[arg(long, default_value = "-")]
     access_log: String,
@@ -481,7 +482,7 @@ async fn serve(a: ServeArgs) -> Result<()> {
     ));
     let door_threads = match a.workers {
         0 => postern_gateway::frontdoor::workers::default_count(),
-        n => n,
+        n => usize::from(n),
     };
     let listeners = postern_gateway::frontdoor::workers::bind(a.https_listen, door_threads)
         .with_context(|| format!("binding --https-listen {}", a.https_listen))?;
